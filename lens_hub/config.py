@@ -1,0 +1,106 @@
+"""The lens configuration file (``config.json``), as a pydantic model.
+
+It records what the lens is (layers, width, dtype), which model it belongs to (Hub id, revision and the facts the
+loader checks: model_type, hidden size, layer count, vocabulary size, unembedding fingerprint), and optionally how
+it was trained and how well it does. Unknown keys are refused so a typo cannot silently drop a field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ._version import __version__
+
+SCHEMA_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "lens.safetensors"
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+# A Hub repo id: "name" or "namespace/name" (no leading slash, no "..", no backslash).
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
+
+
+def validate_repo_id(value: str) -> str:
+    """Return ``value`` if it is a Hub repo id, else raise ``ValueError`` naming the fix."""
+    if not _REPO_ID.match(value) or ".." in value or value.endswith((".", "-")):
+        raise ValueError(
+            f"{value!r} is not a Hugging Face Hub model id (like 'gpt2' or 'org/name'); a lens records the Hub "
+            "id of its base model, never a local path. Pass base_model='org/name'."
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingInfo(_Strict):
+    """How the lens was trained (provenance)."""
+
+    dataset: str | None = None
+    num_tokens: int | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    loss: str | None = Field(default=None, description="Training objective, e.g. 'kl' or 'ce'.")
+    layers: list[int] | None = Field(default=None, description="Layers that were trained (None: all).")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    lens_hub_version: str | None = None
+
+
+class LayerMetrics(_Strict):
+    """Per-layer metrics in bits per byte (index i = translator i)."""
+
+    kl: list[float] | None = None
+    cross_entropy: list[float] | None = None
+    entropy: list[float] | None = None
+
+
+class EvaluationInfo(_Strict):
+    """Evaluation summary of the lens against the logit lens on held-out text."""
+
+    dataset: str | None = None
+    num_tokens: int | None = Field(default=None, ge=0)
+    unit: Literal["bits_per_byte"] = "bits_per_byte"
+    tuned: LayerMetrics
+    logit: LayerMetrics
+    model_cross_entropy: float | None = None
+
+
+class LensConfig(_Strict):
+    """Contents of a lens directory's ``config.json``.
+
+    ``model_type``, ``vocab_size`` and ``fingerprint`` may be ``None`` only for a lens converted from the old
+    format without its model at hand; the loader then skips those checks and says so.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    lens_type: Literal["tuned"] = "tuned"
+    base_model: str | None = Field(description="Hub id of the base model (never a local path).")
+    base_revision: str | None = Field(default=None, description="Commit of the base model the lens fits.")
+    model_type: str | None
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0, description="Number of translators = number of transformer layers.")
+    vocab_size: int | None = Field(gt=0)
+    bias: bool = True
+    dtype: DType = "float32"
+    fingerprint: str | None = Field(description="Fingerprint of the base model's unembedding.")
+    lens_hub_version: str = __version__
+    training: TrainingInfo | None = None
+    evaluation: EvaluationInfo | None = None
+
+    @field_validator("base_model")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_repo_id(value)
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _parsable(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .fingerprint import parse_fingerprint
+
+            parse_fingerprint(value)
+        return value

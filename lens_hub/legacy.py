@@ -1,0 +1,220 @@
+"""Import of lenses made by the old ``tuned-lens`` package (``config.json`` + pickled ``params.pt``).
+
+``params.pt`` is a pickle, so it is read only with ``torch.load(weights_only=True)``, which refuses anything but
+tensors and plain containers; the result must then be exactly a state dict of ``{i}.weight`` / ``{i}.bias``
+tensors. Nothing else is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from .adapters import ArchitectureSpec, ModelParts, find_model_parts
+from .compat import check_compatibility
+from .config import LensConfig
+from .errors import LegacyFormatError
+from .format import TORCH_DTYPES, dtype_name, write_lens_dir
+from .lens import TunedLens
+
+logger = logging.getLogger(__name__)
+
+LEGACY_CONFIG = "config.json"
+LEGACY_PARAMS = "params.pt"
+_KNOWN_KEYS = {
+    "base_model_name_or_path",
+    "d_model",
+    "num_hidden_layers",
+    "bias",
+    "base_model_revision",
+    "unembed_hash",
+    "unemebd_hash",  # sic: old files misspell it
+    "lens_type",
+}
+
+
+def _read_legacy_config(src: Path) -> dict:
+    file = src / LEGACY_CONFIG
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LegacyFormatError(
+            f"{file} does not exist; an old tuned-lens lens holds {LEGACY_CONFIG} and {LEGACY_PARAMS}."
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LegacyFormatError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise LegacyFormatError(f"{file} must hold a JSON object, not {type(raw).__name__}.")
+    if "schema_version" in raw:
+        raise LegacyFormatError(f"{src} is already a lens-hub lens; load it with TunedLens.load.")
+    for key in ("d_model", "num_hidden_layers"):
+        if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] <= 0:
+            raise LegacyFormatError(f"{file}: {key} must be a positive integer, got {raw.get(key)!r}.")
+    lens_type = raw.get("lens_type", "linear_tuned_lens")
+    if lens_type != "linear_tuned_lens":
+        raise LegacyFormatError(f"{file}: lens_type {lens_type!r} is not supported (only 'linear_tuned_lens').")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        logger.info("ignoring unknown keys in %s: %s", file, ", ".join(unknown))
+    return raw
+
+
+def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, torch.Tensor], bool]:
+    file = src / LEGACY_PARAMS
+    if not file.is_file():
+        raise LegacyFormatError(f"{file} does not exist.")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise LegacyFormatError(
+            f"{file} was refused: it is not a plain tensor state dict that torch.load(weights_only=True) can "
+            f"read safely ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "lens-hub never unpickles arbitrary objects."
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise LegacyFormatError(f"{file} must hold a dict of tensors, got {type(state).__name__}.")
+    # Some versions prefixed the keys with the ModuleList's name.
+    state = {k.removeprefix("layer_translators."): v for k, v in state.items()}
+    has_bias = any(k.endswith(".bias") for k in state)
+    expected = {f"{i}.weight": (d, d) for i in range(num_layers)}
+    if has_bias:
+        expected |= {f"{i}.bias": (d,) for i in range(num_layers)}
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise LegacyFormatError(
+            f"{file} does not match its config (d_model={d}, num_hidden_layers={num_layers}): "
+            f"missing {missing[:5]}, unexpected {extra[:5]}."
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise LegacyFormatError(f"{file}: {key} has shape {list(state[key].shape)}, expected {list(shape)}.")
+        if state[key].dtype not in TORCH_DTYPES.values():
+            raise LegacyFormatError(f"{file}: {key} has unsupported dtype {state[key].dtype}.")
+    return state, has_bias
+
+
+def _convert(
+    src: str | os.PathLike[str],
+    model: nn.Module | None,
+    base_model: str | None,
+    architecture: ArchitectureSpec | None,
+) -> tuple[LensConfig, dict[str, torch.Tensor], ModelParts | None]:
+    """Read an old lens; when ``model`` is given, record its facts and check the lens fits it."""
+    path = Path(src)
+    raw = _read_legacy_config(path)
+    d, num_layers = raw["d_model"], raw["num_hidden_layers"]
+    params, has_bias = _read_legacy_params(path, d, num_layers)
+    if raw.get("bias") is not None and bool(raw["bias"]) != has_bias:
+        logger.warning(
+            "%s says bias=%s but params.pt %s bias tensors; trusting params.pt",
+            path / LEGACY_CONFIG,
+            raw["bias"],
+            "holds" if has_bias else "has no",
+        )
+    # Upcast to fp32: lossless, and the old package computed its translators in fp32 whatever the file held.
+    dtype = torch.float32
+
+    name = base_model or raw.get("base_model_name_or_path")
+    if name and not base_model and (os.path.isabs(name) or name.startswith((".", "~"))):
+        logger.warning("the old config names a local path (%s) as base model; pass base_model='org/name'", name)
+        name = None
+    facts: dict = {"model_type": None, "vocab_size": None, "fingerprint": None}
+    parts = find_model_parts(model, architecture) if model is not None else None
+    if parts is not None:
+        facts = {
+            "model_type": parts.model_type,
+            "vocab_size": parts.vocab_size,
+            "fingerprint": parts.fingerprint,
+        }
+    try:
+        config = LensConfig(
+            base_model=name,
+            base_revision=raw.get("base_model_revision") or None,
+            hidden_size=d,
+            num_layers=num_layers,
+            bias=has_bias,
+            dtype=dtype_name(dtype),
+            **facts,
+        )
+    except ValidationError as exc:
+        raise LegacyFormatError(f"{path}: cannot convert: {exc.errors()[0]['msg']}") from None
+    if parts is not None:
+        check_compatibility(config, parts)
+    tensors = {f"translators.{k}": v.to(dtype) for k, v in params.items()}
+    return config, tensors, parts
+
+
+def convert_legacy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    model: nn.Module | None = None,
+    base_model: str | None = None,
+    architecture: ArchitectureSpec | None = None,
+) -> LensConfig:
+    """Convert an old ``tuned-lens`` lens directory into a lens-hub directory.
+
+    Args:
+        src: Directory with the old ``config.json`` and ``params.pt``.
+        dst: Output directory (``config.json`` + ``lens.safetensors``).
+        model: The base model, if at hand: its model_type, vocabulary size and unembedding fingerprint are then
+            recorded (and its hidden size and layer count checked), so later loads are fully verified.
+        base_model: Hub id of the base model, overriding the old config's (which may be a local path).
+        architecture: Explicit module paths for ``model``, if the built-in probes do not cover it.
+
+    Returns:
+        The written config.
+
+    Raises:
+        LegacyFormatError: The old lens is malformed or ``params.pt`` is not a plain tensor state dict.
+        IncompatibleLensError: ``model`` is given and the lens does not fit it.
+    """
+    config, tensors, _ = _convert(src, model, base_model, architecture)
+    write_lens_dir(dst, config, tensors)
+    return config
+
+
+def load_legacy_lens(
+    src: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    base_model: str | None = None,
+    architecture: ArchitectureSpec | None = None,
+) -> TunedLens:
+    """Load an old ``tuned-lens`` lens directly onto ``model`` (converted in memory, nothing written)."""
+    config, tensors, parts = _convert(src, model, base_model, architecture)
+    assert parts is not None
+    lens = TunedLens(parts, config)
+    lens.load_state_dict(tensors)
+    return lens
+
+
+def export_legacy(lens: TunedLens, dst: str | os.PathLike[str]) -> Path:
+    """Write ``lens`` in the old ``tuned-lens`` format (``config.json`` + ``params.pt``), for tools that need it.
+
+    ``params.pt`` is written with ``torch.save`` of a plain tensor dict, so it stays loadable with
+    ``torch.load(weights_only=True)``.
+    """
+    path = Path(dst)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "base_model_name_or_path": lens.config.base_model,
+        "d_model": lens.config.hidden_size,
+        "num_hidden_layers": lens.config.num_layers,
+        "bias": lens.config.bias,
+        "base_model_revision": lens.config.base_revision,
+        "lens_type": "linear_tuned_lens",
+    }
+    state = {k.removeprefix("translators."): v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
+    torch.save(state, path / LEGACY_PARAMS)
+    (path / LEGACY_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Lint and the whole test suite, in the pinned environment.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"
