@@ -1,18 +1,30 @@
 """lens-hub: tuned lenses as safe, versioned, verified artifacts on the Hugging Face Hub."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .adapters import ArchitectureSpec, find_model_parts
-from .config import LensConfig
-from .errors import (
-    IncompatibleLensError,
-    LegacyFormatError,
-    LensCompatibilityWarning,
-    LensFormatError,
-    LensHubError,
-    UnsupportedArchitectureError,
-)
-from .legacy import convert_legacy, load_legacy_lens
-from .lens import Lens, LogitLens, TunedLens, Unembed
+
+# Public names, resolved lazily so `import lens_hub.testing` or `lens-hub --help` do not pay for importing torch.
+_EXPORTS = {
+    "ArchitectureSpec": "adapters",
+    "find_model_parts": "adapters",
+    "LensConfig": "config",
+    "IncompatibleLensError": "errors",
+    "LegacyFormatError": "errors",
+    "LensCompatibilityWarning": "errors",
+    "LensFormatError": "errors",
+    "LensHubError": "errors",
+    "UnsupportedArchitectureError": "errors",
+    "convert_legacy": "legacy",
+    "load_legacy_lens": "legacy",
+    "Lens": "lens",
+    "LogitLens": "lens",
+    "TunedLens": "lens",
+    "Unembed": "lens",
+}
 
 __all__ = [
     "ArchitectureSpec",
@@ -32,3 +44,30 @@ __all__ = [
     "find_model_parts",
     "load_legacy_lens",
 ]
+
+if TYPE_CHECKING:
+    from .adapters import ArchitectureSpec, find_model_parts
+    from .config import LensConfig
+    from .errors import (
+        IncompatibleLensError,
+        LegacyFormatError,
+        LensCompatibilityWarning,
+        LensFormatError,
+        LensHubError,
+        UnsupportedArchitectureError,
+    )
+    from .legacy import convert_legacy, load_legacy_lens
+    from .lens import Lens, LogitLens, TunedLens, Unembed
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lens_hub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
