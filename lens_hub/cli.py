@@ -20,8 +20,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 def _version(value: bool) -> None:
@@ -98,6 +100,155 @@ def demo(
     from .demo import run_demo
 
     run_demo(out, prompt, console)
+
+
+registry_app = typer.Typer(
+    help="Inspect and check the lens registry (one YAML file per base model).", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
+
+RegistryOption = Annotated[
+    Path | None, typer.Option("--registry", help="Registry directory (default: $LENS_HUB_REGISTRY or the shipped one).")
+]
+
+
+@registry_app.command("validate")
+def registry_validate(
+    path: Annotated[Path | None, typer.Argument(help="Registry directory (default: the shipped one).")] = None,
+) -> None:
+    """Validate every registry file offline: schema, unique aliases, one default per model, version order,
+    pinned revisions and checksums for verified lenses, sha256 format. Exits 1 listing every error by file and field.
+    """
+    from .registry import Registry
+
+    registry, problems = Registry.check(path)
+    for problem in problems:
+        err_console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+    versions = sum(len(e.lenses) for e in registry.entries.values())
+    if problems:
+        err_console.print(f"[bold red]{len(problems)} problem(s)[/] in {registry.directory}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {registry.directory}: {len(registry.entries)} models, {versions} lens versions, valid")
+
+
+@registry_app.command("list")
+def registry_list(registry: RegistryOption = None) -> None:
+    """List every base model with a lens: aliases, architecture, versions, format, status."""
+    from .registry import Registry
+
+    reg = Registry.load(registry)
+    table = Table(title=f"Lens registry ({len(reg.entries)} models)")
+    for column in ("model", "aliases", "type", "d", "layers", "default", "format", "status"):
+        table.add_column(column, justify="right" if column in ("d", "layers") else "left")
+    for model_id in sorted(reg.entries, key=str.lower):
+        e = reg.entries[model_id]
+        v = e.default_version
+        table.add_row(
+            model_id,
+            ", ".join(e.aliases),
+            e.facts.model_type or "?",
+            str(e.facts.hidden_size or "?"),
+            str(e.facts.num_layers or "?"),
+            f"v{v.version}" + (f" (+{len(e.lenses) - 1})" if len(e.lenses) > 1 else ""),
+            v.format,
+            v.status,
+        )
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    name: Annotated[str, typer.Argument(help="Model id or alias.")], registry: RegistryOption = None
+) -> None:
+    """Show one registry entry in full, with the code that loads its lens."""
+    from .registry import Registry, dump_entry
+
+    reg = Registry.load(registry)
+    entry = reg.get(name)
+    console.print(f"[bold]{entry.model}[/]  ({reg.files.get(entry.model)})")
+    console.print(dump_entry(entry), highlight=False, markup=False)
+    console.print(f'from lens_hub import TunedLens\nlens = TunedLens.from_pretrained("{entry.model}")', markup=False)
+
+
+@registry_app.command("audit")
+def registry_audit(
+    name: Annotated[str | None, typer.Argument(help="Model id or alias (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Audit every entry.")] = False,
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Check against the live Hub (required: this is online).")
+    ] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Check entries against the live Hub: the revision exists, files have the recorded size and sha256, and
+    safetensors headers match the facts. Online; run by hand or on a schedule, not in offline CI.
+    """
+    from .hub import audit_version
+    from .registry import Registry
+
+    if not remote:
+        raise typer.BadParameter("audit talks to the Hub: pass --remote (offline checks are `registry validate`)")
+    if (name is None) == (not all_):
+        raise typer.BadParameter("name one model, or pass --all")
+    reg = Registry.load(registry)
+    entries = list(reg.entries.values()) if all_ else [reg.get(name)]  # type: ignore[arg-type]
+    failed = 0
+    for entry in entries:
+        for version in entry.lenses:
+            report = audit_version(entry.model, version, entry.facts)
+            mark = "[green]✓[/]" if report.ok else "[red]✗[/]"
+            console.print(f"{mark} {report.name}", highlight=False)
+            for line in report.problems:
+                console.print(f"    [red]{line}[/]", highlight=False, soft_wrap=True)
+            for line in report.notes:
+                console.print(f"    [dim]{line}[/]", highlight=False, soft_wrap=True)
+            failed += not report.ok
+    if failed:
+        err_console.print(f"[bold red]{failed} lens version(s) drifted from the registry[/]")
+        raise typer.Exit(1)
+
+
+@registry_app.command("schema")
+def registry_schema(
+    out: Annotated[Path | None, typer.Option(help="Write the JSON Schema here (default: print it).")] = None,
+    check: Annotated[bool, typer.Option(help="Exit 1 if --out differs from the current schema.")] = False,
+) -> None:
+    """Print or write the registry JSON Schema (registry/schema.json is generated with this)."""
+    import json
+
+    from .registry_schema import registry_json_schema
+
+    text = json.dumps(registry_json_schema(), indent=2) + "\n"
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+    elif check:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            err_console.print(f"[red]✗[/] {out} is stale: run `lens-hub registry schema --out {out}`")
+            raise typer.Exit(1)
+        console.print(f"[green]✓[/] {out} is current")
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="Registry id or alias, hf://org/repo[@rev][/sub], or org/repo.")],
+    version: Annotated[str | None, typer.Option(help="Lens version (default: the entry's default).")] = None,
+    registry: RegistryOption = None,
+    pinned_only: Annotated[bool, typer.Option(help="Refuse lenses not pinned to a commit.")] = False,
+) -> None:
+    """Fetch and verify a lens into the local cache (for later offline use), without loading a model.
+
+    Example: lens-hub download gpt2 && HF_HUB_OFFLINE=1 python my_script.py
+    """
+    from .pretrained import FetchOptions
+    from .pretrained import download as fetch_lens
+
+    ref, folder, config = fetch_lens(
+        name, version=version, registry=registry, options=FetchOptions(pinned_only=pinned_only)
+    )
+    console.print(f"[green]✓[/] {ref.describe()}: {config.num_layers} layers, d={config.hidden_size}, verified")
+    console.print(str(folder), markup=False, highlight=False)
 
 
 def main() -> None:

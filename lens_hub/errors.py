@@ -43,3 +43,43 @@ class IncompatibleLensError(LensHubError):
 
 class LensCompatibilityWarning(UserWarning):
     """A compatibility check failed but was explicitly allowed with ``allow_mismatch=True``."""
+
+
+class RegistryError(LensHubError):
+    """A registry file is invalid; ``problems`` holds one located message per error."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("Invalid lens registry:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class LensNotFoundError(LensHubError):
+    """A name is neither in the registry, nor a local lens directory, nor a lens repo on the Hub."""
+
+
+class AmbiguousNameError(LensHubError):
+    """A name could mean two different lenses (e.g. a registry alias and a local directory); it is not guessed."""
+
+
+class UnknownVersionError(LensHubError):
+    """The requested lens version is not in the registry entry."""
+
+
+class NotPinnedError(LensHubError):
+    """A lens is not pinned to a commit, and pinned-only loading was requested."""
+
+
+class ChecksumMismatchError(LensHubError):
+    """A downloaded file's size or sha256 differs from the registry; the bad file was removed from the cache."""
+
+
+class OfflineNotCachedError(LensHubError):
+    """Offline mode is on (``HF_HUB_OFFLINE=1``) and the lens is not in the local cache."""
+
+
+class HubUnreachableError(LensHubError):
+    """The Hugging Face Hub (``HF_ENDPOINT``) could not be reached or kept failing."""
+
+
+class UnverifiedLensWarning(UserWarning):
+    """A lens whose files nobody has checked (no pinned commit or checksums) is being loaded."""

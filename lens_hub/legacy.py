@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import pickle
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -71,7 +73,9 @@ def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, t
     if not file.is_file():
         raise LegacyFormatError(f"{file} does not exist.")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remark on foreign pickle protocols adds nothing to our refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise LegacyFormatError(
             f"{file} was refused: it is not a plain tensor state dict that torch.load(weights_only=True) can "
@@ -107,6 +111,7 @@ def _convert(
     model: nn.Module | None,
     base_model: str | None,
     architecture: ArchitectureSpec | None,
+    known_facts: Mapping[str, object] | None = None,
 ) -> tuple[LensConfig, dict[str, torch.Tensor], ModelParts | None]:
     """Read an old lens; when ``model`` is given, record its facts and check the lens fits it."""
     path = Path(src)
@@ -127,7 +132,7 @@ def _convert(
     if name and not base_model and (os.path.isabs(name) or name.startswith((".", "~"))):
         logger.warning("the old config names a local path (%s) as base model; pass base_model='org/name'", name)
         name = None
-    facts: dict = {"model_type": None, "vocab_size": None, "fingerprint": None}
+    facts: dict = {k: (known_facts or {}).get(k) for k in ("model_type", "vocab_size", "fingerprint")}
     parts = find_model_parts(model, architecture) if model is not None else None
     if parts is not None:
         facts = {
@@ -160,6 +165,7 @@ def convert_legacy(
     model: nn.Module | None = None,
     base_model: str | None = None,
     architecture: ArchitectureSpec | None = None,
+    known_facts: Mapping[str, object] | None = None,
 ) -> LensConfig:
     """Convert an old ``tuned-lens`` lens directory into a lens-hub directory.
 
@@ -170,6 +176,8 @@ def convert_legacy(
             recorded (and its hidden size and layer count checked), so later loads are fully verified.
         base_model: Hub id of the base model, overriding the old config's (which may be a local path).
         architecture: Explicit module paths for ``model``, if the built-in probes do not cover it.
+        known_facts: ``model_type`` / ``vocab_size`` / ``fingerprint`` to record when no ``model`` is given
+            (e.g. from a registry entry).
 
     Returns:
         The written config.
@@ -178,7 +186,7 @@ def convert_legacy(
         LegacyFormatError: The old lens is malformed or ``params.pt`` is not a plain tensor state dict.
         IncompatibleLensError: ``model`` is given and the lens does not fit it.
     """
-    config, tensors, _ = _convert(src, model, base_model, architecture)
+    config, tensors, _ = _convert(src, model, base_model, architecture, known_facts)
     write_lens_dir(dst, config, tensors)
     return config
 

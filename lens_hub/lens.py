@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 from .adapters import ArchitectureSpec, ModelParts, find_model_parts
 from .compat import check_compatibility
@@ -223,6 +227,76 @@ class TunedLens(Lens):
         lens = cls(parts, config)
         lens.load_state_dict(tensors)
         return lens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        *,
+        version: str | None = None,
+        model: nn.Module | None = None,
+        registry: Registry | str | os.PathLike[str] | None = None,
+        allow_mismatch: bool = False,
+        architecture: ArchitectureSpec | None = None,
+        pinned_only: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> TunedLens:
+        """Load a published lens by registry name, Hub location or local path, verified end to end.
+
+        ``name`` is a registry model id or alias (``"gpt2"``, case-insensitive), ``hf://org/repo[@rev][/subfolder]``,
+        ``org/repo``, or a local directory (``./my-lens``); a name that could mean two things is refused. Registry
+        lenses are downloaded through the Hugging Face cache at their pinned commit (a cached lens loads with no
+        HTTP request), every file's size and sha256 is verified, the lens is checked against the registry's facts
+        and then against ``model``.
+
+        Args:
+            name: What to load (see above).
+            version: A registry version (``"1.0.0"``); default: the entry's default version.
+            model: The base model; if omitted, it is loaded with transformers from the id the registry names.
+            registry: A registry directory instead of the shipped one (or set ``LENS_HUB_REGISTRY``).
+            allow_mismatch: Expert opt-out of the model_type / vocabulary / fingerprint checks (warns).
+            architecture: Explicit module paths for models the built-in probes do not cover.
+            pinned_only: Refuse lenses that are not pinned to a commit.
+            cache_dir: huggingface_hub cache directory (default: ``HF_HUB_CACHE``).
+            token: Hub token (default: the usual huggingface_hub token mechanisms).
+            local_files_only: Never touch the network (as ``HF_HUB_OFFLINE=1``).
+            dtype: dtype for the base model when it is loaded here.
+
+        Raises:
+            LensNotFoundError, AmbiguousNameError, UnknownVersionError, NotPinnedError, ChecksumMismatchError,
+            IncompatibleLensError, OfflineNotCachedError, HubUnreachableError: all subclasses of ``LensHubError``.
+        """
+        from .pretrained import FetchOptions, load_pretrained
+
+        options = FetchOptions(
+            cache_dir=cache_dir, token=token, local_files_only=local_files_only, pinned_only=pinned_only
+        )
+        return load_pretrained(
+            name,
+            version=version,
+            model=model,
+            registry=registry,
+            allow_mismatch=allow_mismatch,
+            architecture=architecture,
+            options=options,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_model_and_pretrained(cls, model: nn.Module, *, version: str | None = None, **kwargs: object) -> TunedLens:
+        """Load the registry's lens for ``model``, found by the id the model was loaded from.
+
+        Takes the same keyword arguments as :meth:`from_pretrained`.
+        """
+        from .pretrained import entry_for_model
+        from .registry import Registry
+
+        registry = Registry.load(kwargs.pop("registry", None))  # type: ignore[arg-type]
+        entry = entry_for_model(model, registry)
+        return cls.from_pretrained(entry.model, version=version, model=model, registry=registry, **kwargs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"base_model={self.config.base_model!r}, num_layers={self.num_layers}, bias={self.config.bias}"

@@ -125,7 +125,6 @@ class _Exploit:
         return (os.system, (f"touch {self.path}",))
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
     sentinel = tmp_path / "pwned"
     _write_old(tmp_path / "old", {})

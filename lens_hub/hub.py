@@ -1,0 +1,270 @@
+"""Hub I/O: fetch lens files at a pinned commit through the Hugging Face cache, verify them, audit entries.
+
+Downloads go through ``huggingface_hub.hf_hub_download``, so the normal cache, ``HF_HOME``, ``HF_HUB_OFFLINE`` and
+tokens all apply, and a file cached at a 40-hex commit is served without any HTTP request. huggingface_hub checks
+only sizes; every file is therefore hashed here before use, and a file that fails is deleted from the cache (blob
+and snapshot link) so no later call can trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import (
+    ChecksumMismatchError,
+    HubUnreachableError,
+    LensHubError,
+    LensNotFoundError,
+    OfflineNotCachedError,
+)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file to fetch: where it lives, and what it must be (``None``: not recorded)."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def url(self) -> str:
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"{prefix}{self.repo_id}@{self.revision[:12]}/{self.path}"
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exception classes of whichever HTTP stack huggingface_hub uses."""
+    classes: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
+        try:
+            classes.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
+
+
+def is_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (read at call time, so tests can switch it)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@contextmanager
+def hub_errors(what: str, *, local_files_only: bool = False) -> Iterator[None]:
+    """Translate huggingface_hub / transport exceptions into lens-hub's error family."""
+    from huggingface_hub import errors as hf
+
+    try:
+        yield
+    except hf.LocalEntryNotFoundError as exc:
+        if local_files_only or is_offline():
+            raise OfflineNotCachedError(
+                f"{what} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1 or "
+                "local_files_only=True). Fetch it once while online: `lens-hub download NAME`."
+            ) from None
+        raise HubUnreachableError(f"could not reach the Hub for {what}: {exc}") from None
+    except hf.RepositoryNotFoundError:
+        raise LensNotFoundError(f"{what}: the repository does not exist on the Hub (or is private: log in).") from None
+    except hf.RevisionNotFoundError:
+        raise LensNotFoundError(f"{what}: the pinned revision does not exist in the repository.") from None
+    except hf.EntryNotFoundError:
+        raise LensNotFoundError(f"{what}: the file does not exist at that revision.") from None
+    except hf.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        raise HubUnreachableError(f"the Hub failed while fetching {what} (HTTP {status}); try again later.") from None
+    except _transport_errors() as exc:
+        raise HubUnreachableError(f"could not reach the Hub for {what}: {type(exc).__name__}: {exc}") from None
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _evict(local: Path) -> None:
+    """Remove a cached file: the snapshot entry and, if it is a link, the blob it points to."""
+    blob = local.resolve()
+    local.unlink(missing_ok=True)
+    if blob != local:
+        blob.unlink(missing_ok=True)
+
+
+def verify_file(local: Path, file: HubFile) -> None:
+    """Check a cached file's size and sha256 against the record, and against the blob's own content address.
+
+    huggingface_hub names LFS blobs by their sha256 (the Hub's ETag); a blob whose content does not hash to its
+    name was corrupted in transit or on disk even when no checksum was recorded.
+
+    Raises:
+        ChecksumMismatchError: After evicting the file from the cache.
+    """
+    size = local.stat().st_size
+    problem = None
+    if file.size is not None and size != file.size:
+        problem = f"size {size} bytes, expected {file.size}"
+    else:
+        actual = sha256_of(local)
+        address = local.resolve().name
+        if file.sha256 is not None and actual != file.sha256:
+            problem = f"sha256 {actual}, expected {file.sha256}"
+        elif file.sha256 is None and _HEX64.match(address) and actual != address:
+            problem = f"sha256 {actual}, but the Hub announced {address}"
+    if problem:
+        _evict(local)
+        raise ChecksumMismatchError(
+            f"{file.url} failed verification ({problem}). The file was removed from the cache; a new call downloads "
+            "it again. If this persists, the file on the Hub differs from the registry: report it."
+        )
+
+
+def fetch_file(
+    file: HubFile,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Download (or find in the cache) one file and verify it; returns its local path."""
+    from huggingface_hub import hf_hub_download
+
+    with hub_errors(file.url, local_files_only=local_files_only):
+        local = hf_hub_download(
+            file.repo_id,
+            file.path,
+            repo_type=file.repo_type,
+            revision=file.revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
+    path = Path(local)
+    verify_file(path, file)
+    return path
+
+
+def commit_of(local: Path) -> str | None:
+    """The commit a file in the huggingface_hub cache was resolved to (from its ``snapshots/<commit>`` path)."""
+    parts = local.parts
+    if "snapshots" in parts:
+        candidate = parts[parts.index("snapshots") + 1]
+        if _COMMIT.match(candidate):
+            return candidate
+    return None
+
+
+def resolve_commit(repo_id: str, repo_type: str, revision: str, *, token: str | bool | None = None) -> str:
+    """Resolve a branch or tag to its 40-hex commit (one request; a commit is returned as is)."""
+    if _COMMIT.match(revision):
+        return revision
+    from huggingface_hub import HfApi
+
+    with hub_errors(f"{repo_id}@{revision}"):
+        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, token=token)
+    if not info.sha:
+        raise LensHubError(f"the Hub did not report a commit for {repo_id}@{revision}")
+    return info.sha
+
+
+@dataclass
+class AuditReport:
+    """What ``lens-hub registry audit --remote`` found for one lens version."""
+
+    name: str
+    problems: list[str]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit_version(model_id: str, version: object, facts: object, *, token: str | bool | None = None) -> AuditReport:
+    """Check a registry lens version against the live Hub: revision, files (size, sha256), safetensors shapes.
+
+    Args:
+        model_id: The entry's canonical model id (for the report).
+        version: A :class:`~lens_hub.registry_schema.LensVersion`.
+        facts: The entry's :class:`~lens_hub.registry_schema.ModelFacts`.
+        token: Hub token.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    loc = version.location  # type: ignore[attr-defined]
+    report = AuditReport(f"{model_id} v{version.version}", [], [])  # type: ignore[attr-defined]
+    where = f"{loc.repo_type}s/{loc.repo_id}"
+    try:
+        commit = resolve_commit(loc.repo_id, loc.repo_type, loc.revision or "main", token=token)
+    except LensHubError as exc:
+        report.problems.append(str(exc))
+        return report
+    if loc.revision is None:
+        report.notes.append(f"unpinned; {where} main is at {commit} (pin it to verify this entry)")
+    paths = [f"{loc.subfolder}/{f.path}" if loc.subfolder else f.path for f in version.files]  # type: ignore[attr-defined]
+    with hub_errors(where):
+        infos = {
+            i.path: i
+            for i in api.get_paths_info(loc.repo_id, paths, revision=commit, repo_type=loc.repo_type, token=token)
+        }
+    for file, path in zip(version.files, paths, strict=True):  # type: ignore[attr-defined]
+        info = infos.get(path)
+        if info is None or not hasattr(info, "size"):
+            report.problems.append(f"{path}: missing at {commit[:12]}")
+            continue
+        if file.size is not None and info.size != file.size:
+            report.problems.append(f"{path}: size {info.size} on the Hub, registry says {file.size}")
+        remote_sha = info.lfs.sha256 if getattr(info, "lfs", None) else None
+        if remote_sha is None:  # a regular (non-LFS) file: the Hub gives only a git oid, so hash the live bytes
+            with tempfile.TemporaryDirectory() as fresh:  # never the cache: it may hold an older, good copy
+                remote_sha = sha256_of(
+                    fetch_file(HubFile(loc.repo_id, loc.repo_type, commit, path), token=token, cache_dir=fresh)
+                )
+        if file.sha256 is not None and remote_sha != file.sha256:
+            report.problems.append(f"{path}: sha256 {remote_sha} on the Hub, registry says {file.sha256}")
+        if file.sha256 is None or file.size is None:
+            report.notes.append(f"{path}: size {info.size}, sha256 {remote_sha}")
+        if path.endswith(".safetensors"):
+            report.problems += _audit_shapes(api, loc, commit, path, facts, token)
+    return report
+
+
+def _audit_shapes(
+    api: object, loc: object, commit: str, path: str, facts: object, token: str | bool | None
+) -> list[str]:
+    d, layers = getattr(facts, "hidden_size", None), getattr(facts, "num_layers", None)
+    with hub_errors(path):
+        meta = api.parse_safetensors_file_metadata(  # type: ignore[attr-defined]
+            loc.repo_id,
+            path,
+            repo_type=loc.repo_type,
+            revision=commit,
+            token=token,  # type: ignore[attr-defined]
+        )
+    problems = []
+    weights = {k: v for k, v in meta.tensors.items() if k.endswith(".weight")}
+    if layers is not None and len(weights) != layers:
+        problems.append(f"{path}: {len(weights)} translator weights, registry says num_layers {layers}")
+    if d is not None:
+        bad = sorted(k for k, v in weights.items() if list(v.shape) != [d, d])
+        if bad:
+            problems.append(f"{path}: {bad[0]} is {list(weights[bad[0]].shape)}, registry says hidden_size {d}")
+    return problems

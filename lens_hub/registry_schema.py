@@ -1,0 +1,204 @@
+"""Schema of the lens registry: one YAML file per base model, validated by these pydantic models.
+
+Every model is strict (a YAML ``0`` is not accepted where a string is expected, and ``1.0`` is not a version) and
+forbids unknown keys, so a typo or a pasted block fails validation instead of being dropped. The JSON Schema
+exported from these models lives in ``registry/schema.json`` for editors and other tools.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from .config import EvaluationInfo, validate_repo_id
+
+REGISTRY_SCHEMA_VERSION = 1
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+SemVer = Annotated[
+    str,
+    StringConstraints(pattern=r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"),
+]
+RepoId = Annotated[str, StringConstraints(min_length=1, max_length=96)]
+
+
+def semver_key(version: str) -> tuple:
+    """Sort key of a semantic version: releases after their pre-releases, numeric parts compared as numbers."""
+    core, _, pre = version.partition("-")
+    numbers = tuple(int(x) for x in core.split("."))
+    pre_key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")) if pre else ()
+    return (numbers, 0 if pre else 1, pre_key)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelFacts(_Strict):
+    """Facts about the base model that every lens of it must match (``None``: not known for certain)."""
+
+    model_type: str | None = None
+    hidden_size: int | None = Field(default=None, gt=0)
+    num_layers: int | None = Field(default=None, gt=0)
+    vocab_size: int | None = Field(default=None, gt=0)
+    revision: CommitSha | None = Field(default=None, description="Commit of the base model the lenses were made on.")
+    fingerprint: str | None = Field(default=None, description="Unembedding fingerprint (see lens_hub.fingerprint).")
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _parsable(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .fingerprint import parse_fingerprint
+
+            parse_fingerprint(value)
+        return value
+
+
+class HubLocation(_Strict):
+    """Where a lens lives on the Hub."""
+
+    repo_id: RepoId
+    repo_type: Literal["model", "space", "dataset"] = "model"
+    subfolder: str = Field(default="", description="Folder inside the repo ('' for the root).")
+    revision: CommitSha | None = Field(description="40-hex commit the files are pinned to (None: unpinned).")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if "/" not in value:
+            raise ValueError("must be 'namespace/name'")
+        return validate_repo_id(value)
+
+    @field_validator("subfolder")
+    @classmethod
+    def _subfolder(cls, value: str) -> str:
+        if value.startswith("/") or value.endswith("/") or ".." in value.split("/") or "\\" in value:
+            raise ValueError("must be a relative folder like 'lens/gpt2' (no leading/trailing '/', no '..')")
+        return value
+
+
+class LensFile(_Strict):
+    """One file of a lens artifact, with what it must hash to."""
+
+    path: str = Field(min_length=1, description="Path relative to the subfolder.")
+    size: int | None = Field(default=None, ge=0)
+    sha256: Sha256 | None = None
+
+
+class TrainingProvenance(_Strict):
+    """How a lens was trained."""
+
+    dataset: str | None = None
+    num_tokens: int | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    lens_hub_version: str | None = None
+    notes: str | None = None
+
+
+Format = Literal["safetensors", "tuned-lens-legacy"]
+Status = Literal["verified", "unverified", "deprecated"]
+
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "safetensors": ("config.json", "lens.safetensors"),
+    "tuned-lens-legacy": ("config.json", "params.pt"),
+}
+
+
+class LensVersion(_Strict):
+    """One published version of a lens for a base model."""
+
+    version: SemVer
+    default: bool = False
+    format: Format
+    status: Status = Field(
+        description="verified: pinned commit and checksums checked against the Hub; unverified: files not checked "
+        "by anyone here (the loader warns); deprecated: kept for reproducibility, never the default."
+    )
+    location: HubLocation
+    files: list[LensFile] = Field(min_length=1)
+    license: str | None = None
+    training: TrainingProvenance | None = None
+    evaluation: EvaluationInfo | None = None
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LensVersion:
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"files lists a path twice: {paths}")
+        missing = [p for p in REQUIRED_FILES[self.format] if p not in paths]
+        if missing:
+            raise ValueError(f"a {self.format} lens needs files {list(REQUIRED_FILES[self.format])}; missing {missing}")
+        if self.status == "verified":
+            if self.location.revision is None:
+                raise ValueError("a verified lens must be pinned: set location.revision to a 40-hex commit")
+            unhashed = [f.path for f in self.files if f.size is None or f.sha256 is None]
+            if unhashed:
+                raise ValueError(f"a verified lens needs size and sha256 for every file; missing for {unhashed}")
+        if self.format == "safetensors" and self.location.revision is None:
+            raise ValueError("safetensors lenses must be pinned: set location.revision to a 40-hex commit")
+        if self.default and self.status == "deprecated":
+            raise ValueError("a deprecated version cannot be the default")
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        return self.location.revision is not None
+
+
+class RegistryEntry(_Strict):
+    """A registry file: one base model, its aliases, its facts and its lens versions (oldest first)."""
+
+    schema_version: Literal[1] = REGISTRY_SCHEMA_VERSION
+    model: RepoId = Field(description="Canonical Hub id of the base model, e.g. 'openai-community/gpt2'.")
+    aliases: list[str] = Field(default_factory=list, description="Other names (case-insensitive), e.g. 'gpt2'.")
+    facts: ModelFacts
+    lenses: list[LensVersion] = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        return validate_repo_id(value)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        lowered = [a.lower() for a in value]
+        if len(set(lowered)) != len(lowered):
+            raise ValueError(f"aliases repeat (case-insensitively): {value}")
+        for alias in value:
+            if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", alias):
+                raise ValueError(f"alias {alias!r} must look like a model id ('name' or 'org/name')")
+        return value
+
+    @model_validator(mode="after")
+    def _versions(self) -> RegistryEntry:
+        if self.model.lower() in (a.lower() for a in self.aliases):
+            raise ValueError("aliases must not repeat the canonical id (it always resolves to itself)")
+        versions = [v.version for v in self.lenses]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"lens versions repeat: {versions}")
+        if [semver_key(v) for v in versions] != sorted(semver_key(v) for v in versions):
+            raise ValueError(f"lens versions must be listed oldest first: {versions}")
+        defaults = [v.version for v in self.lenses if v.default]
+        if len(defaults) != 1:
+            raise ValueError(f"exactly one lens version must be the default, found {len(defaults)}: {defaults}")
+        return self
+
+    @property
+    def default_version(self) -> LensVersion:
+        return next(v for v in self.lenses if v.default)
+
+    def get_version(self, version: str) -> LensVersion | None:
+        return next((v for v in self.lenses if v.version == version), None)
+
+
+def registry_json_schema() -> dict:
+    """The JSON Schema of a registry file (written to ``registry/schema.json``)."""
+    schema = RegistryEntry.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lens-hub registry entry"
+    return schema
