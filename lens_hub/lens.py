@@ -46,9 +46,18 @@ class Unembed:
             h = self.parts.post_norm(h)
         return h
 
+    @property
+    def has_postprocessing(self) -> bool:
+        """Whether the family transforms the logits after the output embedding (scaling, soft-capping)."""
+        p = self.parts
+        return p.logit_scale is not None or p.logit_divisor is not None or p.logit_softcap is not None
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Output embedding plus logit post-processing, for an already normalised state."""
-        logits = self.parts.output_embedding(h.to(self.dtype))
+        return self.postprocess(self.parts.output_embedding(h.to(self.dtype)))
+
+    def postprocess(self, logits: torch.Tensor) -> torch.Tensor:
+        """The family's logit post-processing (identity for most)."""
         # Same operations, in the same order, as the transformers implementations, so results match bit for bit.
         if self.parts.logit_scale is not None:
             logits = logits * self.parts.logit_scale

@@ -95,3 +95,29 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         name_or_path, **{k: v for k, v in kwargs.items() if v is not None}
     ).eval()
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, *, revision: str | None = None, dtype: torch.dtype | None = None, device: str | None = None
+) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer (``smollm2-offline``: the bundled SmolLM2-135M-Instruct), on ``device``."""
+    if name_or_path == "smollm2-offline":
+        model, tokenizer = load_smollm2(dtype or torch.float32)
+    else:
+        from transformers import AutoTokenizer
+
+        model = load_model(name_or_path, revision=revision, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model accepts, from its config (None if unbounded or unknown)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -79,7 +79,7 @@ def parse_entry_file(path: Path) -> tuple[RegistryEntry | None, list[str]]:
     except ValidationError as exc:
         return None, [
             f"{path}: {_format_loc(e['loc'])}: {e['msg']} (got {e['input']!r})"
-            if e["type"] not in ("missing", "model_type") and not isinstance(e["input"], dict)
+            if e["type"] not in ("missing", "model_type") and not isinstance(e["input"], (dict, list))
             else f"{path}: {_format_loc(e['loc'])}: {e['msg']}"
             for e in exc.errors()
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from .config import EvaluationInfo, validate_repo_id
 
@@ -163,30 +163,34 @@ class RegistryEntry(_Strict):
     def _model_id(cls, value: str) -> str:
         return validate_repo_id(value)
 
+    # Field validators rather than a model validator, so that problems are located at `aliases` / `lenses`
+    # (a model validator's errors have no location) and are reported even when another field is invalid.
     @field_validator("aliases")
     @classmethod
-    def _aliases(cls, value: list[str]) -> list[str]:
+    def _aliases(cls, value: list[str], info: ValidationInfo) -> list[str]:
         lowered = [a.lower() for a in value]
         if len(set(lowered)) != len(lowered):
             raise ValueError(f"aliases repeat (case-insensitively): {value}")
         for alias in value:
             if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", alias):
                 raise ValueError(f"alias {alias!r} must look like a model id ('name' or 'org/name')")
+        model = info.data.get("model")  # validated before aliases (declared first); absent if it was invalid
+        if model is not None and model.lower() in lowered:
+            raise ValueError(f"aliases must not repeat the canonical id {model!r} (it always resolves to itself)")
         return value
 
-    @model_validator(mode="after")
-    def _versions(self) -> RegistryEntry:
-        if self.model.lower() in (a.lower() for a in self.aliases):
-            raise ValueError("aliases must not repeat the canonical id (it always resolves to itself)")
-        versions = [v.version for v in self.lenses]
+    @field_validator("lenses")
+    @classmethod
+    def _versions(cls, lenses: list[LensVersion]) -> list[LensVersion]:
+        versions = [v.version for v in lenses]
         if len(set(versions)) != len(versions):
             raise ValueError(f"lens versions repeat: {versions}")
         if [semver_key(v) for v in versions] != sorted(semver_key(v) for v in versions):
             raise ValueError(f"lens versions must be listed oldest first: {versions}")
-        defaults = [v.version for v in self.lenses if v.default]
+        defaults = [v.version for v in lenses if v.default]
         if len(defaults) != 1:
             raise ValueError(f"exactly one lens version must be the default, found {len(defaults)}: {defaults}")
-        return self
+        return lenses
 
     @property
     def default_version(self) -> LensVersion:

@@ -4,4 +4,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lens-hub registry validate
+.venv/bin/lens-hub registry schema --out registry/schema.json --check
 .venv/bin/python -m pytest "$@"

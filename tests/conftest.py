@@ -1,5 +1,12 @@
+import os
 import sys
 from pathlib import Path
+
+# No test may reach the real Hub: offline unless a test opts into the loopback Hub (its fixture lifts this), and
+# never Xet, telemetry or update checks. Set before anything imports huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import pytest
 import torch

@@ -1,0 +1,229 @@
+"""Evaluation of a tuned lens against the logit lens, in the paper's metrics.
+
+Per layer and lens: cross-entropy against the next token, entropy of the lens distribution, and KL(final-layer
+distribution || lens distribution), plus the model's own cross-entropy; optionally the transfer matrix (translator
+i applied to layer j). Everything is reported in bits per byte of text, so numbers compare across tokenizers.
+
+The JSON written by :func:`write_json` has this schema (``lens-hub-eval/1``)::
+
+    {"schema": "lens-hub-eval/1", "model": str, "lens": str | null, "dataset": str, "num_tokens": int,
+     "tokens_per_byte": float, "unit": "bits_per_byte", "model_cross_entropy": float,
+     "tuned": {"kl": [L floats], "cross_entropy": [...], "entropy": [...]} | null,
+     "logit": {"kl": [...], "cross_entropy": [...], "entropy": [...]},
+     "transfer": [[L floats] x L] | null}   # transfer[i][j]: KL with translator i on layer j
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import EvaluationInfo, LayerMetrics
+from .data import TokenData
+from .lens import Lens, LogitLens, TunedLens
+from .train import hidden_states
+
+SCHEMA = "lens-hub-eval/1"
+
+
+@dataclass
+class EvalResult:
+    """Per-layer metrics in bits per byte."""
+
+    dataset: str
+    num_tokens: int
+    tokens_per_byte: float
+    model_cross_entropy: float
+    logit: dict[str, list[float]]
+    tuned: dict[str, list[float]] | None = None
+    transfer: list[list[float]] | None = None
+    model: str | None = None
+    lens: str | None = None
+
+    def summary(self) -> EvaluationInfo:
+        """The summary stored in a lens's config (and shown on model cards and in the docs)."""
+        return EvaluationInfo(
+            dataset=self.dataset,
+            num_tokens=self.num_tokens,
+            tuned=LayerMetrics(**self.tuned) if self.tuned else LayerMetrics(),
+            logit=LayerMetrics(**self.logit),
+            model_cross_entropy=self.model_cross_entropy,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "lens": self.lens,
+            "dataset": self.dataset,
+            "num_tokens": self.num_tokens,
+            "tokens_per_byte": self.tokens_per_byte,
+            "unit": "bits_per_byte",
+            "model_cross_entropy": self.model_cross_entropy,
+            "tuned": self.tuned,
+            "logit": self.logit,
+            "transfer": self.transfer,
+        }
+
+
+class _Sums:
+    """Running sums of per-token statistics for one lens, per layer (in nats, float64)."""
+
+    def __init__(self, num_layers: int, device: torch.device) -> None:
+        self.kl = torch.zeros(num_layers, dtype=torch.float64, device=device)
+        self.ce = torch.zeros_like(self.kl)
+        self.entropy = torch.zeros_like(self.kl)
+
+    def add(self, i: int, log_q: torch.Tensor, log_p: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> None:
+        """log_q, log_p, p: [c, V] rows; labels: [c] next tokens, -1 where there is none."""
+        self.entropy[i] -= (log_q.exp() * log_q).sum(dtype=torch.float64)
+        self.kl[i] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+        has = labels >= 0
+        self.ce[i] -= log_q[has].gather(-1, labels[has, None]).sum(dtype=torch.float64)
+
+
+ROW_ELEMENTS = 1 << 25  # logits per chunk of rows: 128 MiB in fp32
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: TokenData,
+    lens: TunedLens | None = None,
+    *,
+    batch_size: int = 4,
+    max_sequences: int | None = None,
+    transfer: bool = False,
+) -> EvalResult:
+    """Evaluate the logit lens, and ``lens`` if given, on ``data``.
+
+    Tokens are processed in chunks of rows so no [tokens x vocab] tensor larger than ~128 MiB exists.
+
+    Args:
+        model: The base model.
+        data: Held-out token sequences.
+        lens: A tuned lens (``None``: the logit lens alone).
+        batch_size: Sequences per forward pass.
+        max_sequences: Evaluate at most this many sequences.
+        transfer: Also compute the transfer matrix (translator i on layer j; costs layers x layers unembeddings).
+    """
+    logit = LogitLens.from_model(model)
+    num_layers = logit.num_layers
+    device = logit.unembed.parts.output_embedding.weight.device
+    seqs = data.sequences[: max_sequences or len(data.sequences)]
+    lenses: dict[str, Lens] = {"logit": logit} | ({"tuned": lens} if lens is not None else {})
+    sums = {name: _Sums(num_layers, device) for name in lenses}
+    model_ce = torch.zeros((), dtype=torch.float64, device=device)
+    trans = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=device)
+    rows = max(1, ROW_ELEMENTS // logit.unembed.parts.vocab_size)
+    for start in range(0, len(seqs), batch_size):
+        ids = seqs[start : start + batch_size].to(device)
+        labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1).reshape(-1)
+        hs = [h.flatten(0, 1) for h in hidden_states(model, ids)]
+        for r in range(0, len(labels), rows):
+            sl = slice(r, r + rows)
+            log_p = logit.unembed.head(hs[-1][sl]).float().log_softmax(-1)
+            p = log_p.exp()
+            has = labels[sl] >= 0
+            model_ce -= log_p[has].gather(-1, labels[sl][has, None]).sum(dtype=torch.float64)
+            for i in range(num_layers):
+                for name, each in lenses.items():
+                    sums[name].add(i, each(hs[i][sl], i).float().log_softmax(-1), log_p, p, labels[sl])
+                if transfer and lens is not None:
+                    for j in range(num_layers):
+                        log_q = lens.unembed(lens.transform_hidden(hs[j][sl], i)).float().log_softmax(-1)
+                        trans[i, j] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+    n_tokens = seqs.numel()
+    n_predicted = seqs.shape[0] * (seqs.shape[1] - 1)
+    to_bpb = data.tokens_per_byte / math.log(2)
+
+    def bpb(x: torch.Tensor, n: int) -> list[float]:
+        return [float(v) * to_bpb / n for v in x.reshape(-1)]
+
+    metrics = {
+        name: {"kl": bpb(s.kl, n_tokens), "cross_entropy": bpb(s.ce, n_predicted), "entropy": bpb(s.entropy, n_tokens)}
+        for name, s in sums.items()
+    }
+    return EvalResult(
+        dataset=data.source,
+        num_tokens=n_tokens,
+        tokens_per_byte=data.tokens_per_byte,
+        model_cross_entropy=bpb(model_ce, n_predicted)[0],
+        logit=metrics["logit"],
+        tuned=metrics.get("tuned"),
+        transfer=[bpb(row, n_tokens) for row in trans] if transfer and lens is not None else None,
+        model=getattr(model.config, "_name_or_path", None),
+        lens=lens.config.base_model if lens is not None else None,
+    )
+
+
+def write_json(result: EvalResult, path: str | os.PathLike[str]) -> Path:
+    """Write the result as JSON (schema in this module's docstring)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def plot(result: EvalResult | EvaluationInfo, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """A PNG of KL and cross-entropy per layer, tuned lens against logit lens (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(result, EvalResult):
+        result = result.summary()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
+        for name, metrics, style in (("logit lens", result.logit, "--"), ("tuned lens", result.tuned, "-")):
+            values = getattr(metrics, key)
+            if values:
+                ax.plot(range(len(values)), values, style, marker="o", markersize=3, label=name)
+        if key == "cross_entropy" and result.model_cross_entropy is not None:
+            ax.axhline(result.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{label} [bits/byte]")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def table(result: EvalResult) -> Any:
+    """A rich table of the per-layer metrics."""
+    from rich.table import Table
+
+    t = Table(title=f"Evaluation on {result.dataset} ({result.num_tokens:,} tokens), bits per byte")
+    t.add_column("layer", justify="right")
+    for col in ("KL logit", "KL tuned", "CE logit", "CE tuned", "H logit", "H tuned"):
+        t.add_column(col, justify="right")
+    tuned = result.tuned or {}
+    for i in range(len(result.logit["kl"])):
+
+        def cell(metrics: dict[str, list[float]], key: str, i: int = i) -> str:
+            return f"{metrics[key][i]:.3f}" if metrics else "-"
+
+        t.add_row(
+            str(i),
+            cell(result.logit, "kl"),
+            cell(tuned, "kl"),
+            cell(result.logit, "cross_entropy"),
+            cell(tuned, "cross_entropy"),
+            cell(result.logit, "entropy"),
+            cell(tuned, "entropy"),
+        )
+    t.caption = f"model output cross-entropy: {result.model_cross_entropy:.3f} bits/byte"
+    return t

@@ -1,0 +1,161 @@
+"""Lens training losses: a fused, chunked KL/CE over all layers, and the reference step it replaces.
+
+The lens step costs far more than the model: every token of every layer goes through the unembedding (2 d V
+flops) forward and backward. The reference implementation loops over layers, materialises fp32 log-softmax over the
+whole vocabulary per layer and syncs the host per layer. :func:`fused_lens_losses` instead
+
+* runs all layers of a chunk of tokens through the head in one GEMM ([layers x chunk, d] @ [d, V]);
+* computes the gradient with respect to the logits analytically (``softmax(z) - p``) during the forward pass, so
+  no [tokens x vocab] tensor is kept for the backward pass and none exists for more than one chunk at a time;
+* returns per-layer losses as one tensor, so the host syncs once per step at most.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .lens import TunedLens
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits per chunk (layers x tokens x vocab): 256 MiB in fp32
+
+
+class _HeadKL(torch.autograd.Function):
+    """Per-layer mean KL(target || softmax(head(x))) (or CE), with the gradient computed in the forward pass."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,  # [L, N, d] normalised lens states
+        target: torch.Tensor,  # [N, d] final-normed states (KL) or [N] int64 next-token labels (CE)
+        head: object,  # lens.unembed
+        chunk: int,
+    ) -> torch.Tensor:
+        num_layers, n, d = x.shape
+        weight = head.parts.output_embedding.weight  # type: ignore[attr-defined]
+        grad = torch.empty_like(x)
+        losses = torch.zeros(num_layers, dtype=torch.float32, device=x.device)
+        kl = target.dtype != torch.int64
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            c = stop - start
+            xc = x[:, start:stop].reshape(-1, d)
+            u = F.linear(xc, weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
+            post = head.has_postprocessing  # type: ignore[attr-defined]
+            if post:  # only the cheap elementwise post-processing (soft-capping, scaling) goes through autograd
+                with torch.enable_grad():
+                    u = u.detach().requires_grad_()
+                    z_post = head.postprocess(u).float()  # type: ignore[attr-defined]
+                z = z_post.detach().clone()
+            else:
+                z = u.float()
+            z = z.view(num_layers, c, -1)
+            # One exp per logit: e = exp(z - max) gives both log-sum-exp and softmax. In place, no extra copies.
+            zmax = z.amax(-1, keepdim=True)
+            if kl:
+                with torch.no_grad():
+                    log_p = head.head(target[start:stop]).float().log_softmax(-1)  # type: ignore[attr-defined]
+                p = log_p.exp()
+                neg_entropy = (p * log_p).sum(-1)  # [c]
+                cross = torch.einsum("lcv,cv->lc", z, p)  # sum_v p z, per layer and token
+            else:
+                labels = target[start:stop]
+                cross = z.gather(2, labels.view(1, c, 1).expand(num_layers, c, 1)).squeeze(2)
+            e = z.sub_(zmax).exp_()
+            sums = e.sum(-1, keepdim=True)
+            lse = (zmax + sums.log()).squeeze(-1)  # [L, c]
+            row = (neg_entropy - cross + lse) if kl else (lse - cross)
+            losses += row.sum(1)
+            dz = e.div_(sums)  # softmax
+            if kl:
+                dz.sub_(p)
+            else:
+                dz.scatter_add_(
+                    2,
+                    labels.view(1, c, 1).expand(num_layers, c, 1),
+                    torch.full((num_layers, c, 1), -1.0, device=dz.device),
+                )
+            dz = dz.view(num_layers * c, -1)
+            du = torch.autograd.grad(z_post, u, dz)[0] if post else dz
+            grad[:, start:stop] = (du.to(weight.dtype) @ weight).view(num_layers, c, d)
+        ctx.save_for_backward(grad)
+        ctx.n = n
+        return losses / n
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_losses: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        scale = (grad_losses / ctx.n).to(grad.dtype)[:, None, None]
+        return grad * scale, None, None, None
+
+
+def lens_states(lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:
+    """Translated and final-normed states of the chosen layers, stacked: [len(layers), N, d]."""
+    h = torch.stack([hidden_states[i] for i in layers]).flatten(1, 2)  # [L, N, d]
+    ts = [lens.translators[i] for i in layers]
+    w = torch.stack([t.weight for t in ts])
+    x = h.to(w.dtype)
+    y = torch.bmm(x, w.transpose(1, 2))
+    if ts[0].bias is not None:
+        y = y + torch.stack([t.bias for t in ts])[:, None, :]
+    return lens.unembed.normalize((x + y).to(h.dtype))
+
+
+def chunk_size(num_layers: int, vocab: int, budget: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk so that a chunk's logits (layers x tokens x vocab) stay within ``budget`` elements."""
+    return max(1, budget // max(1, num_layers * vocab))
+
+
+def fused_lens_losses(
+    lens: TunedLens,
+    hidden_states: tuple[torch.Tensor, ...],
+    layers: list[int],
+    *,
+    loss: str = "kl",
+    input_ids: torch.Tensor | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Per-layer training losses (mean over tokens, nats) for one batch, as a differentiable [len(layers)] tensor.
+
+    Args:
+        lens: The lens being trained.
+        hidden_states: ``hidden_states`` of the model's forward pass (``num_layers + 1`` tensors [B, T, d]).
+        layers: Which translators to train.
+        loss: ``"kl"``: KL(final-layer distribution || lens distribution), no token shift (the paper's
+            objective); ``"ce"``: cross-entropy against the next token (needs ``input_ids``).
+        chunk: Tokens per chunk (default: keep a chunk's logits under ~256 MiB).
+    """
+    vocab = lens.unembed.parts.vocab_size
+    chunk = chunk or chunk_size(len(layers), vocab)
+    if loss == "kl":
+        x = lens_states(lens, hidden_states, layers)
+        target = hidden_states[-1].flatten(0, 1)
+    elif loss == "ce":
+        if input_ids is None:
+            raise ValueError("the cross-entropy loss needs input_ids")
+        x = lens_states(lens, tuple(h[:, :-1] for h in hidden_states), layers)
+        target = input_ids[:, 1:].reshape(-1)
+    else:
+        raise ValueError(f"unknown loss {loss!r}; use 'kl' or 'ce'")
+    return _HeadKL.apply(x, target, lens.unembed, chunk)
+
+
+def reference_lens_losses(
+    lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int], *, scale: float = 1.0
+) -> list[float]:
+    """The reference step, as tuned-lens 0.2.0 does it: loop over layers, full-vocabulary fp32 log-softmax per
+    layer, ``backward`` per layer, and a host sync (``.item()``) per layer. Gradients accumulate in the lens."""
+    with torch.no_grad():
+        log_p = lens.unembed.head(hidden_states[-1]).float().log_softmax(-1)
+    out = []
+    for i in layers:
+        log_q = lens(hidden_states[i], i).float().log_softmax(-1)
+        kl = torch.sum(log_p.exp() * (log_p - log_q), dim=-1).mean()
+        (kl * scale).backward()
+        out.append(kl.item())
+    return out
+
+
+NATS_PER_BIT = math.log(2)

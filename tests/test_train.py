@@ -1,0 +1,303 @@
+"""Training: the fused step equals the reference step, the recipe lowers KL, resuming is exact, data is checked."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_hidden
+from tiny_models import FAMILIES, tiny_model
+from transformers import AutoTokenizer
+
+from lens_hub import TunedLens
+from lens_hub.checkpoint import CheckpointError, list_checkpoints
+from lens_hub.data import DataError, load_token_data, tokenize
+from lens_hub.evaluate import evaluate
+from lens_hub.losses import fused_lens_losses, reference_lens_losses
+from lens_hub.train import TrainSettings, hidden_states, train_lens
+
+TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
+SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def tokens(tokenizer):
+    return load_token_data(SAMPLE, tokenizer, seq_len=32)
+
+
+def gpt2_real_vocab(**kw):
+    # initializer_range 0.2 makes layers differ enough from the output for KL to be far from zero.
+    return tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2, **kw)
+
+
+def _random_lens(model, seed=0):
+    lens = TunedLens.from_model(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return lens
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gptj", "opt", "gpt_neox"])
+@pytest.mark.parametrize("chunk", [3, 1000])
+def test_fused_kl_matches_the_reference_step(family, chunk):
+    model = tiny_model(family).requires_grad_(False)
+    lens = _random_lens(model)
+    hs = run_hidden(model, batch=2, seq=9).hidden_states
+    layers = [0, 1, 2]
+    reference = torch.tensor(reference_lens_losses(lens, hs, layers))
+    ref_grads = [p.grad.clone() for p in lens.parameters()]
+    lens.zero_grad()
+    fused = fused_lens_losses(lens, hs, layers, chunk=chunk)
+    fused.sum().backward()
+    torch.testing.assert_close(fused.detach(), reference, rtol=1e-4, atol=1e-6)
+    for p, g in zip(lens.parameters(), ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_cross_entropy_matches_torch():
+    model = tiny_model("llama").requires_grad_(False)
+    lens = _random_lens(model)
+    out = run_hidden(model, batch=2, seq=9)
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    fused = fused_lens_losses(lens, out.hidden_states, [0, 2], loss="ce", input_ids=ids, chunk=5)
+    fused.sum().backward()
+    grads = [None if p.grad is None else p.grad.clone() for p in lens.parameters()]
+    lens.zero_grad()
+    expected = torch.stack(
+        [F.cross_entropy(lens(out.hidden_states[i][:, :-1], i).flatten(0, 1), ids[:, 1:].flatten()) for i in (0, 2)]
+    )
+    expected.sum().backward()
+    torch.testing.assert_close(fused.detach(), expected.detach())
+    for p, g in zip(lens.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_training_forward_works_for_every_family(family):
+    model = tiny_model(family).requires_grad_(False)
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(0))
+    hs = hidden_states(model, ids)
+    with torch.no_grad():
+        assert all(
+            torch.equal(a, b) for a, b in zip(hs, model(ids, output_hidden_states=True).hidden_states, strict=True)
+        )
+    losses = fused_lens_losses(TunedLens.from_model(model), hs, [0, 1, 2])
+    assert losses.shape == (3,)
+    assert torch.isfinite(losses).all()
+
+
+def test_the_paper_recipe_lowers_heldout_kl_at_every_layer(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    train, held = tokens.split(16)
+    before = evaluate(model, held).logit["kl"]
+    settings = TrainSettings(steps=15, tokens_per_step=256, seq_len=32, batch_size=8, quiet=True)
+    lens = train_lens(model, train, settings, tmp_path / "lens")
+    after = evaluate(model, held, lens).tuned["kl"]
+    assert all(a < 0.8 * b for a, b in zip(after, before, strict=True)), (before, after)
+    cfg = json.loads((tmp_path / "lens" / "config.json").read_text())
+    assert cfg["training"]["steps"] == 15
+    assert cfg["training"]["num_tokens"] == 15 * 256
+    assert cfg["training"]["hyperparameters"]["learning_rate"] == 0.1
+    assert cfg["training"]["hyperparameters"]["optimizer"] == "sgd"
+    assert cfg["training"]["dataset"] == str(SAMPLE)
+
+
+def _small(**kw):
+    defaults = dict(steps=6, tokens_per_step=64, seq_len=32, batch_size=2, checkpoint_every=2, quiet=True)
+    return TrainSettings(**{**defaults, **kw})
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    full = train_lens(model, tokens, _small(), tmp_path / "full")
+
+    def crash(step, _losses):
+        if step == 3:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=crash)
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-000002"]
+    seen = []
+    resumed = train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=lambda s, _: seen.append(s))
+    assert seen == [3, 4, 5, 6]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoints_are_safe_small_and_rotated(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    train_lens(model, tokens, _small(keep_checkpoints=2), tmp_path)
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["step-000004", "step-000006"]
+    files = sorted(f.name for f in kept[-1].iterdir())
+    assert files == ["lens.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    lens_bytes = (tmp_path / "lens.safetensors").stat().st_size
+    assert sum(f.stat().st_size for f in kept[-1].iterdir()) < 3 * lens_bytes  # no frozen model weights inside
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    train_lens(model, tokens, _small(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"different settings \(lr\).*--restart"):
+        train_lens(model, tokens, _small(lr=0.5), tmp_path)
+
+
+def test_too_little_data_is_refused_before_training(tmp_path, tokens):
+    with pytest.raises(DataError, match=r"need 10000 sequences of 32 tokens .* gives \d+\. Add data"):
+        train_lens(gpt2_real_vocab(), tokens, _small(steps=5000), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_layer_subset_bias_only_adam_warmup(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    lens = train_lens(model, tokens, _small(layers=[1], optimizer="adam", warmup_steps=2), tmp_path / "a")
+    assert lens.translators[1].weight.abs().sum() > 0
+    assert lens.translators[0].weight.abs().sum() == 0
+    assert lens.translators[2].bias.abs().sum() == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["training"]["layers"] == [1]
+    lens = train_lens(model, tokens, _small(bias_only=True), tmp_path / "b")
+    assert all(t.weight.abs().sum() == 0 and t.bias.abs().sum() > 0 for t in lens.translators)
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+        train_lens(model, tokens, _small(layers=[7]), tmp_path / "c")
+
+
+def test_fine_tuning_starts_from_an_existing_lens(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    start = _random_lens(model, seed=3)
+    start.save(tmp_path / "start")
+    tuned = train_lens(model, tokens, _small(steps=1, lr=1e-9, init_from=str(tmp_path / "start")), tmp_path / "ft")
+    torch.testing.assert_close(tuned.translators[0].weight, start.translators[0].weight, rtol=0, atol=1e-6)
+
+
+def test_data_sources_and_bits_per_byte(tmp_path, tokenizer):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Hello world")
+    (tmp_path / "docs" / "b.jsonl").write_text(json.dumps({"body": "Goodbye moon"}) + "\n\n")
+    data = load_token_data(tmp_path / "docs", tokenizer, seq_len=2, text_column="body")
+    eos = tokenizer.eos_token_id
+    assert data.sequences.flatten().tolist() == [eos, 15496, 995, eos, 10248, 16390][: data.sequences.numel()]
+    assert data.num_bytes == len("Hello world") + len("Goodbye moon")
+    assert data.bits_per_byte(math.log(2)) == pytest.approx(data.num_tokens_read / data.num_bytes)
+    with pytest.raises(DataError, match=r"b.jsonl:1: no text field 'text'; pass --text-column"):
+        load_token_data(tmp_path / "docs", tokenizer, seq_len=2)
+    with pytest.raises(DataError, match="less than one sequence"):
+        tokenize(["Hi"], tokenizer, seq_len=50)
+    with pytest.raises(DataError, match="does not exist"):
+        load_token_data(tmp_path / "nope.txt", tokenizer, seq_len=2)
+
+
+def test_model_cross_entropy_matches_transformers(tokens):
+    model = gpt2_real_vocab()
+    held = tokens.split(4)[1]
+    result = evaluate(model, held, TunedLens.from_model(model))
+    with torch.no_grad():
+        nats = model(held.sequences, labels=held.sequences).loss.item()
+    assert result.model_cross_entropy == pytest.approx(nats * held.tokens_per_byte / math.log(2), rel=1e-5)
+    assert result.tuned == result.logit  # an untrained lens is the logit lens
+
+
+def _save_model(tmp_path):
+    model = gpt2_real_vocab()
+    model.save_pretrained(tmp_path / "model")
+    for f in TOKENIZER.glob("*.json"):
+        shutil.copy(f, tmp_path / "model" / f.name)
+    return model
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_cli_train_then_eval_with_json_png_and_store(tmp_path):
+    _save_model(tmp_path)
+    small = ["--steps", "4", "--tokens-per-step", "64", "--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
+    done = _cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "saved 3-layer tuned lens" in done.stdout
+    again = _cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # resumes at the end: nothing to redo
+    ev = _cli(
+        "eval",
+        "./lens",
+        "--model",
+        "model",
+        "--data",
+        str(SAMPLE),
+        "--seq-len",
+        "32",
+        "--max-sequences",
+        "8",
+        "--json",
+        "eval.json",
+        "--png",
+        "eval.png",
+        "--store",
+        "--transfer",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["schema"] == "lens-hub-eval/1"
+    assert len(report["tuned"]["kl"]) == len(report["transfer"]) == 3
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads((tmp_path / "lens" / "config.json").read_text())["evaluation"]
+    assert stored["tuned"]["kl"] == report["tuned"]["kl"]
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    _save_model(tmp_path)
+    common = ["--data", str(SAMPLE), "--steps", "3", "--tokens-per-step", "128", "--seq-len", "32", "--device", "cpu"]
+    one = _cli("train", "model", "--out", "one", "--batch-size", "4", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "lens_hub.cli",
+            "train",
+            "model",
+            "--out",
+            "two",
+            "--batch-size",
+            "2",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    model = gpt2_real_vocab()
+    a, b = TunedLens.load(tmp_path / "one", model), TunedLens.load(tmp_path / "two", model)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["training"]["hyperparameters"]["world_size"] == 2
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
