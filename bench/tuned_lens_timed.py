@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 import tuned_lens.scripts.train_loop as train_loop
 from tuned_lens.__main__ import main as tuned_lens_main
 from tuned_lens.nn.lenses import TunedLens
