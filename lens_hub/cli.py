@@ -127,9 +127,13 @@ def _dtype(name: str):
 
 
 def _device(name: str | None) -> str:
+    """The device to use; under torchrun each process takes the GPU of its LOCAL_RANK."""
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None and torch.cuda.is_available():
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(name)
+    return name or "cpu"
 
 
 ModelArg = Annotated[
@@ -172,6 +176,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
     restart: Annotated[bool, typer.Option(help="Discard OUT's checkpoints instead of resuming.")] = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard the model's layers across torchrun processes (FSDP2).")] = False,
     log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
 ) -> None:
     """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
@@ -183,10 +188,12 @@ def train(
     """
     from .data import load_token_data
     from .models import load_model_and_tokenizer, max_positions
-    from .train import TrainSettings, train_lens
+    from .train import TrainSettings, shard_model, train_lens
     from .train import restart as discard
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    if fsdp:
+        net = shard_model(net)
     limit = max_positions(net)
     length = min(seq_len, limit) if limit else seq_len
     settings = TrainSettings(

@@ -26,6 +26,7 @@ from ._version import __version__
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainingInfo
 from .data import DataError, TokenData, shuffled
+from .errors import LensHubError
 from .lens import TunedLens
 from .losses import fused_lens_losses
 
@@ -144,6 +145,27 @@ def _distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard a frozen model's transformer layers across processes with FSDP2 (``torchrun ... --fsdp``).
+
+    Only the layers are sharded (each is gathered for its own forward pass); embeddings, final norm and output
+    embedding stay whole on every process, because the lens applies them outside the model's forward pass.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from .adapters import find_model_parts
+
+    _, world = _distributed()
+    if world < 2:
+        raise LensHubError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N")
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (world,))
+    for layer in find_model_parts(model).layers:
+        fully_shard(layer, mesh=mesh)
+    return model
 
 
 def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:

@@ -267,12 +267,8 @@ def test_cli_train_then_eval_with_json_png_and_store(tmp_path):
     assert stored["tuned"]["kl"] == report["tuned"]["kl"]
 
 
-def test_torchrun_two_processes_match_one(tmp_path):
-    _save_model(tmp_path)
-    common = ["--data", str(SAMPLE), "--steps", "3", "--tokens-per-step", "128", "--seq-len", "32", "--device", "cpu"]
-    one = _cli("train", "model", "--out", "one", "--batch-size", "4", *common, cwd=tmp_path)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run(
+def _torchrun(cwd, *args):
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -284,20 +280,37 @@ def test_torchrun_two_processes_match_one(tmp_path):
             "lens_hub.cli",
             "train",
             "model",
-            "--out",
-            "two",
-            "--batch-size",
-            "2",
-            *common,
+            *args,
         ],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         timeout=300,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+
+
+def test_torchrun_two_processes_match_one_with_and_without_fsdp(tmp_path):
+    _save_model(tmp_path)
+    common = ["--data", str(SAMPLE), "--steps", "3", "--tokens-per-step", "128", "--seq-len", "32", "--device", "cpu"]
+    one = _cli("train", "model", "--out", "one", "--batch-size", "4", *common, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
     model = gpt2_real_vocab()
-    a, b = TunedLens.load(tmp_path / "one", model), TunedLens.load(tmp_path / "two", model)
-    assert json.loads((tmp_path / "two" / "config.json").read_text())["training"]["hyperparameters"]["world_size"] == 2
-    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    reference = TunedLens.load(tmp_path / "one", model)
+    for out, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        two = _torchrun(tmp_path, "--out", out, "--batch-size", "2", *common, *extra)
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert two.stdout.count("saved 3-layer tuned lens") == 1  # only rank 0 talks
+        config = json.loads((tmp_path / out / "config.json").read_text())
+        assert config["training"]["hyperparameters"]["world_size"] == 2
+        for x, y in zip(
+            reference.state_dict().values(), TunedLens.load(tmp_path / out, model).state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_needs_several_processes(tmp_path):
+    _save_model(tmp_path)
+    done = _cli("train", "model", "--data", str(SAMPLE), "--out", "x", "--fsdp", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "torchrun --nproc-per-node" in done.stderr
+    assert "Traceback" not in done.stderr
