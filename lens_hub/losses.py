@@ -12,8 +12,6 @@ whole vocabulary per layer and syncs the host per layer. :func:`fused_lens_losse
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -156,6 +154,3 @@ def reference_lens_losses(
         (kl * scale).backward()
         out.append(kl.item())
     return out
-
-
-NATS_PER_BIT = math.log(2)

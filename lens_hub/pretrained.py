@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote
 
 from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig, validate_repo_id
 from .errors import (
@@ -115,8 +116,10 @@ def resolve(
         if version is not None:
             raise UnknownVersionError("versions name registry lenses; for a Hub location pin hf://org/repo@revision")
         repo_type = {"spaces": "space", "datasets": "dataset"}.get(match["type"] or "", "model")
+        # A tag with a slash (``sub/v1.0.0``) is written percent-encoded: hf://org/repo@sub%2Fv1.0.0/sub
+        revision = unquote(match["rev"]) if match["rev"] else None
         return LensRef(
-            "hub", name, repo_id=match["repo"], repo_type=repo_type, subfolder=match["sub"] or "", revision=match["rev"]
+            "hub", name, repo_id=match["repo"], repo_type=repo_type, subfolder=match["sub"] or "", revision=revision
         )
     if name.startswith(("/", "./", "../", "~")) or name in (".", ".."):
         path = Path(name).expanduser()

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from .config import EvaluationInfo, validate_repo_id
+from .config import EvaluationInfo, check_fingerprint, validate_repo_id
 
 REGISTRY_SCHEMA_VERSION = 1
 
@@ -47,14 +47,7 @@ class ModelFacts(_Strict):
     revision: CommitSha | None = Field(default=None, description="Commit of the base model the lenses were made on.")
     fingerprint: str | None = Field(default=None, description="Unembedding fingerprint (see lens_hub.fingerprint).")
 
-    @field_validator("fingerprint")
-    @classmethod
-    def _parsable(cls, value: str | None) -> str | None:
-        if value is not None:
-            from .fingerprint import parse_fingerprint
-
-            parse_fingerprint(value)
-        return value
+    _fingerprint = field_validator("fingerprint")(check_fingerprint)
 
 
 class HubLocation(_Strict):

@@ -239,6 +239,10 @@ def test_hub_locations_and_local_directories(loopback_hub, published, model, tmp
     for name in (f"hf://{LENS_REPO}", f"hf://{LENS_REPO}@{commit}", f"hf://{LENS_REPO}@main/nested/lens", LENS_REPO):
         assert _same_outputs(lens, TunedLens.from_pretrained(name, model=model, registry=registry), model), name
     assert commit2 != commit
+    HfApi().create_tag(LENS_REPO, tag="nested/v1.0.0", revision=commit2)  # a tag with a slash, percent-encoded
+    assert _same_outputs(
+        lens, TunedLens.from_pretrained(f"hf://{LENS_REPO}@nested%2Fv1.0.0/nested/lens", model=model), model
+    )
     assert _same_outputs(lens, TunedLens.from_pretrained(str(lens_dir), model=model, registry=registry), model)
     with pytest.raises(NotPinnedError, match="names no commit"):
         TunedLens.from_pretrained(f"hf://{LENS_REPO}", model=model, registry=registry, pinned_only=True)

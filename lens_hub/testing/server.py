@@ -936,6 +936,19 @@ class _Handler(BaseHTTPRequestHandler):
                 token=token,
             )
             response = self._answer(request)
+        # Logged before answering: a client that got its answer must find its request in the log.
+        self.server.log.add(
+            RequestRecord(
+                method=method,
+                path=split.path,
+                query=split.query,
+                status=response.status,
+                authorized=authorization is not None,
+                faults=tuple(f.kind for f in fired),
+                range=self.headers.get("Range"),
+                time=started,
+            )
+        )
         payload = response.body
         if "corrupt" in kinds:
             payload = corrupt_bytes(payload)
@@ -952,18 +965,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.wfile.write(payload)
         self.wfile.flush()
-        self.server.log.add(
-            RequestRecord(
-                method=method,
-                path=split.path,
-                query=split.query,
-                status=response.status,
-                authorized=authorization is not None,
-                faults=tuple(f.kind for f in fired),
-                range=self.headers.get("Range"),
-                time=started,
-            )
-        )
 
     def _answer(self, request: Request) -> Response:
         try:

@@ -1,0 +1,340 @@
+"""Publishing (``lens-hub push``) end to end against the loopback Hub: real HTTP, real files, no mocks."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from conftest import run_hidden
+from huggingface_hub import HfApi, ModelCard
+from rich.console import Console
+from tiny_models import tiny_model
+
+from lens_hub import TunedLens
+from lens_hub.config import EvaluationInfo, LayerMetrics, TrainingInfo
+from lens_hub.errors import LensHubError
+from lens_hub.publish import (
+    AuthenticationError,
+    ConcurrentUpdateError,
+    PublishError,
+    VersionExistsError,
+    next_version,
+    push,
+)
+from lens_hub.registry import Registry
+from lens_hub.testing import LOOPBACK_USER
+
+BASE = f"{LOOPBACK_USER}/tiny-llama"
+REPO = f"{LOOPBACK_USER}/tiny-llama-lens"
+WRITES = {"POST", "PUT", "DELETE", "PATCH"}
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENS_HUB_CACHE", str(tmp_path / "lens_hub_cache"))
+
+
+@pytest.fixture
+def model():
+    m = tiny_model("llama")
+    m.config._name_or_path = BASE
+    return m
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return tmp_path / "registry"
+
+
+def _lens(model, seed=0, *, metrics=True, base_model=BASE):
+    lens = TunedLens.from_model(model, base_model=base_model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    update = {
+        "training": TrainingInfo(dataset="notes.txt", num_tokens=4096, steps=20, loss="kl", hyperparameters={"lr": 1.0})
+    }
+    if metrics:
+        update["evaluation"] = EvaluationInfo(
+            dataset="heldout.txt",
+            num_tokens=2048,
+            tuned=LayerMetrics(kl=[0.5, 0.3, 0.1], cross_entropy=[2.0, 1.8, 1.6]),
+            logit=LayerMetrics(kl=[3.0, 2.0, 0.9], cross_entropy=[5.0, 4.0, 2.1]),
+            model_cross_entropy=1.5,
+        )
+    lens.config = lens.config.model_copy(update=update)
+    return lens
+
+
+@pytest.fixture
+def lens_dir(model, tmp_path):
+    return _lens(model).save(tmp_path / "lens")
+
+
+def _push(lens_dir, registry, repo=REPO, **kwargs):
+    out = io.StringIO()
+    result = push(lens_dir, repo, registry=registry, console=Console(file=out, width=200), **kwargs)
+    return result, out.getvalue()
+
+
+def _same_outputs(a, b, model):
+    out = run_hidden(model)
+    with torch.no_grad():
+        return all(torch.equal(a(out.hidden_states[i], i), b(out.hidden_states[i], i)) for i in range(a.num_layers))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _snapshot(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir()} if directory.exists() else None
+
+
+def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopback_hub, lens_dir, registry, model):
+    result, output = _push(lens_dir, registry, license="mit", aliases="tiny-llama")
+
+    commits = loopback_hub.commit_ids(REPO)
+    assert len(commits) == 2  # the create-repo commit + exactly one upload
+    assert result.commit == commits[0] == loopback_hub.head(REPO)
+    assert loopback_hub.list_files(REPO) == ["README.md", "config.json", "eval.png", "lens.safetensors"]
+    assert loopback_hub.tags(REPO) == {"v1.0.0": result.commit}
+    assert (result.version, result.tag) == ("1.0.0", "v1.0.0")
+    assert sum(r.method == "POST" and "/commit/" in r.path for r in loopback_hub.requests) == 1
+    assert not any(r.method == "POST" and "upload_folder" in r.path for r in loopback_hub.requests)
+
+    # The registry entry: pinned to the commit, checksums of the two artifact files, the new default.
+    reg = Registry.load(registry)
+    entry = reg.get("tiny-llama")
+    assert entry.model == BASE and result.registry_file == registry / "loopback--tiny-llama.yaml"
+    (version,) = entry.lenses
+    assert (version.version, version.default, version.status) == ("1.0.0", True, "verified")
+    assert version.format == "safetensors"
+    loc = version.location
+    assert (loc.repo_id, loc.subfolder, loc.revision) == (REPO, "", result.commit)
+    assert version.license == "mit"
+    assert version.training.dataset == "notes.txt" and version.training.steps == 20
+    assert version.evaluation.tuned.kl == [0.5, 0.3, 0.1]
+    files = {f.path: f for f in version.files}
+    assert set(files) == {"config.json", "lens.safetensors"}
+    for name in files:
+        data = loopback_hub.read_file(REPO, name)
+        assert files[name].size == len(data) == (lens_dir / name).stat().st_size
+        assert files[name].sha256 == _sha(data) == _sha((lens_dir / name).read_bytes())
+    cfg = json.loads((lens_dir / "config.json").read_text())
+    assert entry.facts.model_dump(exclude_none=True) == {
+        k: cfg[k] for k in ("model_type", "hidden_size", "num_layers", "vocab_size", "fingerprint")
+    }
+    assert "+model: loopback/tiny-llama" in result.diff and result.diff in output
+
+    # The model card, parsed back by huggingface_hub from the repo.
+    card = ModelCard.load(REPO)
+    assert card.data.base_model == BASE
+    assert card.data.base_model_relation == "adapter"
+    assert card.data.library_name == "lens-hub"
+    assert card.data.tags == ["tuned-lens", "interpretability", "lens-hub"]
+    assert card.data.license == "mit"
+    text = loopback_hub.read_file(REPO, "README.md").decode()
+    assert text == result.card
+    assert f'TunedLens.from_pretrained("{BASE}", model=model)' in text
+    assert f'TunedLens.from_pretrained("hf://{REPO}@v1.0.0", model=model)' in text
+    assert "one learned affine *translator* per layer" in text
+    assert "| notes.txt |" in text and "| 20 |" in text  # training provenance
+    assert "| 0 | 0.500 | 3.000 | 2.000 | 5.000 |" in text  # KL / cross-entropy, tuned vs logit
+    assert "](eval.png)" in text
+    assert loopback_hub.read_file(REPO, "eval.png").startswith(b"\x89PNG")
+
+    # Loads through the registry by base model id, with identical outputs; and straight from the tag.
+    lens = TunedLens.load(lens_dir, model)
+    loaded = TunedLens.from_pretrained(BASE, model=model, registry=registry)
+    assert _same_outputs(lens, loaded, model) and loaded.config == lens.config
+    assert _same_outputs(lens, TunedLens.from_pretrained(f"hf://{REPO}@v1.0.0", model=model), model)
+
+
+def test_second_version_becomes_the_default_and_the_first_stays_loadable(loopback_hub, lens_dir, registry, model):
+    first, _ = _push(lens_dir, registry)
+    newer = _lens(model, seed=1)
+    second = newer.push_to_hub(REPO, registry=registry, console=Console(file=io.StringIO()))
+
+    assert second.version == "1.0.1" and second.tag == "v1.0.1"
+    assert loopback_hub.tags(REPO) == {"v1.0.0": first.commit, "v1.0.1": second.commit}
+    assert len(loopback_hub.commit_ids(REPO)) == 3
+    entry = Registry.load(registry).get(BASE)
+    assert [(v.version, v.default) for v in entry.lenses] == [("1.0.0", False), ("1.0.1", True)]
+    assert entry.lenses[0].location.revision == first.commit
+    assert "-  default: true" in second.diff and "+- version: 1.0.1" in second.diff
+
+    old = TunedLens.load(lens_dir, model)
+    assert _same_outputs(newer, TunedLens.from_pretrained(BASE, model=model, registry=registry), model)
+    assert _same_outputs(old, TunedLens.from_pretrained(BASE, version="1.0.0", model=model, registry=registry), model)
+    assert not _same_outputs(old, newer, model)
+
+
+def test_an_existing_tag_is_refused_before_anything_is_uploaded(loopback_hub, lens_dir, registry):
+    _push(lens_dir, registry)
+    commits, reg = loopback_hub.commit_ids(REPO), _snapshot(registry)
+    loopback_hub.clear_log()
+
+    with pytest.raises(VersionExistsError, match=r"already has the tag v1\.0\.0.*next free one is 1\.0\.1"):
+        _push(lens_dir, registry, version="v1.0.0")
+    assert loopback_hub.commit_ids(REPO) == commits
+    assert not [r for r in loopback_hub.requests if r.method in WRITES]
+    assert _snapshot(registry) == reg
+
+
+def test_a_branch_moved_during_the_push_is_a_concurrent_update_error(loopback_hub, lens_dir, registry):
+    # The commit request is held for a second on arrival; meanwhile someone else commits to main.
+    rule = loopback_hub.inject("POST", r"/commit/main$", kind="delay", seconds=1.0)
+    moved = {}
+
+    def other_writer():
+        deadline = time.monotonic() + 20
+        while rule.times > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        moved["commit"] = loopback_hub.commit_files(REPO, {"notes.md": b"someone else"})
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        with pytest.raises(ConcurrentUpdateError, match="moved while publishing") as caught:
+            _push(lens_dir, registry)
+    finally:
+        thread.join()
+    assert moved["commit"][:12] in str(caught.value)
+    assert loopback_hub.head(REPO) == moved["commit"]
+    assert loopback_hub.list_files(REPO) == ["notes.md"]  # nothing of the lens was committed
+    assert loopback_hub.tags(REPO) == {}
+    assert not registry.exists()
+
+
+def test_dry_run_reads_only_and_writes_nothing(loopback_hub, lens_dir, registry, model):
+    _push(lens_dir, registry)
+    before, commits = _snapshot(registry), loopback_hub.commit_ids(REPO)
+    loopback_hub.clear_log()
+
+    result, output = _push(_lens(model, seed=1).save(lens_dir.parent / "v2"), registry, dry_run=True)
+
+    assert not [r for r in loopback_hub.requests if r.method in WRITES]
+    assert _snapshot(registry) == before and loopback_hub.commit_ids(REPO) == commits
+    assert result.commit is None and result.dry_run and result.tag == "v1.0.1"
+    assert [f.path_in_repo for f in result.files] == ["config.json", "lens.safetensors", "README.md", "eval.png"]
+    for f in result.files:
+        assert f.path_in_repo in output and f"{f.size:,}" in output
+    assert "v1.0.1" in output and "Nothing was uploaded" in output
+    assert "# Tuned lens for loopback/tiny-llama" in output  # the card
+    assert "+- version: 1.0.1" in result.diff and "<commit of the upload>" in result.diff and result.diff in output
+
+
+def test_subfolders_have_their_own_tags_cards_and_versions(loopback_hub, lens_dir, registry, model):
+    root, _ = _push(lens_dir, registry)
+    first, _ = _push(lens_dir, registry, subfolder="/llama/", version="2.0.0")
+    second, _ = _push(_lens(model, seed=2, metrics=False).save(lens_dir.parent / "v3"), registry, subfolder="llama")
+
+    assert loopback_hub.tags(REPO) == {
+        "v1.0.0": root.commit,
+        "llama/v2.0.0": first.commit,
+        "llama/v2.0.1": second.commit,
+    }
+    files = loopback_hub.list_files(REPO)
+    assert [f for f in files if f.startswith("llama/")] == [
+        "llama/README.md",
+        "llama/config.json",
+        "llama/eval.png",  # from 2.0.0; 2.0.1 has no metrics, so its commit holds no new plot
+        "llama/lens.safetensors",
+    ]
+    assert len(loopback_hub.commit_ids(REPO)) == 4
+    assert loopback_hub.read_file(REPO, "README.md", revision="v1.0.0") == loopback_hub.read_file(REPO, "README.md")
+    card = ModelCard(loopback_hub.read_file(REPO, "llama/README.md").decode())
+    assert card.data.base_model == BASE and card.data.base_model_relation == "adapter"
+    assert "eval.png" not in card.text and "No evaluation is recorded" in card.text
+    assert f"hf://{REPO}/llama" in card.text
+
+    entry = Registry.load(registry).get(BASE)
+    assert [(v.version, v.location.subfolder, v.default) for v in entry.lenses] == [
+        ("1.0.0", "", False),
+        ("2.0.0", "llama", False),
+        ("2.0.1", "llama", True),
+    ]
+    lens = TunedLens.load(lens_dir, model)
+    assert _same_outputs(lens, TunedLens.from_pretrained(BASE, version="2.0.0", model=model, registry=registry), model)
+
+
+def test_a_missing_or_rejected_token_is_an_authentication_error(loopback_hub, lens_dir, registry, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
+    with pytest.raises(AuthenticationError, match="rejected the token.*run `hf auth login` or set HF_TOKEN"):
+        _push(lens_dir, registry)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(AuthenticationError, match="token and none was found: run `hf auth login` or set HF_TOKEN"):
+        _push(lens_dir, registry)
+    assert not [r for r in loopback_hub.requests if r.method in WRITES]
+    assert not registry.exists()
+
+
+def test_a_namespace_the_token_may_not_write_is_refused(loopback_hub, lens_dir, registry):
+    with pytest.raises(AuthenticationError, match="may not write to the namespace 'someone-else'"):
+        _push(lens_dir, registry, repo="someone-else/lens")
+    assert not [r for r in loopback_hub.requests if r.method in WRITES]
+
+
+def test_a_lens_made_from_a_local_path_needs_base_model_and_private_works(loopback_hub, registry, model, tmp_path):
+    lens = _lens(model, metrics=False)
+    lens.config = lens.config.model_copy(update={"base_model": None})
+    lens_dir = lens.save(tmp_path / "local")
+    with pytest.raises(PublishError, match="--base-model ORG/NAME"):
+        _push(lens_dir, registry)
+    assert not loopback_hub.requests
+
+    _push(lens_dir, registry, base_model=BASE, private=True)
+    assert HfApi().repo_info(REPO).private
+    uploaded = json.loads(loopback_hub.read_file(REPO, "config.json"))
+    assert uploaded["base_model"] == BASE
+    assert json.loads((lens_dir / "config.json").read_text())["base_model"] is None  # the local lens is untouched
+    assert loopback_hub.list_files(REPO) == ["README.md", "config.json", "lens.safetensors"]  # no metrics, no plot
+    assert _same_outputs(lens, TunedLens.from_pretrained(BASE, model=model, registry=registry), model)
+
+
+def test_a_lens_contradicting_the_registry_facts_is_refused_before_upload(loopback_hub, lens_dir, registry):
+    _push(lens_dir, registry)
+    commits = loopback_hub.commit_ids(REPO)
+    other = TunedLens.from_model(tiny_model("gpt2"), base_model=BASE).save(lens_dir.parent / "gpt2")
+    with pytest.raises(PublishError, match="model_type 'llama' but the lens says 'gpt2'"):
+        _push(other, registry)
+    assert loopback_hub.commit_ids(REPO) == commits
+
+
+def test_bad_arguments_are_refused_without_a_request(loopback_hub, lens_dir, registry):
+    for kwargs, message in [
+        ({"repo": "no-namespace"}, "names no namespace"),
+        ({"version": "1.0"}, "not a semantic version"),
+        ({"subfolder": "a/../b"}, "relative folder"),
+    ]:
+        with pytest.raises(PublishError, match=message):
+            _push(lens_dir, registry, **kwargs)
+    with pytest.raises(LensHubError, match="does not exist"):
+        _push(lens_dir.parent / "nowhere", registry)
+    assert not loopback_hub.requests
+
+
+def test_next_version():
+    assert next_version([]) == "1.0.0"
+    assert next_version(["1.0.0", "1.2.9", "1.10.0", "1.10.1-rc.1"]) == "1.10.2"
+
+
+def test_cli_push_end_to_end(loopback_hub, lens_dir, registry):
+    cmd = [sys.executable, "-m", "lens_hub.cli", "push", str(lens_dir), "--repo", REPO, "--registry", str(registry)]
+    done = subprocess.run([*cmd, "--license", "apache-2.0", "--aliases", "tiny,tl"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "tagged v1.0.0" in done.stdout and "+model: loopback/tiny-llama" in done.stdout
+    entry = Registry.load(registry).get("TL")
+    assert entry.aliases == ["tiny", "tl"] and entry.default_version.license == "apache-2.0"
+    assert loopback_hub.tags(REPO) == {"v1.0.0": entry.default_version.location.revision}
+
+    again = subprocess.run([*cmd, "--version", "1.0.0"], capture_output=True, text=True)
+    assert again.returncode == 1
+    assert "VersionExistsError" in again.stderr and "Traceback" not in again.stderr
