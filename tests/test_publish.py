@@ -338,3 +338,52 @@ def test_cli_push_end_to_end(loopback_hub, lens_dir, registry):
     again = subprocess.run([*cmd, "--version", "1.0.0"], capture_output=True, text=True)
     assert again.returncode == 1
     assert "VersionExistsError" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_train_with_push_evaluates_publishes_and_registers(loopback_hub, tmp_path):
+    from test_train import SAMPLE, _save_model
+
+    model = _save_model(tmp_path)
+    args = [
+        "train",
+        "model",
+        "--data",
+        str(SAMPLE),
+        "--out",
+        "lens",
+        "--steps",
+        "2",
+        "--tokens-per-step",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--layers",
+        "0,2",
+        "--heldout",
+        "4",
+        "--base-model",
+        "loopback/tiny-gpt2",
+        "--push",
+        "loopback/tiny-gpt2-lens",
+        "--registry",
+        "reg",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = Registry.load(tmp_path / "reg").get("loopback/tiny-gpt2")
+    version = entry.default_version
+    assert version.status == "verified"
+    assert version.evaluation is not None
+    assert version.evaluation.layers == [0, 2]
+    assert len(version.evaluation.tuned.kl) == 2
+    model.config._name_or_path = "loopback/tiny-gpt2"
+    loaded = TunedLens.from_pretrained("loopback/tiny-gpt2", model=model, registry=tmp_path / "reg")
+    local = TunedLens.load(tmp_path / "lens", model)
+    for a, b in zip(local.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
