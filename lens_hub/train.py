@@ -251,6 +251,10 @@ def train_lens(
         opt.load_state_dict(ckpt.optimizer)
         sched.load_state_dict(ckpt.scheduler)
         torch.set_rng_state(ckpt.rng["cpu"])
+        cuda_keys = sorted((k for k in ckpt.rng if k.startswith("cuda")), key=lambda k: int(k[4:]))
+        cuda_states = [ckpt.rng[k] for k in cuda_keys]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
         start = ckpt.step
 
     device = lens.unembed.parts.output_embedding.weight.device
