@@ -3,7 +3,7 @@
 A lens needs three things from its model: the stack of transformer layers (to count them), the final norm and the
 output embedding (which together form the *unembedding*), plus whatever the family applies to the logits after the
 output embedding (soft-capping, scaling). Instead of a hard-coded list of classes, we probe well-known attribute
-paths on the model's base module; anything unusual is described by an explicit :class:`ArchitectureSpec`.
+paths on the model's base module; anything unusual is described by an explicit `ArchitectureSpec`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ModelParts:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Fingerprint of the unembedding (see :mod:`lens_hub.fingerprint`), computed once per ``ModelParts``."""
+        """Fingerprint of the unembedding (see `lens_hub.fingerprint`), computed once per ``ModelParts``."""
         from .fingerprint import fingerprint_tensors
 
         return fingerprint_tensors(self.named_unembedding_tensors())
@@ -157,11 +157,11 @@ def find_model_parts(model: nn.Module, architecture: ArchitectureSpec | None = N
         architecture: Explicit paths for a model the built-in probes do not cover.
 
     Returns:
-        The located :class:`ModelParts`.
+        The located `ModelParts`.
 
     Raises:
         UnsupportedArchitectureError: If a required piece cannot be found; the message lists the paths tried and
-            how to pass an :class:`ArchitectureSpec`.
+            how to pass an `ArchitectureSpec`.
     """
     spec = architecture or ArchitectureSpec()
     base = getattr(model, "base_model", None) or model

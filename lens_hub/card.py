@@ -1,6 +1,6 @@
 """The model card (``README.md``) published with a lens: YAML metadata for the Hub, then a plain Markdown body.
 
-The text is built directly (no template engine), so what is uploaded is exactly what :func:`build_card` returns.
+The text is built directly (no template engine), so what is uploaded is exactly what `build_card` returns.
 The metadata block is written with ``yaml.safe_dump``, which quotes whatever needs quoting; ``huggingface_hub``'s
 ``ModelCard`` parses it back.
 """

@@ -35,13 +35,13 @@ def find_mismatches(config: LensConfig, parts: ModelParts) -> tuple[list[str], l
 
 
 def check_compatibility(config: LensConfig, parts: ModelParts, *, allow_mismatch: bool = False) -> None:
-    """Raise :class:`IncompatibleLensError` if the lens does not fit the model.
+    """Raise `IncompatibleLensError` if the lens does not fit the model.
 
     Args:
         config: The lens's config.
         parts: The located parts of the model the lens is being applied to.
         allow_mismatch: Expert opt-out: downgrade model_type, vocabulary and fingerprint mismatches to a
-            :class:`LensCompatibilityWarning`. Hidden size and layer count mismatches always raise, since the
+            `LensCompatibilityWarning`. Hidden size and layer count mismatches always raise, since the
             lens's tensors cannot be applied at all.
     """
     structural, other = find_mismatches(config, parts)

@@ -35,7 +35,7 @@ def validate_repo_id(value: str) -> str:
 
 
 def check_fingerprint(value: str | None) -> str | None:
-    """Pydantic validator: a fingerprint must parse (see :mod:`lens_hub.fingerprint`)."""
+    """Pydantic validator: a fingerprint must parse (see `lens_hub.fingerprint`)."""
     if value is not None:
         from .fingerprint import parse_fingerprint
 

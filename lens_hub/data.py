@@ -166,7 +166,7 @@ def load_token_data(
     text_column: str = "text",
     split: str = "train",
 ) -> TokenData:
-    """:func:`iter_documents` + :func:`tokenize`."""
+    """`iter_documents` + `tokenize`."""
     docs = iter_documents(source, text_column=text_column, split=split)
     return tokenize(docs, tokenizer, seq_len=seq_len, max_sequences=max_sequences, source=str(source))
 

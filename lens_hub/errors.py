@@ -1,6 +1,6 @@
 """Exception and warning classes raised by lens-hub.
 
-Every error lens-hub raises on purpose derives from :class:`LensHubError`, so callers can catch the whole family
+Every error lens-hub raises on purpose derives from `LensHubError`, so callers can catch the whole family
 with one ``except`` clause, or a single failure by its dedicated class.
 """
 

@@ -4,7 +4,7 @@ Per layer and lens: cross-entropy against the next token, entropy of the lens di
 distribution || lens distribution), plus the model's own cross-entropy; optionally the transfer matrix (translator
 i applied to layer j). Everything is reported in bits per byte of text, so numbers compare across tokenizers.
 
-The JSON written by :func:`write_json` has this schema (``lens-hub-eval/1``)::
+The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
 
     {"schema": "lens-hub-eval/1", "model": str, "lens": str | null, "dataset": str, "num_tokens": int,
      "layers": [int],  # the layers every list below refers to, in order
@@ -186,6 +186,7 @@ def plot(result: EvalResult | EvaluationInfo, path: str | os.PathLike[str], *, t
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if isinstance(result, EvalResult):
         result = result.summary()
@@ -198,6 +199,7 @@ def plot(result: EvalResult | EvaluationInfo, path: str | os.PathLike[str], *, t
                 ax.plot(xs or range(len(values)), values, style, marker="o", markersize=3, label=name)
         if key == "cross_entropy" and result.model_cross_entropy is not None:
             ax.axhline(result.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_ylabel(f"{label} [bits/byte]")
         ax.grid(alpha=0.3)

@@ -207,8 +207,8 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
 
     Args:
         model_id: The entry's canonical model id (for the report).
-        version: A :class:`~lens_hub.registry_schema.LensVersion`.
-        facts: The entry's :class:`~lens_hub.registry_schema.ModelFacts`.
+        version: A `lens_hub.registry_schema.LensVersion`.
+        facts: The entry's `lens_hub.registry_schema.ModelFacts`.
         token: Hub token.
     """
     from huggingface_hub import HfApi

@@ -74,7 +74,7 @@ class Unembed:
 
 
 class Lens(nn.Module):
-    """Common interface of :class:`LogitLens` and :class:`TunedLens`."""
+    """Common interface of `LogitLens` and `TunedLens`."""
 
     def __init__(self, parts: ModelParts) -> None:
         super().__init__()
@@ -141,7 +141,7 @@ class LogitLens(Lens):
 class TunedLens(Lens):
     """The tuned lens (Belrose et al. 2023): one affine translator per layer before the unembedding.
 
-    Build a fresh lens with :meth:`from_model`, save it with :meth:`save`, and load it back with :meth:`load`
+    Build a fresh lens with `from_model`, save it with `save`, and load it back with `load`
     (or, once published, ``from_pretrained``). The config records which model the lens belongs to; loading checks
     it against the model before any tensor is used.
     """
@@ -220,10 +220,10 @@ class TunedLens(Lens):
         """Load a lens directory onto ``model``, checking that it fits first.
 
         Args:
-            directory: A directory written by :meth:`save` (or ``lens-hub convert``).
+            directory: A directory written by `save` (or ``lens-hub convert``).
             model: The base model the lens is applied to.
             allow_mismatch: Expert opt-out: load despite a model_type, vocabulary or fingerprint mismatch
-                (a :class:`~lens_hub.errors.LensCompatibilityWarning` is issued for each).
+                (a `lens_hub.errors.LensCompatibilityWarning` is issued for each).
             architecture: Explicit module paths, for models the built-in probes do not cover.
 
         Raises:
@@ -276,8 +276,14 @@ class TunedLens(Lens):
             dtype: dtype for the base model when it is loaded here.
 
         Raises:
-            LensNotFoundError, AmbiguousNameError, UnknownVersionError, NotPinnedError, ChecksumMismatchError,
-            IncompatibleLensError, OfflineNotCachedError, HubUnreachableError: all subclasses of ``LensHubError``.
+            LensNotFoundError: The name is not in the registry, not a local lens, and not a lens repo on the Hub.
+            AmbiguousNameError: The name means both a registry entry and a local directory.
+            UnknownVersionError: The registry entry has no such version.
+            NotPinnedError: ``pinned_only=True`` and the lens is not pinned to a commit.
+            ChecksumMismatchError: A downloaded file differs from its recorded size or sha256.
+            IncompatibleLensError: The lens contradicts its registry entry or does not fit ``model``.
+            OfflineNotCachedError: Offline, and the lens is not in the cache.
+            HubUnreachableError: The Hub could not be reached or kept failing.
         """
         from .pretrained import FetchOptions, load_pretrained
 
@@ -299,7 +305,7 @@ class TunedLens(Lens):
     def from_model_and_pretrained(cls, model: nn.Module, *, version: str | None = None, **kwargs: object) -> TunedLens:
         """Load the registry's lens for ``model``, found by the id the model was loaded from.
 
-        Takes the same keyword arguments as :meth:`from_pretrained`.
+        Takes the same keyword arguments as `from_pretrained`.
         """
         from .pretrained import entry_for_model
         from .registry import Registry
@@ -311,7 +317,7 @@ class TunedLens(Lens):
     def push_to_hub(self, repo_id: str, **kwargs: object) -> PushResult:
         """Publish this lens to the Hub as a tagged version and record it in the registry.
 
-        Saves the lens to a temporary directory and calls :func:`lens_hub.publish.push` on it, which takes the
+        Saves the lens to a temporary directory and calls `lens_hub.publish.push` on it, which takes the
         keyword arguments (``version``, ``subfolder``, ``private``, ``dry_run``, ``registry``, ``base_model``,
         ``license``, ``aliases``, ``token``, ``console``).
         """

@@ -2,7 +2,7 @@
 
 The lens step costs far more than the model: every token of every layer goes through the unembedding (2 d V
 flops) forward and backward. The reference implementation loops over layers, materialises fp32 log-softmax over the
-whole vocabulary per layer and syncs the host per layer. :func:`fused_lens_losses` instead
+whole vocabulary per layer and syncs the host per layer. `fused_lens_losses` instead
 
 * runs all layers of a chunk of tokens through the head in one GEMM ([layers x chunk, d] @ [d, V]);
 * computes the gradient with respect to the logits analytically (``softmax(z) - p``) during the forward pass, so

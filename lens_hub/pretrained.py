@@ -316,7 +316,7 @@ def load_pretrained(
     options: FetchOptions | None = None,
     dtype: torch.dtype | None = None,
 ) -> TunedLens:
-    """Implementation of :meth:`TunedLens.from_pretrained` (see there)."""
+    """Implementation of `TunedLens.from_pretrained` (see there)."""
     from .lens import TunedLens
 
     ref, folder, config = download(name, version=version, registry=registry, options=options)

@@ -1,6 +1,6 @@
 """Publish a lens to the Hugging Face Hub: one commit, one tag, one registry update (``lens-hub push``).
 
-What :func:`push` does, in order, refusing before anything is uploaded whenever it can:
+What `push` does, in order, refusing before anything is uploaded whenever it can:
 
 1. validates the lens directory (config and tensors) and the base model id (a config made from a local path
    needs ``base_model=``, which is then written into the uploaded ``config.json``);
@@ -11,7 +11,7 @@ What :func:`push` does, in order, refusing before anything is uploaded whenever 
    registry's own loader, in a scratch copy of the registry);
 5. creates the repo if needed and commits ``config.json``, ``lens.safetensors``, the model card ``README.md`` and
    ``eval.png`` (when the config holds metrics) in ONE commit whose parent is the head read in step 3: if anyone
-   moved the branch meanwhile the Hub answers 412 and :class:`ConcurrentUpdateError` is raised (nothing retried);
+   moved the branch meanwhile the Hub answers 412 and `ConcurrentUpdateError` is raised (nothing retried);
 6. tags the commit ``v{version}`` (``{subfolder}/v{version}``) and writes the registry entry, pinned to the
    commit, with the size and sha256 of ``config.json`` and ``lens.safetensors``.
 
@@ -77,7 +77,7 @@ class PlannedFile:
 
 @dataclass
 class PushResult:
-    """What :func:`push` did (or, with ``dry_run``, would do)."""
+    """What `push` did (or, with ``dry_run``, would do)."""
 
     repo_id: str
     commit: str | None  # 40-hex commit of the upload (None for a dry run)
@@ -156,8 +156,8 @@ def _status(exc: BaseException) -> int | None:
 
 @contextmanager
 def _hub(what: str) -> Iterator[None]:
-    """Hub failures while publishing as lens-hub errors: 401/403 -> :class:`AuthenticationError`, 412 ->
-    :class:`ConcurrentUpdateError`, other refusals -> :class:`PublishError`, the rest as :func:`hub_errors` does."""
+    """Hub failures while publishing as lens-hub errors: 401/403 -> `AuthenticationError`, 412 ->
+    `ConcurrentUpdateError`, other refusals -> `PublishError`, the rest as `hub_errors` does."""
     from huggingface_hub import errors as hf
 
     with hub_errors(what):
@@ -430,8 +430,8 @@ def push(
 
     Raises:
         LensFormatError: The lens directory is invalid.
-        PublishError: Bad arguments or a registry conflict; subclasses :class:`VersionExistsError`,
-            :class:`ConcurrentUpdateError`, :class:`AuthenticationError`.
+        PublishError: Bad arguments or a registry conflict; subclasses `VersionExistsError`,
+            `ConcurrentUpdateError`, `AuthenticationError`.
         RegistryError: The registry is, or would become, invalid.
         HubUnreachableError: The Hub failed.
     """

@@ -1,7 +1,7 @@
 """The lens registry: loading, validating and resolving names.
 
 A registry is a directory of YAML (or JSON) files, one per base model, each a
-:class:`~lens_hub.registry_schema.RegistryEntry`. Names resolve case-insensitively to an entry by its canonical
+`lens_hub.registry_schema.RegistryEntry`. Names resolve case-insensitively to an entry by its canonical
 model id or one of its aliases; an alias must be unique across the whole registry. The registry shipped with
 lens-hub is used unless ``LENS_HUB_REGISTRY`` or an explicit directory says otherwise.
 """
@@ -161,7 +161,7 @@ class Registry:
         return list(dict.fromkeys(lowered.get(h, h) for h in hits))[:n]
 
     def get(self, name: str) -> RegistryEntry:
-        """Like :meth:`find`, but raises :class:`LensNotFoundError` with suggestions."""
+        """Like `find`, but raises `LensNotFoundError` with suggestions."""
         entry = self.find(name)
         if entry is None:
             close = self.suggestions(name)

@@ -1,4 +1,4 @@
-"""Training a tuned lens: the paper's recipe, with the fused step from :mod:`lens_hub.losses`.
+"""Training a tuned lens: the paper's recipe, with the fused step from `lens_hub.losses`.
 
 Defaults reproduce the reference recipe: KL(final || lens) per layer without token shift, SGD with Nesterov
 momentum 0.9 and an effective learning rate of 0.1, weight decay 1e-3, gradient clipping at norm 1.0, linear decay
@@ -203,7 +203,7 @@ def train_lens(
 
     Args:
         model: The frozen base model (left in eval mode; its weights are never saved).
-        data: Token sequences (see :mod:`lens_hub.data`).
+        data: Token sequences (see `lens_hub.data`).
         settings: The run's hyperparameters.
         out: Output lens directory (``config.json`` + ``lens.safetensors``; checkpoints in ``checkpoints/``).
         lens: A lens to start from (fine-tuning); default: a fresh identity lens, or ``settings.init_from``.

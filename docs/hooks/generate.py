@@ -1,0 +1,427 @@
+"""MkDocs hook: generate the pages that must never be written by hand.
+
+- ``catalogue/index.md`` and one ``catalogue/<org>--<name>.md`` per base model, from the lens registry
+  (``$LENS_HUB_REGISTRY`` or the registry of this checkout), with a per-layer plot of tuned vs logit lens for every
+  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.evaluate.plot``);
+- ``reference/cli.md``, from the Typer app's click commands (their own help texts and parameters);
+- ``reference/registry-schema.md``, from ``lens_hub.registry_schema.registry_json_schema()``.
+
+Nothing here reaches the network: the registry is read from disk and the plots are drawn from its metrics.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import os
+import re
+import statistics
+import tempfile
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+_PLOT_DIR: tempfile.TemporaryDirectory | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _cell(text: object) -> str:
+    """A markdown table cell: no pipes, no newlines, no raw HTML."""
+    text = html.escape(" ".join(str(text).split()), quote=False).replace("|", "&#124;")
+    return text.replace("[", "&#91;").replace("]", "&#93;")  # never a markdown link or autorefs reference
+
+
+def _code(text: object) -> str:
+    """An inline code span for a table cell (code spans show entities literally, so nothing is escaped)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _add(files: Files, config, src_uri: str, content: str | bytes) -> None:
+    existing = files.get_file_from_path(src_uri)
+    if existing is not None:
+        files.remove(existing)
+    files.append(File.generated(config, src_uri, content=content))
+
+
+def model_slug(model_id: str) -> str:
+    """``org/name`` -> ``org--name`` (the registry file's stem)."""
+    return model_id.replace("/", "--")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the catalogue
+
+
+def _load_registry():
+    from lens_hub.registry import Registry, default_registry_dir
+
+    directory = default_registry_dir()
+    return Registry.load(directory), directory
+
+
+def _headline(version) -> str:
+    """Mean KL(final || lens) over the evaluated layers, tuned vs logit, in bits per byte."""
+    ev = version.evaluation
+    if ev is None or not ev.tuned.kl or not ev.logit.kl:
+        return "—"
+    return f"KL {statistics.fmean(ev.logit.kl):.2f} → {statistics.fmean(ev.tuned.kl):.2f} bits/byte"
+
+
+def _hub_url(location) -> str:
+    prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[location.repo_type]
+    ref = location.revision or "main"
+    tree = f"/tree/{ref}/{location.subfolder}" if location.subfolder else f"/tree/{ref}"
+    return f"https://huggingface.co/{prefix}{location.repo_id}{tree}"
+
+
+def _index_page(registry, directory: Path) -> str:
+    entries = sorted(registry.entries.values(), key=lambda e: e.model.lower())
+    versions = sum(len(e.lenses) for e in entries)
+    lines = [
+        "---",
+        "hide:",
+        "  - navigation",
+        "  - toc",
+        "---",
+        "",
+        "# Lens catalogue",
+        "",
+        f"Every base model with a lens in the registry: **{len(entries)} models, {versions} lens versions**. This page "
+        "is generated from the registry files at build time (`registry/`, one YAML file per base model); click a "
+        "model for its versions, Hub locations and the code that loads its lens.",
+        "",
+        "Status `verified` means the lens is pinned to a commit and every file's size and sha256 is recorded; "
+        "`unverified` lenses load with a warning. The headline metric is the mean KL divergence from the final "
+        "layer over the evaluated layers, logit lens → tuned lens (lower is better).",
+        "",
+        '<div class="catalogue-filter">',
+        '<input type="search" id="catalogue-filter" placeholder="Filter by model, alias, architecture, status…" '
+        'aria-label="Filter the catalogue" autocomplete="off">',
+        '<span id="catalogue-count" aria-live="polite"></span>',
+        "</div>",
+        "",
+        '<div class="catalogue-table" markdown>',
+        "",
+        "| Base model | Aliases | Architecture | Hidden size | Layers | Versions | Format | Status | Headline metric |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | --- | --- |",
+    ]
+    for e in entries:
+        v = e.default_version
+        version_text = ", ".join(
+            f"v{x.version}" + (" (default)" if x.default and len(e.lenses) > 1 else "") for x in e.lenses
+        )
+        lines.append(
+            f"| [{_cell(e.model)}]({model_slug(e.model)}.md) | {_cell(', '.join(e.aliases) or '—')} "
+            f"| {_cell(e.facts.model_type or '?')} | {e.facts.hidden_size or '?'} | {e.facts.num_layers or '?'} "
+            f"| {_cell(version_text)} | {_cell(v.format)} | {_cell(v.status)} | {_cell(_headline(v))} |"
+        )
+    lines += ["", "</div>", "", f"<small>Built from `{_cell(directory.name)}/` with lens-hub.</small>", ""]
+    return "\n".join(lines)
+
+
+def _model_page(entry, plots: dict[str, str]) -> str:
+    from lens_hub.registry import dump_entry
+
+    facts = entry.facts
+    lines = [f"# {entry.model}", ""]
+    if entry.aliases:
+        lines += ["**Aliases:** " + ", ".join(f"`{a}`" for a in entry.aliases), ""]
+    lines += [
+        "## Load the lens",
+        "",
+        "```python",
+        "from lens_hub import TunedLens",
+        "",
+        f'lens = TunedLens.from_pretrained("{entry.model}")',
+        "```",
+        "",
+        f'This loads the default version (v{entry.default_version.version}); pass `version="X.Y.Z"` for another. '
+        "Names are case-insensitive and aliases work too.",
+        "",
+        "## Model facts",
+        "",
+        "Every lens of this model must match these (`?`: not known for certain).",
+        "",
+        "| Fact | Value |",
+        "| --- | --- |",
+    ]
+    for name in ("model_type", "hidden_size", "num_layers", "vocab_size", "revision", "fingerprint"):
+        value = getattr(facts, name)
+        lines.append(f"| {name} | {_code(value) if value is not None else '?'} |")
+    lines += ["", "## Versions", ""]
+    for v in reversed(entry.lenses):  # newest first
+        loc = v.location
+        badges = [v.status, v.format] + (["default"] if v.default else [])
+        lines += [f"### v{v.version}", "", " · ".join(f"`{b}`" for b in badges), ""]
+        lines += ["| | |", "| --- | --- |"]
+        lines.append(f"| Hub location | [{_cell(loc.repo_type)}: {_cell(loc.repo_id)}]({_hub_url(loc)}) |")
+        lines.append(f"| Subfolder | {_code(loc.subfolder) if loc.subfolder else '(repo root)'} |")
+        lines.append(f"| Pinned commit | {'`' + loc.revision + '`' if loc.revision else 'not pinned (unverified)'} |")
+        if v.license:
+            lines.append(f"| Licence | {_cell(v.license)} |")
+        if v.training:
+            t = v.training
+            parts = [
+                f"{k}: {getattr(t, k)}"
+                for k in ("dataset", "num_tokens", "steps", "lens_hub_version")
+                if getattr(t, k) is not None
+            ]
+            if parts:
+                lines.append(f"| Training | {_cell('; '.join(parts))} |")
+        if v.evaluation:
+            lines.append(f"| Headline metric | {_cell(_headline(v))} |")
+        lines += ["", "**Files**", "", "| Path | Size | sha256 |", "| --- | ---: | --- |"]
+        for f in v.files:
+            size = f"{f.size:,}" if f.size is not None else "?"
+            sha = f"`{f.sha256}`" if f.sha256 else "?"
+            lines.append(f"| {_code(f.path)} | {size} | {sha} |")
+        lines.append("")
+        lines += [
+            "```python",
+            "from lens_hub import TunedLens",
+            "",
+            f'lens = TunedLens.from_pretrained("{entry.model}", version="{v.version}")',
+            "```",
+            "",
+        ]
+        if v.notes:
+            lines += ["!!! note", "", "    " + " ".join(v.notes.split()), ""]
+        if v.version in plots:
+            ev = v.evaluation
+            lines += [
+                "**Evaluation** (tuned vs logit lens, per layer"
+                + (f", on {_cell(ev.dataset)}" if ev.dataset else "")
+                + (f", {ev.num_tokens:,} tokens" if ev.num_tokens else "")
+                + ")",
+                "",
+                f"![Per-layer KL and cross-entropy of the tuned and logit lens for {_cell(entry.model)} "
+                f"v{v.version}]({plots[v.version]}){{ .lens-plot }}",
+                "",
+            ]
+    lines += [
+        "## Registry entry",
+        "",
+        '??? info "The registry file as it is validated"',
+        "",
+        "    ```yaml",
+        *("    " + line for line in dump_entry(entry).splitlines()),
+        "    ```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _catalogue(files: Files, config) -> None:
+    global _PLOT_DIR
+    registry, directory = _load_registry()
+    _add(files, config, "catalogue/index.md", _index_page(registry, directory))
+    for entry in registry.entries.values():
+        slug = model_slug(entry.model)
+        plots: dict[str, str] = {}
+        for v in entry.lenses:
+            if v.evaluation is None:
+                continue
+            from lens_hub.evaluate import plot
+
+            if _PLOT_DIR is None:
+                _PLOT_DIR = tempfile.TemporaryDirectory(prefix="lens-hub-docs-")
+            png = plot(
+                v.evaluation,
+                Path(_PLOT_DIR.name) / f"{slug}-v{v.version}.png",
+                title=f"{entry.model} v{v.version}: tuned vs logit lens",
+            )
+            name = f"{slug}-v{v.version}.png"
+            _add(files, config, f"catalogue/plots/{name}", png.read_bytes())
+            plots[v.version] = f"plots/{name}"
+        _add(files, config, f"catalogue/{slug}.md", _model_page(entry, plots))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the CLI reference
+
+
+def _param_row(param, ctx) -> str:
+    """One table row from the parameter's own help record (what ``--help`` prints)."""
+    record = param.get_help_record(ctx) or (param.name or "", getattr(param, "help", None) or "")
+    names, help_text = record
+    names, _, typ = names.partition(" <")
+    typ = typ.rstrip(">")
+    kind = param.param_type_name
+    if kind == "option" and getattr(param, "is_flag", False):
+        kind = "flag"
+    shown = " / ".join(f"`{n.strip()}`" for n in names.split(",") if n.strip()) or f"`{param.name}`"
+    if kind == "argument":
+        shown = f"`{(param.name or '').upper()}`"
+    help_text = re.sub(r"\s*\[(required|default: [^\]]*)\]", "", help_text).strip()  # own columns
+    required = "yes" if param.required else ""
+    default = ""
+    value = param.default
+    if not param.required and value is not None and not callable(value) and value is not False and value != []:
+        default = f"{_code(value)}"
+    return f"| {shown} | {kind} | {_cell(typ)} | {required} | {default} | {_cell(help_text)} |"
+
+
+def _help_paragraphs(text: str) -> list[str]:
+    """A command's docstring as markdown: paragraphs kept, 'Example:' lines as shell blocks."""
+    out: list[str] = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        para = para.strip()
+        if para.startswith("Example:"):
+            out += ["**Example**", "", "```bash", para.removeprefix("Example:").strip(), "```", ""]
+        else:
+            out += [_cell(para).replace("&#124;", "|"), ""]
+    return out
+
+
+def _cli_page() -> str:
+    from typer.main import get_command
+
+    from lens_hub.cli import app
+
+    root = get_command(app)
+    lines = [
+        "# CLI reference",
+        "",
+        "Generated at build time from the `lens-hub` command itself (its Typer app's click commands), so it always "
+        "matches the installed version. `lens-hub COMMAND --help` prints the same.",
+        "",
+    ]
+
+    # Typer vendors its own click, so commands are handled by duck typing rather than click's classes.
+    def walk(cmd, path: list[str], parent) -> None:
+        ctx = cmd.context_class(cmd, info_name=path[-1], parent=parent)
+        title = " ".join(path)
+        level = "#" * min(len(path) + 1, 4)
+        lines.extend([f"{level} `{title}`", ""])
+        if cmd.help:
+            lines.extend(_help_paragraphs(cmd.help))
+        usage = " ".join(cmd.collect_usage_pieces(ctx))
+        lines.extend(["```text", f"Usage: {title} {usage}".rstrip(), "```", ""])
+        params = [p for p in cmd.get_params(ctx) if not getattr(p, "hidden", False)]
+        if params:
+            lines.extend(
+                [
+                    "| Name | Kind | Type | Required | Default | Description |",
+                    "| --- | --- | --- | --- | --- | --- |",
+                    *(_param_row(p, ctx) for p in params),
+                    "",
+                ]
+            )
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                if sub is not None and not sub.hidden:
+                    walk(sub, [*path, name], ctx)
+
+    walk(root, ["lens-hub"], None)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registry schema reference
+
+
+def _type_of(prop: dict) -> str:
+    if "$ref" in prop:
+        name = prop["$ref"].rsplit("/", 1)[-1]
+        return f"[{name}](#{name.lower()})"
+    if "anyOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["anyOf"])
+    if "enum" in prop:
+        return " / ".join(f"`{json.dumps(x)}`" for x in prop["enum"])
+    if "const" in prop:
+        return f"`{json.dumps(prop['const'])}`"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"list of {_type_of(prop.get('items', {}))}"
+    extras = []
+    if "pattern" in prop:
+        extras.append(f"pattern `{prop['pattern']}`")
+    for key, sym in (("exclusiveMinimum", ">"), ("minimum", "≥"), ("minLength", "length ≥"), ("maxLength", "length ≤")):
+        if key in prop:
+            extras.append(f"{sym} {prop[key]}")
+    if "minItems" in prop:
+        extras.append(f"at least {prop['minItems']} item(s)")
+    return f"{kind}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _schema_table(name: str, schema: dict) -> list[str]:
+    lines = [f"## {name}", ""]
+    if schema.get("description"):
+        lines += [html.escape(" ".join(schema["description"].split()), quote=False), ""]
+    required = set(schema.get("required", []))
+    lines += ["| Field | Type | Required | Default | Description |", "| --- | --- | --- | --- | --- |"]
+    for field, prop in schema.get("properties", {}).items():
+        default = f"{_code(json.dumps(prop['default']))}" if "default" in prop else ""
+        lines.append(
+            f"| `{field}` | {_type_of(prop).replace('|', '&#124;')} | {'yes' if field in required else ''} "
+            f"| {default} | {_cell(prop.get('description', ''))} |"
+        )
+    return [*lines, ""]
+
+
+def _schema_page() -> str:
+    from lens_hub.registry_schema import REQUIRED_FILES, registry_json_schema
+
+    schema = registry_json_schema()
+    lines = [
+        "# Registry schema",
+        "",
+        "Generated at build time from the pydantic models in `lens_hub.registry_schema` "
+        "(`registry_json_schema()`), the same JSON Schema that `lens-hub registry schema` writes to "
+        "`registry/schema.json`. Every model is strict and forbids unknown keys. Besides the field rules below:",
+        "",
+        "- a file for `org/name` is named `org--name.yaml`; aliases are case-insensitive and unique across the "
+        "registry, and never repeat the canonical id;",
+        "- versions are listed oldest first, with exactly one `default: true` (never a deprecated one);",
+        "- a `verified` lens is pinned to a 40-hex commit with `size` and `sha256` for every file; a `safetensors` "
+        "lens is always pinned;",
+        "- required files per format: "
+        + "; ".join(f"`{fmt}`: " + ", ".join(f"`{p}`" for p in paths) for fmt, paths in REQUIRED_FILES.items())
+        + ".",
+        "",
+        "Check a registry with `lens-hub registry validate` (offline).",
+        "",
+    ]
+    lines += _schema_table(
+        schema.get("title", "RegistryEntry").replace("lens-hub registry entry", "RegistryEntry"), schema
+    )
+    for name, sub in schema.get("$defs", {}).items():
+        lines += _schema_table(name, sub)
+    lines += [
+        "## The JSON Schema",
+        "",
+        '??? info "registry/schema.json"',
+        "",
+        "    ```json",
+        *("    " + line for line in json.dumps(schema, indent=2).splitlines()),
+        "    ```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mkdocs events
+
+
+# lens_hub/lens.py's from_pretrained docstring lists several exceptions on one "Raises:" item, which griffe's
+# Google parser reports as a warning (failing --strict). Only that one known message is dropped here; everything
+# else griffe says still counts. Remove this filter once the docstring lists one exception per item.
+def on_files(files: Files, config) -> Files:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _add(files, config, "reference/cli.md", _cli_page())
+    _add(files, config, "reference/registry-schema.md", _schema_page())
+    _catalogue(files, config)
+    return files
+
+
+def on_post_build(config) -> None:
+    global _PLOT_DIR
+    if _PLOT_DIR is not None:
+        _PLOT_DIR.cleanup()
+        _PLOT_DIR = None
