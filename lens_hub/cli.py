@@ -515,6 +515,59 @@ def push(
     )
 
 
+@app.command()
+def show(
+    model: ModelArg,
+    text: Annotated[str, typer.Argument(help="The text to read through the lens.")],
+    lens: Annotated[str, typer.Option(help="Lens directory, registry name, hf://..., or 'logit'.")] = "logit",
+    stat: Annotated[str, typer.Option(help="Colour statistic: entropy, kl, ce, rank or prob.")] = "entropy",
+    layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write an interactive HTML page here.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write a static heatmap (PNG) here.")] = None,
+    compare: Annotated[
+        str | None, typer.Option(help="A second lens ('logit', directory or name): print per-layer mean JS.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
+    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Show a prediction trajectory: the top-1 token every layer predicts at every position, coloured by a statistic.
+
+    Example: lens-hub show smollm2-offline "The capital of France is" --stat kl --html traj.html --compare logit
+    """
+    from .lens import LogitLens, TunedLens
+    from .models import load_model_and_tokenizer
+    from .render import terminal_table, write_html, write_png
+    from .trajectory import STATISTICS, PredictionTrajectory
+
+    if stat not in STATISTICS:
+        raise typer.BadParameter(f"--stat must be one of {', '.join(STATISTICS)}")
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+
+    def load_lens(name: str):
+        return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
+
+    reader = load_lens(lens)
+    other = load_lens(compare) if compare else None
+    traj = PredictionTrajectory.from_text(
+        reader, net, tokenizer, text, layers=_parse_layers(layers), top_k=top_k, compare_with=other
+    )
+    console.print(terminal_table(traj, stat))
+    if other is not None:
+        means = traj.mean_by_row("js")
+        js_table = Table(title=f"mean Jensen-Shannon divergence, {lens} vs {compare} lens (nats, at most ln 2)")
+        js_table.add_column("layer", justify="right")
+        js_table.add_column("mean JS", justify="right")
+        for label, value in zip(traj.row_labels, means, strict=True):
+            js_table.add_row(label, f"{value:.4f}")
+        console.print(js_table)
+    if html:
+        console.print(f"wrote {write_html(traj, html, stat)}")
+    if png:
+        console.print(f"wrote {write_png(traj, png, stat)}")
+
+
 def main() -> None:
     """Entry point of the `lens-hub` console script: library errors become one clear line and exit code 1."""
     try:

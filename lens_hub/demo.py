@@ -20,18 +20,12 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from .lens import LogitLens, TunedLens
 from .models import SMOLLM2_ID, load_smollm2
 
 SAMPLE = Path(__file__).parent / "samples" / "persuasion-ch1-8.txt"
 DEMO_REPO = "loopback/smollm2-135m-instruct-tuned-lens"
-
-
-def _top(tokenizer: object, logits: torch.Tensor) -> str:
-    p, i = logits.float().softmax(-1).max(-1)
-    return f"{tokenizer.decode(int(i))!r} {float(p):.2f}"  # type: ignore[attr-defined]
 
 
 def run_demo(out: Path, prompt: str, console: Console, *, layers: str = "0,10,20", steps: int = 8) -> None:
@@ -105,17 +99,28 @@ def run_demo(out: Path, prompt: str, console: Console, *, layers: str = "0,10,20
         )
         console.print("[green]✓[/] from_model_and_pretrained(model) loaded it again from the cache with 0 requests")
 
-    console.rule(f"[bold]3. What each layer predicts after {prompt!r}")
+    console.rule(f"[bold]3. Prediction trajectory of {prompt!r}: tuned lens, then logit lens")
+    from .render import terminal_table, write_html, write_png
+    from .trajectory import PredictionTrajectory
+
     logit = LogitLens.from_model(model)
-    table = Table()
-    for column in ("layer", "logit lens", "tuned lens"):
-        table.add_column(column)
-    trained_layers = loaded.config.training.layers if loaded.config.training else None
-    with torch.no_grad():
-        for i in trained_layers or range(0, 30, 5):
-            table.add_row(str(i), _top(tokenizer, logit(hs[i], i)[0, -1]), _top(tokenizer, loaded(hs[i], i)[0, -1]))
-        table.add_row("output", _top(tokenizer, logit.unembed.head(hs[-1])[0, -1]), "")
-    console.print(table)
+    trained_layers = (loaded.config.training.layers if loaded.config.training else None) or list(range(0, 30, 5))
+    tuned_traj = PredictionTrajectory.from_text(
+        loaded, model, tokenizer, prompt, layers=trained_layers, compare_with=logit
+    )
+    logit_traj = PredictionTrajectory.from_text(logit, model, tokenizer, prompt, layers=trained_layers)
+    console.print("[bold]Tuned lens[/] (trained layers)")
+    console.print(terminal_table(tuned_traj, "entropy"))
+    console.print("[bold]Logit lens[/] (same layers)")
+    console.print(terminal_table(logit_traj, "entropy"))
+    js = tuned_traj.mean_by_row("js")
+    console.print(
+        "Mean Jensen-Shannon divergence between the two lenses (nats): "
+        + ", ".join(f"{label}: {value:.3f}" for label, value in zip(tuned_traj.row_labels, js, strict=True))
+    )
+    html = write_html(tuned_traj, out / "trajectory.html", "entropy", title=f"Tuned lens: {prompt}")
+    png = write_png(tuned_traj, out / "trajectory.png", "entropy", title=f"Tuned lens: {prompt}")
+    console.print(f"wrote {html} (interactive: hover a cell for the top tokens) and {png}")
 
     summary = loaded.config.evaluation
     assert summary is not None

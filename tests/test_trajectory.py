@@ -1,0 +1,264 @@
+"""Prediction trajectories: statistics against direct computation, lens comparison, labels, and the three views."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import tiny_model
+from transformers import AutoTokenizer
+
+from lens_hub import LogitLens, TunedLens
+from lens_hub.render import terminal_table, write_html, write_png
+from lens_hub.trajectory import PredictionTrajectory, js_divergence, token_label, tv_distance, visible
+
+TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
+TEXT = "The capital of France is Paris.\nIt is <b>big</b>"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2)
+
+
+def _random_lens(model, seed=0):
+    lens = TunedLens.from_model(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return lens
+
+
+@pytest.fixture(scope="module")
+def tuned(model):
+    return _random_lens(model)
+
+
+def test_statistics_match_direct_computation(model, tokenizer, tuned):
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    traj = PredictionTrajectory.from_ids(tuned, model, ids, top_k=4, tokenizer=tokenizer, chunk_size=5)
+    T = ids.shape[1]
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+        logps = [torch.log_softmax(tuned(hs[i], i).float(), -1)[0] for i in range(3)]
+        logps.append(torch.log_softmax(tuned.unembed.head(hs[-1]).float(), -1)[0])
+    final = logps[-1]
+    assert traj.entropy.shape == (1, 4, T) and traj.top_ids.shape == (1, 4, T, 4)
+    assert traj.row_labels == ["0", "1", "2", "output"]
+    for r, logp in enumerate(logps):
+        p = logp.exp()
+        torch.testing.assert_close(traj.entropy[0, r], -(p * logp).sum(-1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(traj.kl[0, r], (final.exp() * (final - logp)).sum(-1), rtol=1e-4, atol=1e-4)
+        ce = -logp[torch.arange(T - 1), ids[0, 1:]]
+        torch.testing.assert_close(traj.ce[0, r, :-1], ce, rtol=1e-4, atol=1e-4)
+        assert math.isnan(traj.ce[0, r, -1])
+        target_logp = logp[torch.arange(T - 1), ids[0, 1:]]
+        rank = (logp[:-1] > target_logp[:, None]).sum(-1)
+        assert torch.equal(traj.rank[0, r, :-1], rank) and traj.rank[0, r, -1] == -1
+        torch.testing.assert_close(traj.prob[0, r, :-1], target_logp.exp(), rtol=1e-4, atol=1e-6)
+        vals, idx = p.topk(4, -1)
+        assert torch.equal(traj.top_ids[0, r], idx)
+        torch.testing.assert_close(traj.top_probs[0, r], vals, rtol=1e-4, atol=1e-6)
+    assert traj.kl[0, -1].abs().max() < 1e-5
+    # an explicit target token: rank and probability of " Paris" everywhere
+    paris = tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    fixed = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, target=" Paris")
+    torch.testing.assert_close(fixed.prob[0, 1], logps[1][:, paris].exp(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(fixed.rank[0, 1], (logps[1] > logps[1][:, paris : paris + 1]).sum(-1))
+
+
+def test_logit_lens_output_row_is_the_models_distribution(model, tokenizer):
+    traj = PredictionTrajectory.from_text(LogitLens.from_model(model), model, tokenizer, TEXT, top_k=3, layers=[1])
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits.float(), -1)[0]
+    vals, idx = probs.topk(3, -1)
+    assert traj.layers == [1] and traj.row_labels == ["1", "output"]
+    assert torch.equal(traj.top_ids[0, -1], idx)
+    torch.testing.assert_close(traj.top_probs[0, -1], vals, rtol=1e-4, atol=1e-6)
+
+
+def test_js_and_tv_match_their_definitions(model, tokenizer, tuned):
+    logit = LogitLens.from_model(model)
+    traj = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, compare_with=logit)
+    rev = PredictionTrajectory.from_text(logit, model, tokenizer, TEXT, compare_with=tuned)
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    for i in range(3):
+        p = torch.softmax(tuned(hs[i], i).double(), -1)[0]
+        q = torch.softmax(logit(hs[i], i).double(), -1)[0]
+        m = (p + q) / 2
+        kl_pm = torch.where(p > 0, p * (p / m).log(), 0).sum(-1)
+        kl_qm = torch.where(q > 0, q * (q / m).log(), 0).sum(-1)
+        js = 0.5 * kl_pm + 0.5 * kl_qm
+        tv = 0.5 * (p - q).abs().sum(-1)
+        torch.testing.assert_close(traj.js[0, i].double(), js, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(traj.tv[0, i].double(), tv, rtol=1e-3, atol=1e-5)
+        assert js.min() > 1e-3  # the random translator really changes the distribution
+    torch.testing.assert_close(traj.js, rev.js, rtol=1e-4, atol=1e-6)  # symmetric
+    assert (traj.js <= math.log(2) + 1e-6).all() and (traj.js >= 0).all()
+    assert (traj.tv >= 0).all() and (traj.tv <= 1).all()
+    assert traj.js[0, -1].abs().max() < 1e-5  # both lenses share the output row
+    assert len(traj.mean_by_row("js")) == 4
+    # extremes of the definitions: disjoint distributions give ln 2 and 1; equal ones give 0
+    a = torch.tensor([[0.0, -math.inf]])
+    b = torch.tensor([[-math.inf, 0.0]])
+    torch.testing.assert_close(js_divergence(a, b), torch.tensor([math.log(2)]))
+    torch.testing.assert_close(tv_distance(a, b), torch.tensor([1.0]))
+    assert js_divergence(a, a).item() == 0.0 and tv_distance(a, a).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models(tokenizer, dtype):
+    model = tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2, dtype=dtype)
+    lens = _random_lens(model).to(dtype)
+    traj = PredictionTrajectory.from_text(lens, model, tokenizer, TEXT, compare_with=LogitLens.from_model(model))
+    for t in (traj.entropy, traj.kl, traj.top_probs, traj.js, traj.tv):
+        assert t.dtype == torch.float32
+    assert torch.isfinite(traj.entropy).all() and torch.isfinite(traj.kl).all()
+    assert torch.isfinite(traj.ce[..., :-1]).all()
+
+
+def test_batch_of_two_texts(model, tokenizer, tuned):
+    texts = ["Hello world, this is a longer sentence.", "Short one"]
+    traj = PredictionTrajectory.from_text(tuned, model, tokenizer, texts)
+    alone = PredictionTrajectory.from_text(tuned, model, tokenizer, texts[1])
+    n = alone.input_ids.shape[1]
+    assert len(traj) == 2 and traj.lengths[1] == n
+    second = traj[1]
+    assert second.input_labels == alone.input_labels
+    torch.testing.assert_close(second.entropy, alone.entropy, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second.ce, alone.ce, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert torch.isnan(traj.entropy[1, :, n:]).all()
+
+
+def test_long_input_is_chunked():
+    model = tiny_model("llama", vocab_size=2000, max_position_embeddings=2048)
+    ids = torch.randint(0, 2000, (1, 1500), generator=torch.Generator().manual_seed(0))
+    traj = PredictionTrajectory.from_ids(LogitLens.from_model(model), model, ids, chunk_size=256)
+    assert traj.entropy.shape == (1, 4, 1500)
+    assert torch.isfinite(traj.ce[..., :-1]).all()
+
+
+def test_labels_show_whitespace_and_escape_html(model, tokenizer, tmp_path):
+    assert visible("a b\n\tc") == "a·b⏎→c"
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    assert token_label(tokenizer, newline) == "⏎"
+    traj = PredictionTrajectory.from_text(LogitLens.from_model(model), model, tokenizer, TEXT)
+    assert "·capital" in traj.input_labels[0] and "⏎" in traj.input_labels[0]
+    page = write_html(traj, tmp_path / "t.html").read_text()
+    assert "·&lt;" in page and "·<" not in page  # GPT-2 splits "<b>" into " <", "b", ">"
+    traj.input_labels[0][0] = "<b>"
+    traj.top_labels[0][0][0][0] = "<b>x</b>"
+    page = write_html(traj, tmp_path / "t.html").read_text()
+    assert "&lt;b&gt;" in page and "&lt;b&gt;x&lt;/b&gt;" in page and "<b>" not in page
+
+
+def test_terminal_view(model, tokenizer):
+    from rich.console import Console
+
+    traj = PredictionTrajectory.from_text(LogitLens.from_model(model), model, tokenizer, TEXT)
+    console = Console(width=400, record=True)
+    for stat in ("entropy", "kl", "ce", "rank", "prob"):
+        console.print(terminal_table(traj, stat))
+    out = console.export_text()
+    assert "output" in out and "legend" in out and "·capital" in out
+    with pytest.raises(ValueError, match="unknown statistic"):
+        traj.stat("bogus")
+
+
+def test_png(model, tokenizer, tmp_path):
+    traj = PredictionTrajectory.from_text(LogitLens.from_model(model), model, tokenizer, TEXT)
+    path = write_png(traj, tmp_path / "t.png", "rank")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium not installed: pip install selenium")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.access(p, os.X_OK)), None)
+    driver = next(
+        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.access(p, os.X_OK)), None
+    )
+    if chromium is None or driver is None:
+        pytest.skip("Chromium and chromedriver not installed: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options), profile
+
+
+def test_html_in_headless_chromium(model, tokenizer, tuned, tmp_path):
+    traj = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, top_k=3)
+    path = write_html(traj, tmp_path / "t.html", "kl")
+    driver, profile = _browser()
+    try:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+
+        driver.set_page_load_timeout(30)
+        driver.get(path.as_uri())
+        cells = driver.find_elements(By.CSS_SELECTOR, "td.cell")
+        T = traj.input_ids.shape[1]
+        assert len(cells) == (3 + 1) * T
+        assert len(driver.find_elements(By.CSS_SELECTOR, "th.input")) == T
+        cell = driver.find_element(By.CSS_SELECTOR, 'td.cell[data-row="3"][data-pos="2"]')
+        title = cell.get_attribute("title")
+        for label, prob in zip(traj.top_labels[0][3][2], traj.top_probs[0, 3, 2].tolist(), strict=True):
+            assert f"{label}  {prob:.4f}" in title
+        ActionChains(driver).move_to_element(cell).perform()
+        tip = driver.find_element(By.ID, "tip")
+        assert tip.is_displayed()
+        assert traj.top_labels[0][3][2][0] in tip.text and "3. " in tip.text
+        assert driver.find_elements(By.TAG_NAME, "b") == []  # the <b> in the text stayed text
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_cli_show_writes_html_and_png(tmp_path, model, tokenizer):
+    model.save_pretrained(tmp_path / "model")
+    for f in TOKENIZER.glob("*.json"):
+        shutil.copy(f, tmp_path / "model" / f.name)
+    _random_lens(model).save(tmp_path / "lens")
+    args = ["show", "model", "Hello world.\nBye", "--device", "cpu", "--stat", "kl", "--layers", "0,2"]
+    args += ["--html", "t.html", "--png", "t.png", "--lens", "./lens", "--compare", "logit", "--top-k", "3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "output" in done.stdout and "Jensen-Shannon" in done.stdout
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "t.html").read_text()
+    positions = len(tokenizer("Hello world.\nBye")["input_ids"])
+    assert page.count('class="cell"') == 3 * positions  # rows 0, 2 and output
