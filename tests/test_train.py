@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_hidden
+from conftest import random_lens, run_hidden
 from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
 
@@ -40,20 +40,11 @@ def gpt2_real_vocab(**kw):
     return tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2, **kw)
 
 
-def _random_lens(model, seed=0):
-    lens = TunedLens.from_model(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return lens
-
-
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gptj", "opt", "gpt_neox"])
 @pytest.mark.parametrize("chunk", [3, 1000])
 def test_fused_kl_matches_the_reference_step(family, chunk):
     model = tiny_model(family).requires_grad_(False)
-    lens = _random_lens(model)
+    lens = random_lens(model)
     hs = run_hidden(model, batch=2, seq=9).hidden_states
     layers = [0, 1, 2]
     reference = torch.tensor(reference_lens_losses(lens, hs, layers))
@@ -68,7 +59,7 @@ def test_fused_kl_matches_the_reference_step(family, chunk):
 
 def test_fused_cross_entropy_matches_torch():
     model = tiny_model("llama").requires_grad_(False)
-    lens = _random_lens(model)
+    lens = random_lens(model)
     out = run_hidden(model, batch=2, seq=9)
     ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -182,7 +173,7 @@ def test_layer_subset_bias_only_adam_warmup(tmp_path, tokens):
 
 def test_fine_tuning_starts_from_an_existing_lens(tmp_path, tokens):
     model = gpt2_real_vocab()
-    start = _random_lens(model, seed=3)
+    start = random_lens(model, seed=3)
     start.save(tmp_path / "start")
     tuned = train_lens(model, tokens, _small(steps=1, lr=1e-9, init_from=str(tmp_path / "start")), tmp_path / "ft")
     torch.testing.assert_close(tuned.translators[0].weight, start.translators[0].weight, rtol=0, atol=1e-6)

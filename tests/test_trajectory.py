@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import headless_chromium, random_lens
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
-from lens_hub import LogitLens, TunedLens
+from lens_hub import LogitLens
 from lens_hub.render import terminal_table, write_html, write_png
 from lens_hub.trajectory import PredictionTrajectory, js_divergence, token_label, tv_distance, visible
 
@@ -33,18 +32,9 @@ def model():
     return tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2)
 
 
-def _random_lens(model, seed=0):
-    lens = TunedLens.from_model(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return lens
-
-
 @pytest.fixture(scope="module")
 def tuned(model):
-    return _random_lens(model)
+    return random_lens(model)
 
 
 def test_statistics_match_direct_computation(model, tokenizer, tuned):
@@ -125,7 +115,7 @@ def test_js_and_tv_match_their_definitions(model, tokenizer, tuned):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_models(tokenizer, dtype):
     model = tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2, dtype=dtype)
-    lens = _random_lens(model).to(dtype)
+    lens = random_lens(model).to(dtype)
     traj = PredictionTrajectory.from_text(lens, model, tokenizer, TEXT, compare_with=LogitLens.from_model(model))
     for t in (traj.entropy, traj.kl, traj.top_probs, traj.js, traj.tv):
         assert t.dtype == torch.float32
@@ -187,46 +177,14 @@ def test_png(model, tokenizer, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium not installed: pip install selenium")
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.access(p, os.X_OK)), None)
-    driver = next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.access(p, os.X_OK)), None
-    )
-    if chromium is None or driver is None:
-        pytest.skip("Chromium and chromedriver not installed: apt-get install -y chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options), profile
-
-
 def test_html_in_headless_chromium(model, tokenizer, tuned, tmp_path):
     traj = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, top_k=3)
     path = write_html(traj, tmp_path / "t.html", "kl")
-    driver, profile = _browser()
+    driver = headless_chromium(tmp_path / "profile")
     try:
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.by import By
 
-        driver.set_page_load_timeout(30)
         driver.get(path.as_uri())
         cells = driver.find_elements(By.CSS_SELECTOR, "td.cell")
         T = traj.input_ids.shape[1]
@@ -243,14 +201,13 @@ def test_html_in_headless_chromium(model, tokenizer, tuned, tmp_path):
         assert driver.find_elements(By.TAG_NAME, "b") == []  # the <b> in the text stayed text
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_cli_show_writes_html_and_png(tmp_path, model, tokenizer):
     model.save_pretrained(tmp_path / "model")
     for f in TOKENIZER.glob("*.json"):
         shutil.copy(f, tmp_path / "model" / f.name)
-    _random_lens(model).save(tmp_path / "lens")
+    random_lens(model).save(tmp_path / "lens")
     args = ["show", "model", "Hello world.\nBye", "--device", "cpu", "--stat", "kl", "--layers", "0,2"]
     args += ["--html", "t.html", "--png", "t.png", "--lens", "./lens", "--compare", "logit", "--top-k", "3"]
     done = subprocess.run(
