@@ -98,7 +98,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where to write the trained lens.")] = Path("out/demo"),
     prompt: Annotated[str, typer.Option(help="Text to read through the lenses.")] = "The capital of France is",
     layers: Annotated[str, typer.Option(help="Layers to train (CPU-sized default).")] = "0,10,20",
-    steps: Annotated[int, typer.Option(help="Training steps of 2,048 tokens.")] = 8,
+    steps: Annotated[int, typer.Option(help="Training steps of 2,048 tokens.")] = 6,
 ) -> None:
     """The offline end-to-end example: train SmolLM2-135M-Instruct's tuned lens on the shipped Austen sample,
     evaluate it against the logit lens, publish it to a loopback Hub with a registry entry, load it back with

@@ -28,7 +28,7 @@ SAMPLE = Path(__file__).parent / "samples" / "persuasion-ch1-8.txt"
 DEMO_REPO = "loopback/smollm2-135m-instruct-tuned-lens"
 
 
-def run_demo(out: Path, prompt: str, console: Console, *, layers: str = "0,10,20", steps: int = 8) -> None:
+def run_demo(out: Path, prompt: str, console: Console, *, layers: str = "0,10,20", steps: int = 6) -> None:
     """Run the loop; raises if any check fails."""
     from .cli import app
     from .testing import LOOPBACK_TOKEN, LOOPBACK_USER, LoopbackHub, hub_environment
