@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_hidden
+from conftest import random_lens, run_hidden
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from tiny_models import tiny_model
 
@@ -41,15 +41,6 @@ def model():
     m = tiny_model("llama")
     m.config._name_or_path = BASE
     return m
-
-
-def _trained_lens(model, seed=0):
-    lens = TunedLens.from_model(model, base_model=BASE)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return lens
 
 
 def _upload(folder: Path, repo_id: str, subfolder: str = "", repo_type: str = "model") -> str:
@@ -99,7 +90,7 @@ def _entry(lens_dir: Path, commit: str, *, versions=None, facts=None, subfolder=
 @pytest.fixture
 def published(loopback_hub, tmp_path, model):
     """A trained lens uploaded to the loopback Hub and described by a verified entry in a temporary registry."""
-    lens = _trained_lens(model)
+    lens = random_lens(model)
     lens_dir = lens.save(tmp_path / "lens")
     commit = _upload(lens_dir, LENS_REPO)
     registry = tmp_path / "registry"
@@ -201,7 +192,7 @@ def test_lens_that_contradicts_its_entry_or_its_model_is_refused(loopback_hub, p
 
 def test_versions_default_and_unknown(loopback_hub, published, model, tmp_path):
     lens, lens_dir, commit1, _ = published
-    lens2 = _trained_lens(model, seed=1)
+    lens2 = random_lens(model, seed=1)
     dir2 = lens2.save(tmp_path / "lens2")
     commit2 = _upload(dir2, LENS_REPO, subfolder="v2")
     v1 = _entry(lens_dir, commit1).lenses[0].model_dump()
@@ -296,7 +287,7 @@ def _legacy_entry(facts=None):
 
 
 def test_unverified_legacy_lens_is_converted_in_the_cache(loopback_hub, model, tmp_path):
-    lens = _trained_lens(model)
+    lens = random_lens(model)
     _upload(_write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
     write_entry(tmp_path / "reg", _legacy_entry())
     with pytest.warns(UnverifiedLensWarning, match="fetched from main"):
@@ -346,7 +337,7 @@ def test_cli_download_then_audit(loopback_hub, published):
 
 
 def test_cli_audit_of_an_unpinned_entry_reports_what_to_pin(loopback_hub, model, tmp_path):
-    _upload(_write_old(tmp_path / "old", _trained_lens(model)), "loopback/tuned-lens", f"lens/{BASE}", "space")
+    _upload(_write_old(tmp_path / "old", random_lens(model)), "loopback/tuned-lens", f"lens/{BASE}", "space")
     write_entry(tmp_path / "reg", _legacy_entry())
     audit = _cli("registry", "audit", "--remote", "tiny-llama", "--registry", str(tmp_path / "reg"))
     assert audit.returncode == 0, audit.stdout + audit.stderr
