@@ -7,7 +7,8 @@ random-weight models built from real configs (speed does not depend on the weigh
     python bench/bench_step.py --config smollm2 --batch 8 --seq 1024          # GPU (bf16 autocast)
     python bench/bench_step.py --config smollm2 --batch 1 --seq 256 --steps 2 # CPU
 
-Prints one JSON line per step kind (tokens/s, peak GPU memory) and the largest loss/gradient difference.
+Prints one JSON line: per step kind, tokens/s and peak GPU memory; per kernel of the fused step (eager PyTorch,
+and the Triton kernel where it runs), its speed-up over the reference and its largest loss/gradient difference.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import platform
 import time
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import lens_hub
 from lens_hub import TunedLens
+from lens_hub.kernels import triton_usable
 from lens_hub.losses import fused_lens_losses, reference_lens_losses
 from lens_hub.train import hidden_states
 
@@ -81,6 +84,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="Train only the first N layers (CPU: fewer).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk", type=int, default=None, help="Tokens per chunk of the fused step.")
+    parser.add_argument(
+        "--kernels",
+        default=None,
+        help="Comma-separated kernels of the fused step to time: eager, triton (default: eager, plus triton on CUDA).",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -105,43 +113,55 @@ def main() -> None:
         with autocast:
             return reference_lens_losses(lens, hs, layers)
 
-    def ours():
+    kernels = args.kernels.split(",") if args.kernels else ["eager"]
+    if args.kernels is None and triton_usable(device):
+        kernels.append("triton")
+
+    def ours(kernel: str):
         hs = forward()
         with autocast:
-            losses = fused_lens_losses(lens, hs, layers, chunk=args.chunk)
+            losses = fused_lens_losses(lens, hs, layers, chunk=args.chunk, kernel=kernel)
         losses.sum().backward()
         return losses.detach().tolist()  # one host sync per step
 
-    # Same inputs, same weights: the two steps must agree before their speed means anything.
+    # Same inputs, same weights: the steps must agree before their speed means anything.
     lens.zero_grad()
     ref_losses = reference()
     ref_grads = [p.grad.clone() for p in lens.parameters()]
-    lens.zero_grad()
-    our_losses = ours()
-    loss_diff = max(abs(a - b) for a, b in zip(ref_losses, our_losses, strict=True))
-    grad_diff = max(float((p.grad - g).abs().max()) for p, g in zip(lens.parameters(), ref_grads, strict=True))
     grad_scale = max(float(g.abs().max()) for g in ref_grads)
+    agreement = {}
+    for kernel in kernels:
+        lens.zero_grad()
+        our_losses = ours(kernel)
+        agreement[kernel] = {
+            "max_loss_diff": max(abs(a - b) for a, b in zip(ref_losses, our_losses, strict=True)),
+            "max_grad_diff": max(
+                float((p.grad - g).abs().max()) for p, g in zip(lens.parameters(), ref_grads, strict=True)
+            ),
+        }
 
     tokens = args.batch * args.seq
+    steps = {"forward": forward, "reference": reference}
+    steps |= {f"lens-hub-{kernel}": lambda kernel=kernel: ours(kernel) for kernel in kernels}
     results = {}
-    for name, fn in (("forward", forward), ("reference", reference), ("lens-hub", ours)):
+    for name, fn in steps.items():
         seconds, peak = _time(lambda fn=fn: (lens.zero_grad(), fn()), args.steps, device)
         results[name] = {"tokens_per_s": round(tokens / seconds, 1), "peak_gib": round(peak, 2)}
+        if name.startswith("lens-hub-"):
+            results[name] |= agreement[name.removeprefix("lens-hub-")]
+            results[name]["speedup"] = round(results[name]["tokens_per_s"] / results["reference"]["tokens_per_s"], 2)
     info = {
         "config": args.config,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "dtype": str(dtype),
         "batch": args.batch,
         "seq": args.seq,
         "layers": len(layers),
+        "chunk": args.chunk,
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "lens_hub": lens_hub.__version__,
-        "max_loss_diff": loss_diff,
-        "max_grad_diff": grad_diff,
         "max_grad": grad_scale,
-        "speedup": round(results["lens-hub"]["tokens_per_s"] / results["reference"]["tokens_per_s"], 2),
         **results,
     }
     print(json.dumps(info))

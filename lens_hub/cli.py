@@ -141,6 +141,8 @@ def _device(name: str | None) -> str:
     return name or "cpu"
 
 
+HUB_EVAL_SEQUENCES = 128  # x 2048 tokens = 2^18, one step of the paper's recipe
+
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -148,7 +150,14 @@ ModelArg = Annotated[
     ),
 ]
 DataOption = Annotated[
-    str, typer.Option(help="Text: .txt/.md file or folder, .jsonl file, or a Hugging Face dataset name[:config].")
+    str,
+    typer.Option(
+        help="Text: a .txt/.md file or folder, a .jsonl file, or a Hub dataset ORG/NAME[:CONFIG], streamed and read "
+        "only as far as needed (needs the datasets package).",
+    ),
+]
+DataRevisionOption = Annotated[
+    str | None, typer.Option(help="Branch, tag or commit of a Hub dataset (default: main, pinned and recorded).")
 ]
 
 
@@ -162,6 +171,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+    data_revision: DataRevisionOption = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 250,
     tokens_per_step: Annotated[int, typer.Option(help="Tokens per step, all processes together.")] = 1 << 18,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
@@ -193,6 +203,9 @@ def train(
     base_model: Annotated[
         str | None, typer.Option(help="Hub id to record as the base model (when MODEL is a local directory).")
     ] = None,
+    kernel: Annotated[
+        str, typer.Option(help="Softmax/KL step: auto (Triton on CUDA where it applies), eager or triton.")
+    ] = "auto",
     log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
 ) -> None:
     """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
@@ -203,9 +216,9 @@ def train(
     Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
     """
     from .config import validate_repo_id
-    from .data import load_token_data
+    from .data import is_local, load_token_data
     from .models import load_model_and_tokenizer, max_positions
-    from .train import TrainSettings, shard_model, train_lens
+    from .train import TrainSettings, plan_for, shard_model, train_lens
     from .train import restart as discard
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
@@ -233,23 +246,41 @@ def train(
         seed=seed,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
+        kernel=kernel,
         log=log or [],
     )
     if settings.optimizer not in ("sgd", "adam") or settings.loss not in ("kl", "ce"):
         raise typer.BadParameter("--optimizer is sgd or adam; --loss is kl or ce")
+    if settings.kernel not in ("auto", "eager", "triton"):
+        raise typer.BadParameter("--kernel is auto, eager or triton")
     if restart:
         discard(out)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks
-    tokens = load_token_data(data, tokenizer, seq_len=length, text_column=text_column, split=split)
+    # A local corpus is read whole (the shuffle covers all of it); a Hub dataset only as far as the run needs.
+    limit_sequences = None
+    if not is_local(data):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        needed = settings.steps * plan_for(settings, length, world).sequences_per_step
+        heldout = heldout or (max(1, needed // 19) if push_to else 0)
+        limit_sequences = needed + heldout
+    tokens = load_token_data(
+        data,
+        tokenizer,
+        seq_len=length,
+        text_column=text_column,
+        split=split,
+        revision=data_revision,
+        max_sequences=limit_sequences,
+    )
     if main_process:
         console.print(
-            f"{len(tokens.sequences):,} sequences of {length} tokens from {data} "
+            f"{len(tokens.sequences):,} sequences of {length} tokens from {tokens.source} "
             f"({tokens.tokens_per_byte:.3f} tokens/byte)"
         )
     if push_to and not heldout:
         heldout = max(1, len(tokens.sequences) // 20)  # publishing needs metrics: hold out 5%
     train_tokens, held = tokens.split(heldout) if heldout else (tokens, None)
-    lens = train_lens(net, train_tokens, settings, out, dataset_name=data, console=console)
+    lens = train_lens(net, train_tokens, settings, out, dataset_name=tokens.source, console=console)
     if not main_process:
         return
     console.print(f"[green]✓[/] saved {lens.num_layers}-layer tuned lens to {out}")
@@ -258,7 +289,7 @@ def train(
 
         with console.status(f"Evaluating on {len(held.sequences)} held-out sequences..."):
             result = evaluate(net, held, lens, layers=settings.layers)
-        result.dataset = f"{data} (held out)"
+        result.dataset = held.source
         console.print(table(result))
         lens.config = lens.config.model_copy(update={"evaluation": result.summary()})
         lens.save(out)
@@ -280,9 +311,16 @@ def eval_(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "validation",
+    data_revision: DataRevisionOption = None,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
-    max_sequences: Annotated[int | None, typer.Option(help="Evaluate at most this many sequences.")] = None,
+    max_sequences: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Evaluate at most this many sequences (default: all of a local corpus, the first "
+            f"{HUB_EVAL_SEQUENCES} of a Hub dataset)."
+        ),
+    ] = None,
     transfer: Annotated[bool, typer.Option(help="Also compute the transfer matrix (translator i on layer j).")] = False,
     layers: Annotated[
         str | None, typer.Option(help="Evaluate only these layers, e.g. 0,5,10-12 (default: all).")
@@ -296,7 +334,7 @@ def eval_(
 
     Example: lens-hub eval lenses/gpt2 --model gpt2 --data heldout.txt --png eval.png --store
     """
-    from .data import load_token_data
+    from .data import is_local, load_token_data
     from .evaluate import evaluate, plot, table, write_json
     from .lens import TunedLens
     from .models import load_model_and_tokenizer, max_positions
@@ -305,12 +343,20 @@ def eval_(
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
     limit = max_positions(net)
     length = min(seq_len, limit) if limit else seq_len
+    if max_sequences is None and not is_local(data):
+        max_sequences = HUB_EVAL_SEQUENCES  # a streamed split may be endless
     tokens = load_token_data(
-        data, tokenizer, seq_len=length, text_column=text_column, split=split, max_sequences=max_sequences
+        data,
+        tokenizer,
+        seq_len=length,
+        text_column=text_column,
+        split=split,
+        revision=data_revision,
+        max_sequences=max_sequences,
     )
-    with console.status("Evaluating..."):
+    with console.status(f"Evaluating on {len(tokens.sequences):,} sequences of {length} tokens..."):
         result = evaluate(net, tokens, tuned, batch_size=batch_size, transfer=transfer, layers=_parse_layers(layers))
-    result.dataset = data
+    result.dataset = tokens.source
     console.print(table(result))
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")

@@ -24,18 +24,32 @@ class DataError(LensHubError):
     """The training or evaluation data cannot be read, or there is too little of it."""
 
 
-def iter_documents(source: str | Path, *, text_column: str = "text", split: str = "train") -> Iterator[str]:
+def is_local(source: str | Path) -> bool:
+    """Whether `source` names a local file or folder (existing or meant to be) rather than a Hub dataset."""
+    path = Path(source)
+    return path.exists() or path.suffix in (*TEXT_SUFFIXES, ".jsonl") or str(source).startswith((".", "/", "~"))
+
+
+def iter_documents(
+    source: str | Path, *, text_column: str = "text", split: str = "train", revision: str | None = None
+) -> Iterator[str]:
     """Yield documents from a text file, a folder of them, a ``.jsonl`` file, or a Hugging Face dataset.
 
     Args:
         source: A ``.txt``/``.md`` file (one document), a ``.jsonl`` file (one document per line, in
-            ``text_column``), a folder (every such file inside, sorted), or a dataset name (``name`` or
-            ``name:config``) loaded with the ``datasets`` library in streaming mode.
+            ``text_column``), a folder (every such file inside, sorted), or a Hub dataset (``org/name`` or
+            ``org/name:config``, see [`HubDataset`][lens_hub.data.HubDataset]), streamed.
         text_column: Field holding the text in ``.jsonl`` files and datasets.
         split: Dataset split.
+        revision: Dataset branch, tag or commit (default: the main branch, pinned when first resolved).
+
+    Raises:
+        DataError: A missing file, a malformed line, or a dataset, config, split or column that does not exist.
     """
     path = Path(source)
-    if path.is_dir():
+    if not is_local(source):
+        yield from HubDataset.resolve(str(source), revision).documents(split=split, text_column=text_column)
+    elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (*TEXT_SUFFIXES, ".jsonl") and p.is_file())
         if not files:
             raise DataError(f"{path} holds no .txt, .md or .jsonl files.")
@@ -55,25 +69,77 @@ def iter_documents(source: str | Path, *, text_column: str = "text", split: str 
                 yield record[text_column]
     elif path.is_file():
         yield path.read_text(encoding="utf-8")
-    elif path.suffix in (*TEXT_SUFFIXES, ".jsonl") or str(source).startswith((".", "/", "~")):
-        raise DataError(f"{source} does not exist.")
     else:
-        yield from _iter_dataset(str(source), text_column, split)
+        raise DataError(f"{source} does not exist.")
 
 
-def _iter_dataset(name: str, text_column: str, split: str) -> Iterator[str]:
-    try:
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset on the Hugging Face Hub, pinned to a commit, read by streaming with the ``datasets`` library.
+
+    Streaming reads the files only as far as the documents consumed, so training on the first few million tokens of
+    a terabyte corpus downloads a few shards, not the corpus.
+    """
+
+    name: str
+    config: str | None
+    commit: str
+
+    @classmethod
+    def resolve(cls, spec: str, revision: str | None = None) -> HubDataset:
+        """Parse ``org/name[:config]`` and pin ``revision`` (default: the main branch) to its commit.
+
+        Raises:
+            DataError: The ``datasets`` package is missing, or the dataset or revision does not exist or cannot
+                be read (offline, private, unreachable).
+        """
+        from .hub import is_offline, resolve_commit
+
+        name, _, config = spec.partition(":")
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise DataError(
+                f"{spec!r} is not a local file, so it names a Hub dataset; reading those needs the datasets "
+                "package: `pip install 'lens-hub[datasets]'`."
+            ) from None
+        if is_offline():
+            raise DataError(
+                f"{spec!r} is not a local file, so it names a Hub dataset, which is streamed from the Hub, but offline "
+                "mode is on (HF_HUB_OFFLINE=1). Pass a local .txt/.jsonl file or folder instead."
+            )
+        try:
+            commit = resolve_commit(name, "dataset", revision or "main")
+        except LensHubError as exc:
+            raise DataError(f"dataset {exc} (a local path must exist; a dataset is org/name[:config])") from None
+        return cls(name, config or None, commit)
+
+    def __str__(self) -> str:
+        return f"{self.name}{':' + self.config if self.config else ''}@{self.commit}"
+
+    def documents(self, *, split: str = "train", text_column: str = "text") -> Iterator[str]:
+        """Yield the ``text_column`` of each record of ``split``, streamed in order.
+
+        Raises:
+            DataError: The config, split or column does not exist, or a record's text is not a string.
+        """
         import datasets
-    except ImportError:
-        raise DataError(
-            f"{name!r} is not a local file; to read Hugging Face datasets, `pip install datasets`."
-        ) from None
-    dataset, _, config = name.partition(":")
-    stream = datasets.load_dataset(dataset, config or None, split=split, streaming=True)
-    for record in stream:
-        if text_column not in record:
-            raise DataError(f"dataset {name!r} has no column {text_column!r}; pass --text-column NAME")
-        yield record[text_column]
+
+        try:
+            stream = datasets.load_dataset(self.name, self.config, split=split, revision=self.commit, streaming=True)
+            for n, record in enumerate(stream):
+                text = record.get(text_column)
+                if not isinstance(text, str):
+                    problem = f"no column {text_column!r}" if text_column not in record else f"a {type(text).__name__}"
+                    raise DataError(
+                        f"dataset {self} split {split!r} record {n}: {problem} where text was expected "
+                        f"(columns: {', '.join(record)}); pass --text-column NAME"
+                    )
+                yield text
+        except ValueError as exc:  # datasets' way of saying: no such config or split (it lists the choices)
+            raise DataError(
+                f"dataset {self}: {' '.join(str(exc).split())} (choose with --data NAME:CONFIG and --split)"
+            ) from None
 
 
 @dataclass
@@ -165,10 +231,32 @@ def load_token_data(
     max_sequences: int | None = None,
     text_column: str = "text",
     split: str = "train",
+    revision: str | None = None,
 ) -> TokenData:
-    """`iter_documents` + `tokenize`."""
-    docs = iter_documents(source, text_column=text_column, split=split)
-    return tokenize(docs, tokenizer, seq_len=seq_len, max_sequences=max_sequences, source=str(source))
+    """Read, tokenize and cut text into ``[n, seq_len]`` sequences (`iter_documents` + `tokenize`).
+
+    Args:
+        source: A local file or folder, or a Hub dataset ``org/name[:config]`` (see `iter_documents`).
+        tokenizer: A Hugging Face tokenizer with an EOS token.
+        seq_len: Tokens per sequence.
+        max_sequences: Stop after this many sequences (a streamed dataset is read only that far).
+        text_column: Field holding the text in ``.jsonl`` files and datasets.
+        split: Dataset split.
+        revision: Dataset branch, tag or commit (default: main).
+
+    Returns:
+        The sequences; their ``source`` names a Hub dataset with its pinned commit and split, e.g.
+        ``org/name@<commit> (train)``, for the lens's provenance.
+
+    Raises:
+        DataError: The data cannot be read, or holds less than one sequence.
+    """
+    if is_local(source):
+        docs, label = iter_documents(source, text_column=text_column), str(source)
+    else:
+        dataset = HubDataset.resolve(str(source), revision)
+        docs, label = dataset.documents(split=split, text_column=text_column), f"{dataset} ({split})"
+    return tokenize(docs, tokenizer, seq_len=seq_len, max_sequences=max_sequences, source=label)
 
 
 def shuffled(num_sequences: int, seed: int) -> torch.Tensor:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .kernels import kl_rows_, triton_usable
 from .lens import TunedLens
 
+KERNELS = ("auto", "eager", "triton")
 DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits per chunk (layers x tokens x vocab): 256 MiB in fp32
 
 
@@ -30,6 +32,7 @@ class _HeadKL(torch.autograd.Function):
         target: torch.Tensor,  # [N, d] final-normed states (KL) or [N] int64 next-token labels (CE)
         head: object,  # lens.unembed
         chunk: int,
+        use_triton: bool,  # the fused Triton softmax/KL (KL loss, no post-processing; see lens_hub.kernels)
     ) -> torch.Tensor:
         num_layers, n, d = x.shape
         weight = head.parts.output_embedding.weight  # type: ignore[attr-defined]
@@ -41,6 +44,14 @@ class _HeadKL(torch.autograd.Function):
             c = stop - start
             xc = x[:, start:stop].reshape(-1, d)
             u = F.linear(xc, weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
+            if use_triton:
+                with torch.no_grad():
+                    log_p = head.head(target[start:stop]).float().log_softmax(-1)  # type: ignore[attr-defined]
+                p = log_p.exp()
+                rows = kl_rows_(u, p).view(num_layers, c)  # u now holds softmax(u) - p
+                losses += (rows + (p * log_p).sum(-1)).sum(1)
+                grad[:, start:stop] = (u.to(weight.dtype) @ weight).view(num_layers, c, d)
+                continue
             post = head.has_postprocessing  # type: ignore[attr-defined]
             if post:  # only the cheap elementwise post-processing (soft-capping, scaling) goes through autograd
                 with torch.enable_grad():
@@ -86,7 +97,7 @@ class _HeadKL(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_losses: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         scale = (grad_losses / ctx.n).to(grad.dtype)[:, None, None]
-        return grad * scale, None, None, None
+        return grad * scale, None, None, None, None
 
 
 def lens_states(lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:
@@ -114,6 +125,7 @@ def fused_lens_losses(
     loss: str = "kl",
     input_ids: torch.Tensor | None = None,
     chunk: int | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Per-layer training losses (mean over tokens, nats) for one batch, as a differentiable [len(layers)] tensor.
 
@@ -124,7 +136,22 @@ def fused_lens_losses(
         loss: ``"kl"``: KL(final-layer distribution || lens distribution), no token shift (the paper's
             objective); ``"ce"``: cross-entropy against the next token (needs ``input_ids``).
         chunk: Tokens per chunk (default: keep a chunk's logits under ~256 MiB).
+        kernel: ``"eager"``: PyTorch operations; ``"triton"``: the fused Triton softmax/KL of `lens_hub.kernels`
+            (KL loss without logit post-processing only); ``"auto"``: Triton on CUDA where it applies, else eager.
+
+    Raises:
+        ValueError: An unknown loss or kernel, a missing ``input_ids``, or ``"triton"`` where it cannot run.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    fits = loss == "kl" and not lens.unembed.has_postprocessing
+    device = hidden_states[0].device
+    use_triton = kernel != "eager" and fits and triton_usable(device, interpreter=kernel == "triton")
+    if kernel == "triton" and not use_triton:
+        raise ValueError(
+            "kernel='triton' needs Triton on a CUDA device, the KL loss and no logit post-processing; "
+            "use kernel='auto' to fall back to the eager step"
+        )
     vocab = lens.unembed.parts.vocab_size
     chunk = chunk or chunk_size(len(layers), vocab)
     if loss == "kl":
@@ -137,7 +164,7 @@ def fused_lens_losses(
         target = input_ids[:, 1:].reshape(-1)
     else:
         raise ValueError(f"unknown loss {loss!r}; use 'kl' or 'ce'")
-    return _HeadKL.apply(x, target, lens.unembed, chunk)
+    return _HeadKL.apply(x, target, lens.unembed, chunk, use_triton)
 
 
 def reference_lens_losses(

@@ -31,7 +31,7 @@ from .lens import TunedLens
 from .losses import fused_lens_losses
 
 # Settings that do not change the result: a run may be resumed with different values.
-_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet"}
+_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}  # may change on resume
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    kernel: Literal["auto", "eager", "triton"] = "auto"  # softmax/KL implementation (lens_hub.losses)
     log: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
     quiet: bool = False
 
@@ -84,15 +85,22 @@ class Plan:
         return order[start : start + self.batch]
 
 
+def plan_for(settings: TrainSettings, seq_len: int, world: int) -> Plan:
+    """Split each step's tokens into forward passes of ``batch_size`` sequences on each of ``world`` processes.
+
+    The run reads ``settings.steps * plan.sequences_per_step`` sequences in all.
+    """
+    accum = max(1, settings.tokens_per_step // (settings.batch_size * seq_len * world))
+    return Plan(accum, world, settings.batch_size)
+
+
 def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
     """Check the data suffices for the whole run, up front; return the split of each step.
 
     Raises:
         DataError: Naming how much data the run needs and how much there is.
     """
-    per_pass = settings.batch_size * data.seq_len * world
-    accum = max(1, settings.tokens_per_step // per_pass)
-    plan = Plan(accum, world, settings.batch_size)
+    plan = plan_for(settings, data.seq_len, world)
     needed = settings.steps * plan.sequences_per_step
     if needed > len(data.sequences):
         raise DataError(
@@ -271,7 +279,9 @@ def train_lens(
                 with autocast:
                     with torch.no_grad():
                         hs = hidden_states(model, ids)
-                    losses = fused_lens_losses(lens, hs, layers, loss=settings.loss, input_ids=ids)
+                    losses = fused_lens_losses(
+                        lens, hs, layers, loss=settings.loss, input_ids=ids, kernel=settings.kernel
+                    )
                 (losses.sum() / plan.accum).backward()
                 running += losses.detach() / plan.accum
             if world > 1:

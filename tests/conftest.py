@@ -7,6 +7,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Triton kernels run on the CPU under Triton's interpreter, which must be chosen before Triton is imported. Only an
+# explicit kernel="triton" uses it; "auto" stays eager off CUDA (tests/test_kernels.py).
+os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch

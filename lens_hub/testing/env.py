@@ -37,6 +37,9 @@ def _env_values(endpoint: str, hf_home: Path, token: str | None) -> dict[str, st
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_UPDATE_CHECK": "1",
         "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": None,
+        "HF_DATASETS_CACHE": str(hf_home / "datasets"),
+        "HF_MODULES_CACHE": str(hf_home / "modules"),
         "HF_TOKEN": token,
         **dict.fromkeys(_CLEARED_ENV),
     }
@@ -76,6 +79,25 @@ def _constant_values(constants: Any, endpoint: str, hf_home: Path) -> dict[str, 
     return {name: value for name, value in values.items() if hasattr(constants, name)}
 
 
+def _datasets_values(config: Any, endpoint: str, hf_home: Path) -> dict[str, Any]:
+    """The `datasets.config` values (as in datasets 5.2) that it derived from the same variables at import time."""
+    cache = hf_home / "datasets"
+    values: dict[str, Any] = {
+        "HF_ENDPOINT": endpoint,
+        "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "HF_CACHE_HOME": str(hf_home),
+        "HF_DATASETS_CACHE": cache,
+        "HF_MODULES_CACHE": hf_home / "modules",
+        "DEFAULT_DOWNLOADED_DATASETS_PATH": str(cache / "downloads"),
+        "DOWNLOADED_DATASETS_PATH": cache / "downloads",
+        "DEFAULT_EXTRACTED_DATASETS_PATH": str(cache / "downloads" / "extracted"),
+        "EXTRACTED_DATASETS_PATH": cache / "downloads" / "extracted",
+    }
+    return {name: value for name, value in values.items() if hasattr(config, name)}
+
+
 # Modules that copied a constant at import time with `from ..constants import X`.
 _COPIED_CONSTANTS: dict[str, tuple[str, ...]] = {
     "huggingface_hub.utils._cache_manager": ("HF_HUB_CACHE",),
@@ -88,6 +110,10 @@ def _close_client_session() -> None:
     http = sys.modules.get("huggingface_hub.utils._http")
     if http is not None:
         http.close_session()
+    # fsspec caches HfFileSystem instances (used by `datasets`), each holding the endpoint it was created with.
+    hffs = sys.modules.get("huggingface_hub.hf_file_system")
+    if hffs is not None:
+        hffs.HfFileSystem.clear_instance_cache()
 
 
 @contextmanager
@@ -95,9 +121,9 @@ def hub_environment(hub: LoopbackHub, hf_home: str | Path, *, token: str | None 
     """Point `huggingface_hub` at `hub`, with its cache and token file under `hf_home`.
 
     Sets `HF_ENDPOINT`, `HF_HOME` (and the cache and token paths under it), `HF_HUB_DISABLE_XET=1`,
-    `HF_HUB_DISABLE_TELEMETRY=1`, `HF_HUB_OFFLINE=0`, and `HF_TOKEN` to `token` (unset if `None`). If
-    `huggingface_hub` is already imported, the matching `huggingface_hub.constants` are patched as well. Everything
-    is restored on exit.
+    `HF_HUB_DISABLE_TELEMETRY=1`, `HF_HUB_OFFLINE=0`, `HF_DATASETS_CACHE` under `hf_home`, and `HF_TOKEN` to
+    `token` (unset if `None`). If `huggingface_hub` or `datasets` is already imported, the constants they derived
+    from these variables are patched as well. Everything is restored on exit.
 
     Args:
         hub ([`LoopbackHub`]): A started hub.
@@ -135,6 +161,10 @@ def hub_environment(hub: LoopbackHub, hf_home: str | Path, *, token: str | None 
         if constants is not None:
             for name, value in _constant_values(constants, endpoint, hf_home).items():
                 patch(constants, name, value)
+        datasets_config = sys.modules.get("datasets.config")
+        if datasets_config is not None:
+            for name, value in _datasets_values(datasets_config, endpoint, hf_home).items():
+                patch(datasets_config, name, value)
         for module_name, names in _COPIED_CONSTANTS.items():
             module = sys.modules.get(module_name)
             for name in names:

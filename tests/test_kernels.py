@@ -1,0 +1,81 @@
+"""The Triton softmax/KL kernel, run by Triton's interpreter on the CPU: same function as float64 and the eager step."""
+
+import pytest
+import torch
+from conftest import run_hidden
+from tiny_models import tiny_model
+
+from lens_hub import TunedLens
+from lens_hub.losses import fused_lens_losses
+
+pytest.importorskip("triton", reason="Triton is installed with the test extra on Linux x86-64")
+
+
+@pytest.fixture
+def interpreter():
+    from lens_hub import kernels
+
+    assert kernels.triton_usable(torch.device("cpu"), interpreter=True)  # conftest set TRITON_INTERPRET=1
+    return kernels
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize(("layers", "tokens", "vocab", "block"), [(3, 5, 1000, 256), (2, 4, 512, 512), (1, 3, 77, 64)])
+def test_kernel_equals_float64_softmax_kl(interpreter, dtype, rtol, layers, tokens, vocab, block):
+    g = torch.Generator().manual_seed(vocab + layers)
+    logits = (torch.randn(layers * tokens, vocab, generator=g) * 4).to(dtype)
+    probs = torch.softmax(torch.randn(tokens, vocab, generator=g) * 3, -1)
+    z, p = logits.double(), probs.double().repeat(layers, 1)
+    expected_rows = torch.logsumexp(z, -1) - (p * z).sum(-1)
+    expected_grad = torch.softmax(z, -1) - p
+
+    rows = interpreter.kl_rows_(logits, probs, block=block)  # overwrites every logit with its gradient
+
+    torch.testing.assert_close(rows.double(), expected_rows, rtol=1e-6, atol=1e-5)
+    error = (logits.double() - expected_grad).norm() / expected_grad.norm()
+    assert error < rtol
+    kl = rows.double() + (p * p.log()).sum(-1)
+    assert (kl > -1e-5).all()  # a KL is never negative
+
+
+def test_kernel_refuses_mismatched_shapes(interpreter):
+    with pytest.raises(ValueError, match="do not fit"):
+        interpreter.kl_rows_(torch.zeros(7, 10), torch.full((2, 10), 0.1))
+    with pytest.raises(ValueError, match="float32"):
+        interpreter.kl_rows_(torch.zeros(4, 10), torch.full((2, 10), 0.1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_triton_step_equals_the_eager_step(family):
+    model = tiny_model(family, initializer_range=0.2)
+    hs = run_hidden(model).hidden_states
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.normal_(std=0.05)
+    results = {}
+    for kernel in ("eager", "triton"):
+        lens.zero_grad()
+        losses = fused_lens_losses(lens, hs, list(range(lens.num_layers)), chunk=5, kernel=kernel)
+        losses.sum().backward()
+        results[kernel] = (losses.detach(), [p.grad.clone() for p in lens.parameters()])
+    torch.testing.assert_close(results["triton"][0], results["eager"][0], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(results["triton"][0], results["eager"][0])  # it did run the kernel
+    auto = fused_lens_losses(lens, hs, list(range(lens.num_layers)), chunk=5, kernel="auto")
+    assert torch.equal(auto.detach(), results["eager"][0])  # off CUDA, auto never picks the slow interpreter
+    assert results["eager"][0].min() > 0.01  # random translators: far from the final layer
+    for ours, theirs in zip(results["triton"][1], results["eager"][1], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_falls_back_to_eager_where_the_kernel_does_not_apply():
+    model = tiny_model("gemma2")  # soft-capped logits: post-processing the kernel does not do
+    hs = run_hidden(model).hidden_states
+    lens = TunedLens.from_model(model)
+    layers = list(range(lens.num_layers))
+    auto = fused_lens_losses(lens, hs, layers, kernel="auto")
+    torch.testing.assert_close(auto, fused_lens_losses(lens, hs, layers, kernel="eager"))
+    with pytest.raises(ValueError, match="needs Triton on a CUDA device, the KL loss and no logit post-processing"):
+        fused_lens_losses(lens, hs, layers, kernel="triton")
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+        fused_lens_losses(lens, hs, layers, kernel="cuda")
