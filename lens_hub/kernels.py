@@ -82,16 +82,20 @@ def triton_usable(device: torch.device, *, interpreter: bool = False) -> bool:
 
 @functools.cache
 def _self_check(device: str) -> str | None:
-    """None if the kernel matches PyTorch on a small problem on ``device``; else what went wrong."""
+    """None if the kernel matches PyTorch on a small problem on ``device`` in each logits dtype; else what failed."""
     try:
         g = torch.Generator().manual_seed(0)
-        logits = (torch.randn(6, 300, generator=g) * 3).to(device)
         probs = torch.softmax(torch.randn(2, 300, generator=g) * 2, -1).to(device)
-        expected_rows = logits.logsumexp(-1) - (probs.repeat(3, 1) * logits).sum(-1)
-        expected_grad = logits.softmax(-1) - probs.repeat(3, 1)
-        rows = kl_rows_(logits, probs, block=128)
-        if not (torch.allclose(rows, expected_rows, atol=1e-4) and torch.allclose(logits, expected_grad, atol=1e-5)):
-            return "results differ from PyTorch's"
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)):
+            logits = (torch.randn(6, 300, generator=g) * 3).to(device, dtype)
+            z = logits.float()
+            expected_rows = z.logsumexp(-1) - (probs.repeat(3, 1) * z).sum(-1)
+            expected_grad = z.softmax(-1) - probs.repeat(3, 1)
+            rows = kl_rows_(logits, probs, block=128)
+            if not torch.allclose(rows, expected_rows, atol=1e-4) or not torch.allclose(
+                logits.float(), expected_grad, atol=tol
+            ):
+                return f"results differ from PyTorch's for {dtype} logits"
     except Exception as exc:  # a compiler or driver failure: any of them means "do not use the kernel"
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -39,19 +39,23 @@ class _HeadKL(torch.autograd.Function):
         grad = torch.empty_like(x)
         losses = torch.zeros(num_layers, dtype=torch.float32, device=x.device)
         kl = target.dtype != torch.int64
+        if use_triton:
+            padded_weight, padded_bias = _padded_head(weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
+            vocab = weight.shape[0]
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             c = stop - start
             xc = x[:, start:stop].reshape(-1, d)
-            u = F.linear(xc, weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
             if use_triton:
+                u = F.linear(xc, padded_weight, padded_bias)  # [L c, padded vocab]; padded logits are 0
                 with torch.no_grad():
                     log_p = head.head(target[start:stop]).float().log_softmax(-1)  # type: ignore[attr-defined]
                 p = log_p.exp()
-                rows = kl_rows_(u, p).view(num_layers, c)  # u now holds softmax(u) - p
+                rows = kl_rows_(u[:, :vocab], p).view(num_layers, c)  # u now holds softmax - p (padding: still 0)
                 losses += (rows + (p * log_p).sum(-1)).sum(1)
-                grad[:, start:stop] = (u.to(weight.dtype) @ weight).view(num_layers, c, d)
+                grad[:, start:stop] = (u.to(weight.dtype) @ padded_weight).view(num_layers, c, d)
                 continue
+            u = F.linear(xc, weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
             post = head.has_postprocessing  # type: ignore[attr-defined]
             if post:  # only the cheap elementwise post-processing (soft-capping, scaling) goes through autograd
                 with torch.enable_grad():
@@ -98,6 +102,17 @@ class _HeadKL(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         scale = (grad_losses / ctx.n).to(grad.dtype)[:, None, None]
         return grad * scale, None, None, None, None
+
+
+def _padded_head(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The head with zero rows added up to a multiple of 64, so that every row of logits starts 16-byte aligned and
+    the kernel loads 16 bytes at a time (GPT-2's 50,257 would otherwise force 2-byte loads). The zero rows give zero
+    logits, which the kernel never reads and which add nothing to the gradient GEMM."""
+    extra = -weight.shape[0] % 64
+    if not extra:
+        return weight, bias
+    weight = F.pad(weight, (0, 0, 0, extra))
+    return weight, None if bias is None else F.pad(bias, (0, extra))
 
 
 def lens_states(lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:

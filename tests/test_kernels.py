@@ -1,4 +1,10 @@
-"""The Triton softmax/KL kernel, run by Triton's interpreter on the CPU: same function as float64 and the eager step."""
+"""The Triton softmax/KL kernel, run by Triton's interpreter on the CPU: same function as float64 and the eager step;
+compiled for Hopper without a GPU: wide loads, no spills."""
+
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,3 +85,43 @@ def test_auto_falls_back_to_eager_where_the_kernel_does_not_apply():
         fused_lens_losses(lens, hs, layers, kernel="triton")
     with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
         fused_lens_losses(lens, hs, layers, kernel="cuda")
+
+
+_COMPILE_FOR_HOPPER = """
+import subprocess, sys
+from pathlib import Path
+import triton
+from triton.backends.compiler import GPUTarget
+from lens_hub.kernels import _kernel
+
+signature = {"z_ptr": "*bf16", "p_ptr": "*fp32", "out_ptr": "*fp32", "tokens": "i32", "z_stride": "i64",
+             "p_stride": "i64", "VOCAB": "constexpr", "BLOCK": "constexpr"}
+# What a launch specialises on for SmolLM2: 16-byte aligned tensors, a row stride of 49152 (divisible by 16).
+aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 4, 5)}
+source = triton.compiler.ASTSource(_kernel(), signature, {"VOCAB": 49152, "BLOCK": 4096}, aligned)
+kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+Path("kl.ptx").write_text(kernel.asm["ptx"])
+Path("kl.cubin").write_bytes(kernel.asm["cubin"])
+report = subprocess.run([bin_dir / "ptxas", "-v", "-arch=sm_90a", "kl.ptx", "-o", "check.cubin"],
+                        capture_output=True, text=True, check=True).stderr
+sass = subprocess.run([bin_dir / "cuobjdump", "--dump-sass", "kl.cubin"], capture_output=True, text=True,
+                      check=True).stdout
+print(report)
+print(sass)
+"""
+
+
+def test_kernel_compiles_for_hopper_with_wide_loads_and_no_spills(tmp_path):
+    # No GPU here: Triton compiles for sm_90a and its bundled ptxas and cuobjdump report on the machine code.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_HOPPER], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 bytes spill stores, 0 bytes spill loads" in done.stdout
+    assert "0 bytes stack frame" in done.stdout
+    registers = int(re.search(r"Used (\d+) registers", done.stdout).group(1))
+    assert registers <= 128  # at least two 256-thread programs per multiprocessor
+    assert "LDG.E.128" in done.stdout and "STG.E.128" in done.stdout  # 16-byte loads and stores of the logits
+    assert "LDL" not in done.stdout and "STL" not in done.stdout  # nothing in local memory
