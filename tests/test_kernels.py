@@ -12,7 +12,7 @@ from conftest import run_hidden
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
-from lens_hub.losses import fused_lens_losses
+from lens_hub.losses import fused_lens_losses, reference_lens_losses
 
 pytest.importorskip("triton", reason="Triton is installed with the test extra on Linux x86-64")
 
@@ -72,6 +72,33 @@ def test_triton_step_equals_the_eager_step(family):
     assert results["eager"][0].min() > 0.01  # random translators: far from the final layer
     for ours, theirs in zip(results["triton"][1], results["eager"][1], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_under_bf16_autocast_triton_eager_and_reference_agree_to_bf16_precision():
+    # The GPU's setting: a bf16 model under autocast, so the logits the kernel reads and writes are bf16.
+    model = tiny_model("llama", initializer_range=0.2).to(torch.bfloat16)
+    hs = run_hidden(model).hidden_states
+    lens = TunedLens.from_model(model)
+    layers = list(range(lens.num_layers))
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.normal_(std=0.05)
+    results = {}
+    for kernel in ("eager", "triton", "reference"):
+        lens.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if kernel == "reference":
+                losses = torch.tensor(reference_lens_losses(lens, hs, layers))
+            else:
+                losses = fused_lens_losses(lens, hs, layers, chunk=5, kernel=kernel)
+                losses.sum().backward()
+        results[kernel] = (losses.detach(), [p.grad.clone() for p in lens.parameters()])
+    reference_losses, reference_grads = results["reference"]
+    for kernel in ("eager", "triton"):
+        losses, grads = results[kernel]
+        torch.testing.assert_close(losses, reference_losses, rtol=5e-3, atol=1e-3)
+        for ours, theirs in zip(grads, reference_grads, strict=True):
+            assert (ours - theirs).norm() / theirs.norm() < 2e-2  # bf16 logits: ~3 significant digits
 
 
 def test_auto_falls_back_to_eager_where_the_kernel_does_not_apply():
