@@ -46,13 +46,15 @@ class _HeadKL(torch.autograd.Function):
             stop = min(n, start + chunk)
             c = stop - start
             xc = x[:, start:stop].reshape(-1, d)
-            if use_triton:
-                u = F.linear(xc, padded_weight, padded_bias)  # [L c, padded vocab]; padded logits are 0
+            if kl:  # the target distribution of this chunk's tokens
                 with torch.no_grad():
                     log_p = head.head(target[start:stop]).float().log_softmax(-1)  # type: ignore[attr-defined]
                 p = log_p.exp()
+                neg_entropy = (p * log_p).sum(-1)  # [c]
+            if use_triton:
+                u = F.linear(xc, padded_weight, padded_bias)  # [L c, padded vocab]; padded logits are 0
                 rows = kl_rows_(u[:, :vocab], p).view(num_layers, c)  # u now holds softmax - p (padding: still 0)
-                losses += (rows + (p * log_p).sum(-1)).sum(1)
+                losses += (rows + neg_entropy).sum(1)
                 grad[:, start:stop] = (u.to(weight.dtype) @ padded_weight).view(num_layers, c, d)
                 continue
             u = F.linear(xc, weight, head.parts.output_embedding.bias)  # type: ignore[attr-defined]
@@ -68,10 +70,6 @@ class _HeadKL(torch.autograd.Function):
             # One exp per logit: e = exp(z - max) gives both log-sum-exp and softmax. In place, no extra copies.
             zmax = z.amax(-1, keepdim=True)
             if kl:
-                with torch.no_grad():
-                    log_p = head.head(target[start:stop]).float().log_softmax(-1)  # type: ignore[attr-defined]
-                p = log_p.exp()
-                neg_entropy = (p * log_p).sum(-1)  # [c]
                 cross = torch.einsum("lcv,cv->lc", z, p)  # sum_v p z, per layer and token
             else:
                 labels = target[start:stop]

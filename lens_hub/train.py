@@ -30,8 +30,8 @@ from .errors import LensHubError
 from .lens import TunedLens
 from .losses import fused_lens_losses
 
-# Settings that do not change the result: a run may be resumed with different values.
-_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}  # may change on resume
+# Settings that do not change the result (the kernel: only in rounding): a run may be resumed with other values.
+_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
 
 
 @dataclass
