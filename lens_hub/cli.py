@@ -156,6 +156,11 @@ DataOption = Annotated[
         "only as far as needed (needs the datasets package).",
     ),
 ]
+RevisionOption = Annotated[str | None, typer.Option(help="Model revision.")]
+DtypeOption = Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+TextColumnOption = Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")]
+SeqLenOption = Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")]
 DataRevisionOption = Annotated[
     str | None, typer.Option(help="Branch, tag or commit of a Hub dataset (default: main, pinned and recorded).")
 ]
@@ -166,15 +171,15 @@ def train(
     model: ModelArg,
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Output lens directory (checkpoints go to OUT/checkpoints).")],
-    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
-    text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    text_column: TextColumnOption = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
     data_revision: DataRevisionOption = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 250,
     tokens_per_step: Annotated[int, typer.Option(help="Tokens per step, all processes together.")] = 1 << 18,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
+    seq_len: SeqLenOption = 2048,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = 8,
     optimizer: Annotated[str, typer.Option(help="sgd (Nesterov, the paper's) or adam (AdamW).")] = "sgd",
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 0.1 for sgd, 1e-3 for adam).")] = None,
@@ -217,6 +222,7 @@ def train(
     """
     from .config import validate_repo_id
     from .data import is_local, load_token_data
+    from .losses import KERNELS
     from .models import load_model_and_tokenizer, max_positions
     from .train import TrainSettings, plan_for, shard_model, train_lens
     from .train import restart as discard
@@ -226,8 +232,7 @@ def train(
         net.config._name_or_path = validate_repo_id(base_model)
     if fsdp:
         net = shard_model(net)
-    limit = max_positions(net)
-    length = min(seq_len, limit) if limit else seq_len
+    length = min(seq_len, max_positions(net) or seq_len)
     settings = TrainSettings(
         steps=steps,
         tokens_per_step=tokens_per_step,
@@ -251,8 +256,8 @@ def train(
     )
     if settings.optimizer not in ("sgd", "adam") or settings.loss not in ("kl", "ce"):
         raise typer.BadParameter("--optimizer is sgd or adam; --loss is kl or ce")
-    if settings.kernel not in ("auto", "eager", "triton"):
-        raise typer.BadParameter("--kernel is auto, eager or triton")
+    if settings.kernel not in KERNELS:
+        raise typer.BadParameter(f"--kernel is one of {', '.join(KERNELS)}")
     if restart:
         discard(out)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks
@@ -306,13 +311,13 @@ def eval_(
     ],
     model: Annotated[str, typer.Option(help="Hub id, local directory, or smollm2-offline.")],
     data: DataOption,
-    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
-    text_column: Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")] = "text",
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    text_column: TextColumnOption = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "validation",
     data_revision: DataRevisionOption = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")] = 2048,
+    seq_len: SeqLenOption = 2048,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
     max_sequences: Annotated[
         int | None,
@@ -341,8 +346,7 @@ def eval_(
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
-    limit = max_positions(net)
-    length = min(seq_len, limit) if limit else seq_len
+    length = min(seq_len, max_positions(net) or seq_len)
     if max_sequences is None and not is_local(data):
         max_sequences = HUB_EVAL_SEQUENCES  # a streamed split may be endless
     tokens = load_token_data(
@@ -574,9 +578,9 @@ def show(
         str | None, typer.Option(help="A second lens ('logit', directory or name): print per-layer mean JS.")
     ] = None,
     top_k: Annotated[int, typer.Option(help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
-    revision: Annotated[str | None, typer.Option(help="Model revision.")] = None,
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
 ) -> None:
     """Show a prediction trajectory: the top-1 token every layer predicts at every position, coloured by a statistic.
 
