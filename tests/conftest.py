@@ -29,6 +29,13 @@ def llama_model() -> torch.nn.Module:
     return tiny_model("llama")
 
 
+@pytest.fixture
+def own_lens_cache(tmp_path, monkeypatch):
+    """A lens-hub cache of the test's own (converted legacy lenses), not the user's ~/.cache/lens_hub."""
+    monkeypatch.setenv("LENS_HUB_CACHE", str(tmp_path / "lens_hub_cache"))
+    return tmp_path / "lens_hub_cache"
+
+
 def run_hidden(model: torch.nn.Module, seed: int = 0, batch: int = 2, seq: int = 7):
     """A forward pass with hidden states on random tokens."""
     g = torch.Generator().manual_seed(seed)

@@ -101,7 +101,7 @@ def test_configs_splits_and_columns(loopback_hub, tokenizer, paragraphs):
         list(iter_documents(f"{REPO}:early"))
 
 
-def test_missing_datasets_revisions_and_offline_mode_are_clear_errors(loopback_hub, tmp_path):
+def test_missing_datasets_revisions_and_offline_mode_are_clear_errors(loopback_hub, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"dataset austen/nothing@main: the repository does not exist"):
         HubDataset.resolve("austen/nothing")
     loopback_hub.commit_files(REPO, {"a.jsonl": jsonl([{"text": "x"}])}, repo_type="dataset")
@@ -109,16 +109,11 @@ def test_missing_datasets_revisions_and_offline_mode_are_clear_errors(loopback_h
         HubDataset.resolve(REPO, "v9")
     with pytest.raises(DataError, match=r"does not exist"):
         list(iter_documents(tmp_path / "missing.jsonl"))  # a path-like name is never taken for a dataset
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import huggingface_hub.constants as constants
+    import huggingface_hub.constants
 
-    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-    try:
-        with pytest.raises(DataError, match=r"offline mode is on \(HF_HUB_OFFLINE=1\)\. Pass a local"):
-            HubDataset.resolve(REPO)
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-        os.environ["HF_HUB_OFFLINE"] = "0"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match=r"offline mode is on \(HF_HUB_OFFLINE=1\)\. Pass a local"):
+        HubDataset.resolve(REPO)
 
 
 def test_cli_trains_on_a_hub_dataset_reading_only_what_it_needs(loopback_hub, tmp_path, paragraphs):

@@ -30,10 +30,7 @@ from lens_hub.testing import LOOPBACK_USER
 BASE = f"{LOOPBACK_USER}/tiny-llama"
 LENS_REPO = f"{LOOPBACK_USER}/tiny-llama-lens"
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LENS_HUB_CACHE", str(tmp_path / "lens_hub_cache"))
+pytestmark = pytest.mark.usefixtures("own_lens_cache")
 
 
 @pytest.fixture

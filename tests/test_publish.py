@@ -33,10 +33,7 @@ BASE = f"{LOOPBACK_USER}/tiny-llama"
 REPO = f"{LOOPBACK_USER}/tiny-llama-lens"
 WRITES = {"POST", "PUT", "DELETE", "PATCH"}
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LENS_HUB_CACHE", str(tmp_path / "lens_hub_cache"))
+pytestmark = pytest.mark.usefixtures("own_lens_cache")
 
 
 @pytest.fixture
