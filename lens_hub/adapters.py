@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedArchitectureError
+from .models import text_config
 
 # Paths are tried in order, relative to `model.base_model` (e.g. `model.model` for Llama, `model.transformer`
 # for GPT-2). The first hit wins, so more specific paths come first.
@@ -71,11 +72,6 @@ def _probe(root: nn.Module, paths: tuple[str, ...], kind: type | tuple[type, ...
     return None
 
 
-def _text_config(config: object) -> object:
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
-
-
 @dataclass
 class ModelParts:
     """The pieces of a causal LM that a lens uses, located once.
@@ -103,7 +99,7 @@ class ModelParts:
 
     @property
     def hidden_size(self) -> int:
-        size = getattr(_text_config(self.model.config), "hidden_size", None)
+        size = getattr(text_config(self.model.config), "hidden_size", None)
         if size is None:  # no config attribute: the head's input is the residual stream
             size = self.output_embedding.weight.shape[1]
         return int(size)
@@ -214,10 +210,10 @@ def find_model_parts(model: nn.Module, architecture: ArchitectureSpec | None = N
             "architecture=ArchitectureSpec(output_embedding='<dotted.path>')."
         )
 
-    text_config = _text_config(model.config)
-    softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma 2/3
-    scale = getattr(text_config, "logit_scale", None)  # Cohere multiplies the logits
-    divisor = getattr(text_config, "logits_scaling", None)  # Granite divides them
+    text = text_config(model.config)
+    softcap = getattr(text, "final_logit_softcapping", None)  # Gemma 2/3
+    scale = getattr(text, "logit_scale", None)  # Cohere multiplies the logits
+    divisor = getattr(text, "logits_scaling", None)  # Granite divides them
     return ModelParts(
         model=model,
         layers=layers,  # type: ignore[arg-type]

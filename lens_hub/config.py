@@ -7,31 +7,18 @@ it was trained and how well it does. Unknown keys are refused so a typo cannot s
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._version import __version__
+from .ids import validate_repo_id
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "lens.safetensors"
 
 DType = Literal["float32", "float16", "bfloat16"]
-
-# A Hub repo id: "name" or "namespace/name" (no leading slash, no "..", no backslash).
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
-
-
-def validate_repo_id(value: str) -> str:
-    """Return ``value`` if it is a Hub repo id, else raise ``ValueError`` naming the fix."""
-    if not _REPO_ID.match(value) or ".." in value or value.endswith((".", "-")):
-        raise ValueError(
-            f"{value!r} is not a Hugging Face Hub model id (like 'gpt2' or 'org/name'); a lens records the Hub "
-            "id of its base model, never a local path. Pass base_model='org/name'."
-        )
-    return value
 
 
 def check_fingerprint(value: str | None) -> str | None:
@@ -48,15 +35,39 @@ class _Strict(BaseModel):
 
 
 class TrainingInfo(_Strict):
-    """How the lens was trained (provenance)."""
+    """How the lens was trained (provenance): the data, the objective and every hyperparameter, each a field.
+
+    Written by the trainer into the lens config and copied as is into the registry entry and the model card.
+    ``hyperparameters`` only holds values of older lens-hub versions, which recorded them as a free mapping.
+    """
 
     dataset: str | None = None
     num_tokens: int | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
     loss: str | None = Field(default=None, description="Training objective, e.g. 'kl' or 'ce'.")
     layers: list[int] | None = Field(default=None, description="Layers that were trained (None: all).")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    optimizer: str | None = Field(default=None, description="'sgd' (Nesterov) or 'adam' (AdamW).")
+    learning_rate: float | None = Field(default=None, ge=0)
+    momentum: float | None = Field(default=None, ge=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    tokens_per_step: int | None = Field(default=None, gt=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0, description="Sequences per forward pass and process.")
+    world_size: int | None = Field(default=None, gt=0)
+    seed: int | None = None
+    bias_only: bool | None = None
+    init_from: str | None = Field(
+        default=None, description="The Hub lens training started from (a local directory is not recorded)."
+    )
+    kernel: str | None = Field(default=None, description="Softmax/KL implementation: 'eager' or 'triton'.")
+    tokens_per_byte: float | None = Field(default=None, gt=0)
     lens_hub_version: str | None = None
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form values recorded by earlier lens-hub versions (new runs use the fields).",
+    )
 
 
 class LayerMetrics(_Strict):

@@ -29,7 +29,7 @@ from torch import nn
 from .config import EvaluationInfo, LayerMetrics
 from .data import TokenData
 from .lens import Lens, LogitLens, TunedLens
-from .train import hidden_states
+from .models import hidden_states
 
 SCHEMA = "lens-hub-eval/1"
 

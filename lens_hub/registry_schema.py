@@ -12,25 +12,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from .config import EvaluationInfo, check_fingerprint, validate_repo_id
+from .config import EvaluationInfo, LensConfig, TrainingInfo, check_fingerprint
+from .ids import COMMIT_SHA, SEMVER, check_subfolder, semver_key, validate_repo_id
 
 REGISTRY_SCHEMA_VERSION = 1
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
-SemVer = Annotated[
-    str,
-    StringConstraints(pattern=r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"),
-]
+CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA.pattern)]
+SemVer = Annotated[str, StringConstraints(pattern=SEMVER.pattern)]
 RepoId = Annotated[str, StringConstraints(min_length=1, max_length=96)]
-
-
-def semver_key(version: str) -> tuple:
-    """Sort key of a semantic version: releases after their pre-releases, numeric parts compared as numbers."""
-    core, _, pre = version.partition("-")
-    numbers = tuple(int(x) for x in core.split("."))
-    pre_key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")) if pre else ()
-    return (numbers, 0 if pre else 1, pre_key)
 
 
 class _Strict(BaseModel):
@@ -49,6 +39,27 @@ class ModelFacts(_Strict):
 
     _fingerprint = field_validator("fingerprint")(check_fingerprint)
 
+    def contradictions(self, config: LensConfig, *, revision: bool = False) -> list[str]:
+        """What a lens config says that these facts contradict, one line each (facts left ``None`` are skipped).
+
+        Args:
+            config: The lens's config.
+            revision: Also compare the base model's commit (publishing does; loading does not, since a lens fits
+                any revision with the same unembedding, which the fingerprint checks).
+        """
+        from .fingerprint import compare_fingerprints  # torch: only when there is something to compare
+
+        lines = []
+        for name in ("model_type", "hidden_size", "num_layers", "vocab_size"):
+            want, have = getattr(self, name), getattr(config, name)
+            if want is not None and have is not None and want != have:
+                lines.append(f"the registry says {name} {want!r} but the lens says {have!r}")
+        if revision and self.revision and config.base_revision and self.revision != config.base_revision:
+            lines.append(f"the registry says base revision {self.revision} but the lens says {config.base_revision}")
+        if self.fingerprint and config.fingerprint:
+            lines += [f"fingerprint: {p}" for p in compare_fingerprints(self.fingerprint, config.fingerprint)]
+        return lines
+
 
 class HubLocation(_Strict):
     """Where a lens lives on the Hub."""
@@ -65,12 +76,7 @@ class HubLocation(_Strict):
             raise ValueError("must be 'namespace/name'")
         return validate_repo_id(value)
 
-    @field_validator("subfolder")
-    @classmethod
-    def _subfolder(cls, value: str) -> str:
-        if value.startswith("/") or value.endswith("/") or ".." in value.split("/") or "\\" in value:
-            raise ValueError("must be a relative folder like 'lens/gpt2' (no leading/trailing '/', no '..')")
-        return value
+    _subfolder = field_validator("subfolder")(check_subfolder)
 
 
 class LensFile(_Strict):
@@ -79,16 +85,6 @@ class LensFile(_Strict):
     path: str = Field(min_length=1, description="Path relative to the subfolder.")
     size: int | None = Field(default=None, ge=0)
     sha256: Sha256 | None = None
-
-
-class TrainingProvenance(_Strict):
-    """How a lens was trained."""
-
-    dataset: str | None = None
-    num_tokens: int | None = Field(default=None, ge=0)
-    steps: int | None = Field(default=None, ge=0)
-    lens_hub_version: str | None = None
-    notes: str | None = None
 
 
 Format = Literal["safetensors", "tuned-lens-legacy"]
@@ -113,7 +109,7 @@ class LensVersion(_Strict):
     location: HubLocation
     files: list[LensFile] = Field(min_length=1)
     license: str | None = None
-    training: TrainingProvenance | None = None
+    training: TrainingInfo | None = None
     evaluation: EvaluationInfo | None = None
     notes: str | None = None
 

@@ -28,9 +28,12 @@ from .config import TrainingInfo
 from .data import DataError, TokenData, shuffled
 from .errors import LensHubError
 from .lens import TunedLens
-from .losses import fused_lens_losses
+from .losses import Kernel, Loss, fused_lens_losses
+from .models import hidden_states
 
 # Settings that do not change the result (the kernel: only in rounding): a run may be resumed with other values.
+Optimizer = Literal["sgd", "adam"]  # SGD with Nesterov momentum (the paper's), or AdamW
+
 _RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
 
 
@@ -42,13 +45,13 @@ class TrainSettings:
     tokens_per_step: int = 1 << 18
     seq_len: int = 2048
     batch_size: int = 8  # sequences per forward pass (per process)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float | None = None  # effective learning rate; None: 0.1 for SGD (lr_scale 1 x (1 - momentum)), 1e-3 Adam
     momentum: float = 0.9
     weight_decay: float = 1e-3
     warmup_steps: int = 0
     clip: float = 1.0
-    loss: Literal["kl", "ce"] = "kl"
+    loss: Loss = "kl"
     layers: list[int] | None = None  # None: all
     bias_only: bool = False
     bias: bool = True
@@ -56,7 +59,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
-    kernel: Literal["auto", "eager", "triton"] = "auto"  # softmax/KL implementation (lens_hub.losses)
+    kernel: Kernel = "auto"  # softmax/KL implementation (lens_hub.losses)
     log: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
     quiet: bool = False
 
@@ -185,12 +188,6 @@ def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def hidden_states(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """All hidden states of a forward pass, without computing the model's own logits."""
-    base = getattr(model, "base_model", None) or model
-    return base(input_ids=input_ids, output_hidden_states=True, use_cache=False).hidden_states
 
 
 def train_lens(

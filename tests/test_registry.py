@@ -23,7 +23,7 @@ from lens_hub.registry_schema import (
     LensVersion,
     ModelFacts,
     RegistryEntry,
-    TrainingProvenance,
+    TrainingInfo,
     registry_json_schema,
     semver_key,
 )
@@ -455,7 +455,7 @@ def test_write_entry_round_trips_and_keeps_strings_strings(tmp_path):
                     LensFile(path="0", size=1, sha256="0" * 64),
                 ],
                 license="2024-01-01",
-                training=TrainingProvenance(dataset="on", lens_hub_version="0.10", steps=5),
+                training=TrainingInfo(dataset="on", lens_hub_version="0.10", steps=5),
                 notes="multi\nline: {not: a mapping}",
             ),
         ],
