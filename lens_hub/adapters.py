@@ -8,6 +8,7 @@ paths on the model's base module; anything unusual is described by an explicit `
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,10 +56,67 @@ class ArchitectureSpec:
 
 
 def _get_path(root: nn.Module, path: str) -> object:
+    """The object at dotted ``path`` below ``root``; raises ``AttributeError`` (the probe loop skips such paths)."""
     obj: object = root
     for part in path.split("."):
-        obj = getattr(obj, part)  # AttributeError propagates to the caller's probe loop
+        obj = getattr(obj, part)
     return obj
+
+
+# How many existing attribute paths a wrong-path message lists: enough to spot the right one, short enough to read.
+_MAX_LISTED = 8
+
+
+def _missing_part_message(cls: str, field: str, path: str, reached: list[str], part: str, obj: object) -> str:
+    """Explain why ``path`` (``ArchitectureSpec.<field>``) failed at ``part``, below the already ``reached`` parts.
+
+    Lists the child modules of the last object reached (the attribute paths that do exist there) and, when one
+    is close to ``part``, suggests it: a typo is the usual cause.
+    """
+    at = ".".join(reached)
+    where = f"{at!r} ({type(obj).__name__})" if at else cls
+    children = [name for name, _ in obj.named_children()] if isinstance(obj, nn.Module) else []
+    message = f"{cls} has no attribute path {path!r} (given as ArchitectureSpec.{field}): {where} has no {part!r}."
+    if not children:
+        return f"{message} It has no child modules."
+    full = [f"{at}.{name}" if at else name for name in children]
+    listed = ", ".join(full[:_MAX_LISTED]) + (f" and {len(full) - _MAX_LISTED} more" if len(full) > _MAX_LISTED else "")
+    message = f"{message} Attribute paths that exist there: {listed}."
+    close = difflib.get_close_matches(part, children, n=1)
+    if close:
+        message += f" Did you mean {(f'{at}.' if at else '') + close[0]!r}?"
+    return message
+
+
+def _resolve_explicit(model: nn.Module, field: str, path: str) -> object:
+    """The object at ``path`` below ``model``, given as ``ArchitectureSpec.<field>``.
+
+    Raises:
+        UnsupportedArchitectureError: If a part of the path does not exist; the message names the field, the path,
+            the part that failed and the attribute paths that exist where it failed.
+    """
+    obj: object = model
+    reached: list[str] = []
+    for part in path.split("."):
+        try:
+            child = getattr(obj, part)
+        except AttributeError:
+            raise UnsupportedArchitectureError(
+                _missing_part_message(type(model).__name__, field, path, reached, part, obj)
+            ) from None
+        obj = child
+        reached.append(part)
+    return obj
+
+
+def _check_explicit_kind(field: str, path: str, obj: object, kind: type, *, allow_none: bool) -> None:
+    """Refuse an explicit path that resolved to an object of the wrong type for ``ArchitectureSpec.<field>``."""
+    if obj is None and allow_none:
+        return
+    if not isinstance(obj, kind):
+        raise UnsupportedArchitectureError(
+            f"ArchitectureSpec.{field}={path!r} points at a {type(obj).__name__}, expected {kind.__name__}."
+        )
 
 
 def _probe(root: nn.Module, paths: tuple[str, ...], kind: type | tuple[type, ...]) -> tuple[str, object] | None:
@@ -164,22 +222,13 @@ def find_model_parts(model: nn.Module, architecture: ArchitectureSpec | None = N
     prefix = next((n for n, m in model.named_modules() if m is base), "")
     cls = type(model).__name__
 
-    def locate(field: str, paths: tuple[str, ...], kind: type | tuple[type, ...]) -> object:
+    def locate(field: str, paths: tuple[str, ...], kind: type) -> object:
         explicit = getattr(spec, field)
         if explicit is not None:
             if explicit == "":
                 return None
-            try:
-                obj = _get_path(model, explicit)
-            except AttributeError:
-                raise UnsupportedArchitectureError(
-                    f"{cls} has no attribute path {explicit!r} (given as ArchitectureSpec.{field})."
-                ) from None
-            if obj is not None and not isinstance(obj, kind):
-                raise UnsupportedArchitectureError(
-                    f"ArchitectureSpec.{field}={explicit!r} points at a {type(obj).__name__}, "
-                    f"expected {getattr(kind, '__name__', kind)}."
-                )
+            obj = _resolve_explicit(model, field, explicit)
+            _check_explicit_kind(field, explicit, obj, kind, allow_none=True)
             return obj
         found = _probe(base, paths, kind)
         if found is None:
@@ -196,10 +245,22 @@ def find_model_parts(model: nn.Module, architecture: ArchitectureSpec | None = N
         raise UnsupportedArchitectureError(f"{cls} has an empty layer stack; a lens needs at least one layer.")
     final_norm = locate("final_norm", FINAL_NORM_PATHS, nn.Module)
     post = spec.post_norm
-    post_norm = _get_path(model, post) if post else (_probe(base, POST_NORM_PATHS, nn.Module) or (None, None))[1]
+    if post:
+        post_norm = _resolve_explicit(model, "post_norm", post)
+        # None is accepted like the probe accepts it: OPT's project_out is None when no projection is needed.
+        _check_explicit_kind("post_norm", post, post_norm, nn.Module, allow_none=True)
+    else:
+        post_norm = (_probe(base, POST_NORM_PATHS, nn.Module) or (None, None))[1]
 
     if spec.output_embedding:
-        head = _get_path(model, spec.output_embedding)
+        path = spec.output_embedding
+        head = _resolve_explicit(model, "output_embedding", path)
+        _check_explicit_kind("output_embedding", path, head, nn.Module, allow_none=False)
+        if not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise UnsupportedArchitectureError(
+                f"ArchitectureSpec.output_embedding={path!r} points at a {type(head).__name__} without a weight "
+                "tensor; expected the output embedding (lm_head), whose weight is the [vocab, hidden] matrix."
+            )
     else:
         get_head = getattr(model, "get_output_embeddings", None)
         head = get_head() if callable(get_head) else None

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .lens import Lens
+from .models import hidden_states
 
 STATISTICS = ("entropy", "kl", "ce", "rank", "prob")
 STAT_LABELS = {
@@ -166,102 +167,39 @@ class PredictionTrajectory:
             lengths: True length of each (right-padded) sequence.
             chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
         """
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        input_ids = input_ids.long()
+        input_ids, lengths = _check_ids_and_lengths(input_ids, lengths)
+        rows = _check_rows(lens, layers, compare_with)
         batch, seq = input_ids.shape
-        lengths = [seq] * batch if lengths is None else [int(n) for n in lengths]
-        if len(lengths) != batch or any(not 0 < n <= seq for n in lengths):
-            raise ValueError(f"lengths {lengths} do not fit input_ids of shape {tuple(input_ids.shape)}")
-        if compare_with is not None and compare_with.num_layers != lens.num_layers:
-            raise ValueError("compare_with reads a different number of layers than lens")
-        rows = list(range(lens.num_layers)) if layers is None else sorted({int(i) for i in layers})
-        for i in rows:
-            lens._check_index(i)
-        n_rows = len(rows) + 1
-
+        valid = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]  # [B, T]
         device = next(model.parameters()).device
-        positions = torch.arange(seq)
-        valid = positions[None, :] < torch.tensor(lengths)[:, None]  # [B, T]
-        attention = valid.long().to(device)
-        out = model(input_ids.to(device), attention_mask=attention, output_hidden_states=True)
-        hidden = out.hidden_states
-        del out
-
-        next_ids = torch.full((batch, seq), -1, dtype=torch.long)
-        next_ids[:, :-1] = input_ids[:, 1:]
-        next_ids[~(positions[None, :] + 1 < torch.tensor(lengths)[:, None])] = -1
-        target_ids = next_ids if target is None else torch.where(valid, torch.tensor(int(target)), torch.tensor(-1))
+        hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
+        next_ids, target_ids = _next_and_target_ids(input_ids, lengths, valid, target)
 
         vocab = lens.unembed.parts.output_embedding.weight.shape[0]
         k = min(top_k, vocab)
         chunk = chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
-        nan = float("nan")
-        shape = (batch, n_rows, seq)
-        top_ids = torch.zeros((*shape, k), dtype=torch.long)
-        top_probs = torch.zeros((*shape, k))
-        stats = {name: torch.full(shape, nan) for name in ("entropy", "ce", "kl", "prob")}
-        rank = torch.full(shape, -1, dtype=torch.long)
-        js = torch.zeros(shape) if compare_with is not None else None
-        tv = torch.zeros(shape) if compare_with is not None else None
-
+        acc = _Accumulator.empty((batch, len(rows) + 1, seq), k, compared=compare_with is not None)
         for start in range(0, seq, chunk):
             sl = slice(start, min(seq, start + chunk))
-            nxt = next_ids[:, sl].to(device)
-            tgt = target_ids[:, sl].to(device)
-            final = torch.log_softmax(lens.unembed.head(hidden[-1][:, sl]).float(), dim=-1)
-            for r in range(n_rows):
-                if r == n_rows - 1:
-                    logp = final
-                    other = final if compare_with is not None else None
-                else:
-                    logp = torch.log_softmax(lens(hidden[rows[r]][:, sl], rows[r]).float(), dim=-1)
-                    other = None
-                    if compare_with is not None:
-                        other = torch.log_softmax(compare_with(hidden[rows[r]][:, sl], rows[r]).float(), dim=-1)
-                p = logp.exp()
-                vals, idx = logp.topk(k, dim=-1)
-                top_ids[:, r, sl] = idx.cpu()
-                top_probs[:, r, sl] = vals.exp().cpu()
-                stats["entropy"][:, r, sl] = _plogq(p, logp, torch.zeros_like(logp)).neg().cpu()
-                stats["kl"][:, r, sl] = _plogq(final.exp(), final, logp).clamp_min(0.0).cpu()
-                has_next = nxt >= 0
-                ce = -logp.gather(-1, nxt.clamp_min(0)[..., None])[..., 0]
-                stats["ce"][:, r, sl] = torch.where(has_next, ce, torch.full_like(ce, nan)).cpu()
-                has_tgt = tgt >= 0
-                tgt_logp = logp.gather(-1, tgt.clamp_min(0)[..., None])
-                tgt_rank = (logp > tgt_logp).sum(-1)
-                rank[:, r, sl] = torch.where(has_tgt, tgt_rank, torch.full_like(tgt_rank, -1)).cpu()
-                tp = tgt_logp[..., 0].exp()
-                stats["prob"][:, r, sl] = torch.where(has_tgt, tp, torch.full_like(tp, nan)).cpu()
-                if other is not None:
-                    js[:, r, sl] = js_divergence(logp, other).cpu()
-                    tv[:, r, sl] = tv_distance(logp, other).cpu()
-                del logp, p, other
-            del final
-
-        # Padding positions: no statistics.
-        pad = ~valid[:, None, :].expand(shape)
-        for name in ("entropy", "kl"):
-            stats[name][pad] = nan
-        for t in (js, tv):
-            if t is not None:
-                t[pad] = nan
+            chunk_hidden = [h[:, sl] for h in hidden]
+            nxt, tgt = next_ids[:, sl].to(device), target_ids[:, sl].to(device)
+            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, k)
+        acc.mask_padding(valid)
 
         traj = cls(
             input_ids=input_ids.cpu(),
             lengths=lengths,
             layers=rows,
-            top_ids=top_ids,
-            top_probs=top_probs,
-            entropy=stats["entropy"],
-            ce=stats["ce"],
-            kl=stats["kl"],
-            rank=rank,
-            prob=stats["prob"],
+            top_ids=acc.top_ids,
+            top_probs=acc.top_probs,
+            entropy=acc.entropy,
+            ce=acc.ce,
+            kl=acc.kl,
+            rank=acc.rank,
+            prob=acc.prob,
             target_ids=target_ids,
-            js=js,
-            tv=tv,
+            js=acc.js,
+            tv=acc.tv,
         )
         traj.set_labels(tokenizer)
         return traj
@@ -342,3 +280,175 @@ class PredictionTrajectory:
         """Per-row mean of a statistic over all (valid) positions of all sequences; NaNs ignored."""
         value = self.stat(name)
         return [float(value[:, r].nanmean()) for r in range(self.num_rows)]
+
+
+# ---------------------------------------------------------------------------------------------- from_ids pieces
+
+
+def _check_ids_and_lengths(input_ids: torch.Tensor, lengths: Sequence[int] | None) -> tuple[torch.Tensor, list[int]]:
+    """``input_ids`` as int64 [batch, positions] and the true length of each sequence (default: all of it).
+
+    Raises:
+        ValueError: If a length is not in 1 .. positions, or there is not one length per sequence.
+    """
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    input_ids = input_ids.long()
+    batch, seq = input_ids.shape
+    lengths = [seq] * batch if lengths is None else [int(n) for n in lengths]
+    if len(lengths) != batch or any(not 0 < n <= seq for n in lengths):
+        raise ValueError(f"lengths {lengths} do not fit input_ids of shape {tuple(input_ids.shape)}")
+    return input_ids, lengths
+
+
+def _check_rows(lens: Lens, layers: Sequence[int] | None, compare_with: Lens | None) -> list[int]:
+    """The sorted, distinct lens layers to read (default all of them), each checked against the lens.
+
+    Raises:
+        ValueError: If ``compare_with`` reads a different number of layers than ``lens``.
+        IndexError: If a layer is out of the lens's range.
+    """
+    if compare_with is not None and compare_with.num_layers != lens.num_layers:
+        raise ValueError("compare_with reads a different number of layers than lens")
+    rows = list(range(lens.num_layers)) if layers is None else sorted({int(i) for i in layers})
+    for i in rows:
+        lens._check_index(i)
+    return rows
+
+
+def _run_model(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All hidden states of the model on ``input_ids`` (already on the model's device), padding masked out.
+
+    Only the base model runs: the output row is computed chunk by chunk from the last (final-normed) hidden
+    state, so the model's own [batch, positions, vocab] logits would only cost memory.
+    """
+    return hidden_states(model, input_ids, attention_mask=attention_mask)
+
+
+def _next_and_target_ids(
+    input_ids: torch.Tensor, lengths: list[int], valid: torch.Tensor, target: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of every position and the token tracked for rank and probability; -1 where there is none.
+
+    The next token is missing at the last position of each sequence and on padding; a fixed ``target`` applies to
+    every valid position.
+    """
+    batch, seq = input_ids.shape
+    next_ids = torch.full((batch, seq), -1, dtype=torch.long)
+    next_ids[:, :-1] = input_ids[:, 1:]
+    next_ids[~(torch.arange(seq)[None, :] + 1 < torch.tensor(lengths)[:, None])] = -1
+    target_ids = next_ids if target is None else torch.where(valid, torch.tensor(int(target)), torch.tensor(-1))
+    return next_ids, target_ids
+
+
+def _row_statistics(
+    logp: torch.Tensor,
+    final: torch.Tensor,
+    other: torch.Tensor | None,
+    nxt: torch.Tensor,
+    tgt: torch.Tensor,
+    k: int,
+) -> dict[str, torch.Tensor]:
+    """The statistics of one row over one chunk of positions, moved to the CPU.
+
+    Args:
+        logp: The row's float32 log-probabilities, [batch, chunk, vocab].
+        final: The model's own log-probabilities at the same positions (the KL reference).
+        other: The compared lens's log-probabilities (for js and tv), or None.
+        nxt: Next-token ids [batch, chunk], -1 where there is none (ce is NaN there).
+        tgt: Tracked token ids [batch, chunk], -1 where there is none (rank -1, prob NaN there).
+        k: How many top tokens to keep.
+    """
+    nan = float("nan")
+    p = logp.exp()
+    vals, idx = logp.topk(k, dim=-1)
+    ce = -logp.gather(-1, nxt.clamp_min(0)[..., None])[..., 0]
+    tgt_logp = logp.gather(-1, tgt.clamp_min(0)[..., None])
+    tgt_rank = (logp > tgt_logp).sum(-1)
+    tp = tgt_logp[..., 0].exp()
+    has_tgt = tgt >= 0
+    stats = {
+        "top_ids": idx,
+        "top_probs": vals.exp(),
+        "entropy": _plogq(p, logp, torch.zeros_like(logp)).neg(),
+        "kl": _plogq(final.exp(), final, logp).clamp_min(0.0),
+        "ce": torch.where(nxt >= 0, ce, torch.full_like(ce, nan)),
+        "rank": torch.where(has_tgt, tgt_rank, torch.full_like(tgt_rank, -1)),
+        "prob": torch.where(has_tgt, tp, torch.full_like(tp, nan)),
+    }
+    if other is not None:
+        stats["js"] = js_divergence(logp, other)
+        stats["tv"] = tv_distance(logp, other)
+    return {name: value.cpu() for name, value in stats.items()}
+
+
+def _read_chunk(
+    acc: _Accumulator,
+    positions: slice,
+    lens: Lens,
+    compare_with: Lens | None,
+    hidden: list[torch.Tensor],
+    rows: list[int],
+    nxt: torch.Tensor,
+    tgt: torch.Tensor,
+    k: int,
+) -> None:
+    """Every row's statistics over one chunk of ``positions`` (``hidden``: all hidden states cut to the chunk).
+
+    The lens rows come first, the model's own output last. One row's [batch, chunk, vocab] log-probabilities
+    (two with ``compare_with``) exist at a time, besides the output row's, which every row's KL needs.
+    """
+    # The model's own distribution: the last hidden state is already final-normed, only the head applies.
+    final = torch.log_softmax(lens.unembed.head(hidden[-1]).float(), dim=-1)
+    for r, i in enumerate(rows):
+        logp = torch.log_softmax(lens(hidden[i], i).float(), dim=-1)
+        other = None if compare_with is None else torch.log_softmax(compare_with(hidden[i], i).float(), dim=-1)
+        acc.write(r, positions, _row_statistics(logp, final, other, nxt, tgt, k))
+        del logp, other
+    # Both lenses share the output row, so with compare_with it is compared with itself (js = tv = 0).
+    other = None if compare_with is None else final
+    acc.write(len(rows), positions, _row_statistics(final, final, other, nxt, tgt, k))
+
+
+@dataclass
+class _Accumulator:
+    """The output tensors of a trajectory ([batch, rows, positions], top-k with a trailing [k]), on the CPU,
+    filled one row and one chunk of positions at a time."""
+
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    entropy: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    rank: torch.Tensor
+    prob: torch.Tensor
+    js: torch.Tensor | None
+    tv: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int], k: int, *, compared: bool) -> _Accumulator:
+        """Tensors of ``shape`` = (batch, rows, positions): NaN statistics, rank -1, js and tv only if ``compared``."""
+        nan = float("nan")
+        return cls(
+            top_ids=torch.zeros((*shape, k), dtype=torch.long),
+            top_probs=torch.zeros((*shape, k)),
+            entropy=torch.full(shape, nan),
+            ce=torch.full(shape, nan),
+            kl=torch.full(shape, nan),
+            rank=torch.full(shape, -1, dtype=torch.long),
+            prob=torch.full(shape, nan),
+            js=torch.zeros(shape) if compared else None,
+            tv=torch.zeros(shape) if compared else None,
+        )
+
+    def write(self, row: int, positions: slice, stats: dict[str, torch.Tensor]) -> None:
+        """Store the `_row_statistics` of one row over one chunk of positions."""
+        for name, value in stats.items():
+            getattr(self, name)[:, row, positions] = value
+
+    def mask_padding(self, valid: torch.Tensor) -> None:
+        """NaN for the distribution statistics at padding positions (ce, rank and prob are masked by their ids)."""
+        pad = ~valid[:, None, :].expand(self.entropy.shape)
+        for t in (self.entropy, self.kl, self.js, self.tv):
+            if t is not None:
+                t[pad] = float("nan")

@@ -1,12 +1,14 @@
 """The architecture matrix: every supported family, built tiny and random, must unembed exactly like the model."""
 
+import re
+
 import pytest
 import torch
 from conftest import run_hidden
 from tiny_models import FAMILIES, LAYERS, tiny_model
 from torch import nn
 
-from lens_hub import ArchitectureSpec, LogitLens, TunedLens, UnsupportedArchitectureError
+from lens_hub import ArchitectureSpec, LensHubError, LogitLens, TunedLens, UnsupportedArchitectureError
 
 
 def _pre_norm_state(model, lens, ids):
@@ -177,6 +179,72 @@ def test_unknown_architecture_names_what_was_tried_and_the_override():
         LogitLens.from_model(wrapped, architecture=ArchitectureSpec(layers="trunk.nope"))
     with pytest.raises(UnsupportedArchitectureError, match="points at a LayerNorm, expected ModuleList"):
         LogitLens.from_model(wrapped, architecture=ArchitectureSpec(layers="trunk.ln_f"))
+
+
+@pytest.mark.parametrize(
+    ("field", "path", "failed", "existing"),
+    [
+        # A typo at the top level: the children of the model itself are listed.
+        ("output_embedding", "lm_haed", "LlamaForCausalLM has no 'lm_haed'", ["model", "lm_head"]),
+        # A typo one level down: the children of the base model, as full paths.
+        ("post_norm", "model.nrom", "'model' (LlamaModel) has no 'nrom'", ["model.norm", "model.layers"]),
+        ("layers", "model.layerz", "'model' (LlamaModel) has no 'layerz'", ["model.layers", "model.norm"]),
+        ("final_norm", "model.norms", "'model' (LlamaModel) has no 'norms'", ["model.norm", "model.embed_tokens"]),
+        # Wrong in the middle: the failing part is reported, not the last one.
+        (
+            "output_embedding",
+            "model.lm_head.weight",
+            "'model' (LlamaModel) has no 'lm_head'",
+            ["model.embed_tokens", "model.layers"],
+        ),
+    ],
+)
+def test_wrong_spec_path_names_the_field_the_failing_part_and_what_exists(field, path, failed, existing):
+    model = tiny_model("llama")
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        LogitLens.from_model(model, architecture=ArchitectureSpec(**{field: path}))
+    assert isinstance(info.value, LensHubError)
+    message = str(info.value)
+    assert f"no attribute path {path!r} (given as ArchitectureSpec.{field})" in message
+    assert failed in message
+    listed = re.search(r"Attribute paths that exist there: (.*?)\.(?: |$)", message)
+    assert listed, message
+    assert set(existing) <= set(listed.group(1).split(", ")), message
+
+
+def test_wrong_spec_path_suggests_the_close_existing_path():
+    model = tiny_model("gpt2")
+    with pytest.raises(UnsupportedArchitectureError, match=r"Did you mean 'transformer\.ln_f'\?"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(post_norm="transformer.lnf"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"Did you mean 'lm_head'\?"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(output_embedding="lm_haed"))
+
+
+def test_spec_path_through_a_tensor_says_it_has_no_children():
+    model = tiny_model("llama")
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        LogitLens.from_model(model, architecture=ArchitectureSpec(final_norm="model.norm.weight.x"))
+    assert "'model.norm.weight' (Parameter) has no 'x'. It has no child modules." in str(info.value)
+
+
+def test_spec_paths_must_point_at_modules_of_the_right_kind():
+    model = tiny_model("llama")
+    with pytest.raises(UnsupportedArchitectureError, match=r"output_embedding='model.layers' points at a ModuleList"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(output_embedding="model.layers"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"output_embedding='lm_head.weight' points at a Param"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(output_embedding="lm_head.weight"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"post_norm='model.norm.weight' points at a Parameter"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(post_norm="model.norm.weight"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"post_norm='config' points at a LlamaConfig"):
+        LogitLens.from_model(model, architecture=ArchitectureSpec(post_norm="config"))
+
+
+def test_explicit_output_embedding_and_post_norm_are_used():
+    model = tiny_model("opt", word_embed_proj_dim=16, do_layer_norm_before=False)
+    spec = ArchitectureSpec(output_embedding="lm_head", post_norm="model.decoder.project_out")
+    parts = LogitLens.from_model(model, architecture=spec).unembed.parts
+    assert parts.output_embedding is model.lm_head
+    assert parts.post_norm is model.model.decoder.project_out
 
 
 def test_model_without_head_is_refused():

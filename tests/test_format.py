@@ -37,9 +37,13 @@ def test_save_load_round_trip_is_exact(tmp_path, gpt2_model, dtype, bias):
 
 
 def test_saved_lens_holds_no_pickle(tmp_path, llama_model):
-    _trained(llama_model).save(tmp_path)
+    lens = _trained(llama_model)
+    lens.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "lens.safetensors"]
-    json.loads((tmp_path / "config.json").read_text())
+    # config.json is plain JSON holding exactly the config's fields, which validate back to the same config.
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written == lens.config.model_dump(mode="json")
+    assert LensConfig.model_validate(written) == lens.config
     raw = (tmp_path / "lens.safetensors").read_bytes()
     # safetensors = u64 header length + JSON header + raw tensor bytes, nothing else.
     (n,) = struct.unpack("<Q", raw[:8])

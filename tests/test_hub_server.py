@@ -28,6 +28,7 @@ from huggingface_hub.errors import (
 )
 
 from lens_hub.testing import LOOPBACK_TOKEN, LOOPBACK_USER, LoopbackHub, hub_environment
+from lens_hub.testing.storage import BadRequest, Deletion, EntryNotFound, FileAddition, RepoStore
 
 REPO = f"{LOOPBACK_USER}/lens"
 WEIGHTS = bytes(range(256)) * 40  # binary, and a *.safetensors name: uploaded with LFS
@@ -150,6 +151,64 @@ def test_commit_is_all_or_nothing(loopback_hub: LoopbackHub, api: HfApi, repo: s
         )
     assert loopback_hub.head(repo) == head
     assert "new.txt" not in loopback_hub.list_files(repo)
+
+
+def test_store_commit_checks_every_operation_before_changing_anything(tmp_path: Path, monkeypatch) -> None:
+    store = RepoStore(tmp_path)
+    repo = store.create_repo("model", "me/r")
+    weights = FileAddition("w.bin", lfs=True, content=WEIGHTS)
+    first = store.commit(repo, "main", additions=[FileAddition("a/b.txt", lfs=False, content=b"b"), weights], title="1")
+    assert first.files["a/b.txt"].blob_id == git_blob_id(b"b")
+    assert first.files["w.bin"].blob_id == git_blob_id(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256(WEIGHTS)}\nsize {len(WEIGHTS)}\n".encode()
+    )
+
+    fresh = b"never stored"
+    refused = [
+        ([FileAddition("new.txt", lfs=False, content=fresh), FileAddition("a", lfs=False, content=b"x")], BadRequest),
+        (
+            [FileAddition("new.txt", lfs=False, content=fresh), FileAddition("a/b.txt/c", lfs=False, content=b"x")],
+            BadRequest,
+        ),
+        ([FileAddition("l.bin", lfs=True, sha256="0" * 64, size=1)], BadRequest),  # content never uploaded
+        ([FileAddition("l.bin", lfs=True, sha256=sha256(WEIGHTS), size=3)], BadRequest),  # wrong size
+        ([FileAddition("l.bin", lfs=True)], BadRequest),  # neither content nor oid
+        ([FileAddition("../x", lfs=False, content=b"x")], BadRequest),
+    ]
+    for additions, error in refused:
+        with pytest.raises(error):
+            store.commit(repo, "main", additions=additions, title="refused")
+    for deletion in (Deletion("missing.txt"), Deletion("nowhere", folder=True)):
+        with pytest.raises(EntryNotFound):
+            store.commit(
+                repo,
+                "main",
+                additions=[FileAddition("new.txt", lfs=False, content=fresh)],
+                deletions=[deletion],
+                title="refused",
+            )
+    assert repo.branches["main"] == first.id
+    assert not store.has_object(hashlib.sha256(fresh).hexdigest())  # a refused commit stores no object
+
+    # An LFS addition by oid reuses the stored object; a folder deletion removes everything under it.
+    second = store.commit(
+        repo,
+        "main",
+        additions=[FileAddition("copy.bin", lfs=True, sha256=sha256(WEIGHTS).upper(), size=len(WEIGHTS))],
+        deletions=[Deletion("a/", folder=True)],
+        title="2",
+    )
+    assert sorted(second.files) == ["copy.bin", "w.bin"] and second.parent == first.id
+    assert second.files["copy.bin"].blob_id == first.files["w.bin"].blob_id
+
+    # A state that cannot be written leaves the branch and the commits as they were.
+    def fail(_repo: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        store.commit(repo, "main", additions=[FileAddition("late.txt", lfs=False, content=b"l")], title="3")
+    assert repo.branches["main"] == second.id and len(repo.commits) == 3
 
 
 def test_create_pr_is_refused_clearly(api: HfApi, repo: str) -> None:
@@ -390,6 +449,7 @@ def test_fixture_exports_a_valid_token(loopback_hub: LoopbackHub, api: HfApi) ->
 # ---------------------------------------------------------------------------------------------------- faults
 
 
+@pytest.mark.dependency_internals  # huggingface_hub's retry sequence
 def test_status_500_on_metadata_is_retried_but_on_download_is_raised(loopback_hub: LoopbackHub, repo: str) -> None:
     # hf_hub_download falls back to a second HEAD (with retries) when the first one fails with a 5xx.
     loopback_hub.inject("HEAD", r"/resolve/", "status", status=500)
@@ -404,6 +464,7 @@ def test_status_500_on_metadata_is_retried_but_on_download_is_raised(loopback_hu
     assert loopback_hub.faults == []
 
 
+@pytest.mark.dependency_internals  # huggingface_hub's retry sequence
 def test_truncated_body_is_resumed_once_then_raised(loopback_hub: LoopbackHub, repo: str, tmp_path: Path) -> None:
     # One truncation: the client sees a protocol error, waits 1 s and downloads again.
     loopback_hub.inject("GET", r"/resolve/", "truncate")

@@ -11,7 +11,7 @@ import torch
 from conftest import run_hidden
 from tiny_models import tiny_model
 
-from lens_hub import TunedLens
+from lens_hub import TunedLens, losses
 from lens_hub.losses import fused_lens_losses, reference_lens_losses
 
 pytest.importorskip("triton", reason="Triton is installed with the test extra on Linux x86-64")
@@ -23,6 +23,24 @@ def interpreter():
 
     assert kernels.triton_usable(torch.device("cpu"), interpreter=True)  # conftest set TRITON_INTERPRET=1
     return kernels
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """The logits shape of every call the fused step makes to the Triton kernel.
+
+    The real kernel runs: the wrapper only records the call and hands it on. `lens_hub.losses` imported the
+    function by name, so its binding there is the one the step uses.
+    """
+    calls: list[tuple[int, ...]] = []
+    real = losses.kl_rows_
+
+    def counting(logits: torch.Tensor, target_probs: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(logits.shape))
+        return real(logits, target_probs, **kwargs)
+
+    monkeypatch.setattr(losses, "kl_rows_", counting)
+    return calls
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
@@ -52,7 +70,7 @@ def test_kernel_refuses_mismatched_shapes(interpreter):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_triton_step_equals_the_eager_step(family):
+def test_triton_step_equals_the_eager_step(family, kernel_calls):
     model = tiny_model(family, initializer_range=0.2)
     hs = run_hidden(model).hidden_states
     lens = TunedLens.from_model(model)
@@ -60,21 +78,26 @@ def test_triton_step_equals_the_eager_step(family):
         for p in lens.parameters():
             p.normal_(std=0.05)
     results = {}
-    for kernel in ("eager", "triton"):
+    calls = {}
+    for kernel in ("eager", "triton", "auto"):
         lens.zero_grad()
-        losses = fused_lens_losses(lens, hs, list(range(lens.num_layers)), chunk=5, kernel=kernel)
-        losses.sum().backward()
-        results[kernel] = (losses.detach(), [p.grad.clone() for p in lens.parameters()])
+        kernel_calls.clear()
+        step_losses = fused_lens_losses(lens, hs, list(range(lens.num_layers)), chunk=5, kernel=kernel)
+        step_losses.sum().backward()
+        calls[kernel] = list(kernel_calls)
+        results[kernel] = (step_losses.detach(), [p.grad.clone() for p in lens.parameters()])
+    # 2 x 7 tokens in chunks of 5: the kernel reads each chunk's logits of every layer (padding cut off).
+    vocab = model.config.vocab_size
+    assert calls["triton"] == [(lens.num_layers * c, vocab) for c in (5, 5, 4)]
+    assert calls["eager"] == [] and calls["auto"] == []  # off CUDA, auto never picks the slow interpreter
     torch.testing.assert_close(results["triton"][0], results["eager"][0], rtol=1e-5, atol=1e-6)
-    assert not torch.equal(results["triton"][0], results["eager"][0])  # it did run the kernel
-    auto = fused_lens_losses(lens, hs, list(range(lens.num_layers)), chunk=5, kernel="auto")
-    assert torch.equal(auto.detach(), results["eager"][0])  # off CUDA, auto never picks the slow interpreter
+    assert torch.equal(results["auto"][0], results["eager"][0])
     assert results["eager"][0].min() > 0.01  # random translators: far from the final layer
     for ours, theirs in zip(results["triton"][1], results["eager"][1], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
-def test_under_bf16_autocast_triton_eager_and_reference_agree_to_bf16_precision():
+def test_under_bf16_autocast_triton_eager_and_reference_agree_to_bf16_precision(kernel_calls):
     # The GPU's setting: a bf16 model under autocast, so the logits the kernel reads and writes are bf16.
     model = tiny_model("llama", initializer_range=0.2).to(torch.bfloat16)
     hs = run_hidden(model).hidden_states
@@ -84,15 +107,19 @@ def test_under_bf16_autocast_triton_eager_and_reference_agree_to_bf16_precision(
         for p in lens.parameters():
             p.normal_(std=0.05)
     results = {}
+    calls = {}
     for kernel in ("eager", "triton", "reference"):
         lens.zero_grad()
+        kernel_calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if kernel == "reference":
-                losses = torch.tensor(reference_lens_losses(lens, hs, layers))
+                step_losses = torch.tensor(reference_lens_losses(lens, hs, layers))
             else:
-                losses = fused_lens_losses(lens, hs, layers, chunk=5, kernel=kernel)
-                losses.sum().backward()
-        results[kernel] = (losses.detach(), [p.grad.clone() for p in lens.parameters()])
+                step_losses = fused_lens_losses(lens, hs, layers, chunk=5, kernel=kernel)
+                step_losses.sum().backward()
+        calls[kernel] = len(kernel_calls)
+        results[kernel] = (step_losses.detach(), [p.grad.clone() for p in lens.parameters()])
+    assert calls == {"eager": 0, "triton": 3, "reference": 0}  # the Triton results did come from the kernel
     reference_losses, reference_grads = results["reference"]
     for kernel in ("eager", "triton"):
         losses, grads = results[kernel]
@@ -139,6 +166,7 @@ print(sass)
 """
 
 
+@pytest.mark.dependency_internals  # ptxas's report format and the SASS Triton emits
 def test_kernel_compiles_for_hopper_with_wide_loads_and_no_spills(tmp_path):
     # No GPU here: Triton compiles for sm_90a and its bundled ptxas and cuobjdump report on the machine code.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -81,6 +81,31 @@ def test_logit_lens_output_row_is_the_models_distribution(model, tokenizer):
     torch.testing.assert_close(traj.top_probs[0, -1], vals, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [("gemma2", {}), ("opt", dict(word_embed_proj_dim=16, do_layer_norm_before=False)), ("llama", {})],
+)
+def test_output_row_is_the_models_distribution_and_its_logits_are_never_whole(family, extra):
+    # Soft-capped logits (Gemma 2) and a projection after the last layer (OPT-350m): the output row, built from the
+    # last hidden state chunk by chunk, is still the model's own distribution.
+    model = tiny_model(family, **extra)
+    ids = torch.randint(3, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    positions_seen = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _m, args: positions_seen.append(args[0].shape[1]))
+    try:
+        traj = PredictionTrajectory.from_ids(LogitLens.from_model(model), model, ids, top_k=3, chunk_size=4)
+    finally:
+        handle.remove()
+    # The head only ever sees one chunk: no [batch, positions, vocab] logits of the whole input are computed.
+    assert positions_seen and max(positions_seen) <= 4
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits.float(), -1)
+    vals, idx = probs.topk(3, -1)
+    assert torch.equal(traj.top_ids[:, -1], idx)
+    torch.testing.assert_close(traj.top_probs[:, -1], vals, rtol=1e-5, atol=1e-6)
+
+
 def test_js_and_tv_match_their_definitions(model, tokenizer, tuned):
     logit = LogitLens.from_model(model)
     traj = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, compare_with=logit)

@@ -475,57 +475,17 @@ class RepoStore:
         additions = list(additions)
         deletions = list(deletions)
         with self.lock:
-            if branch not in repo.branches:
-                raise RevisionNotFound(f"Invalid rev id: {branch} is not a branch")
-            head = repo.commits[repo.branches[branch]]
-            # The Hub accepts a shortened parent id: compare on the given prefix.
-            if parent_commit is not None and not head.id.startswith(parent_commit.lower()):
-                raise PreconditionFailed(
-                    f"A commit has happened since. Please refresh and try again. (head of {branch!r} is {head.id},"
-                    f" parentCommit was {parent_commit})"
-                )
+            head = self._branch_head(repo, branch, parent_commit)
             files = dict(head.files)
-            for deletion in deletions:
-                path = deletion.path.rstrip("/")
-                if deletion.folder:
-                    under = [p for p in files if p.startswith(path + "/")]
-                    if not under:
-                        raise EntryNotFound(f"A folder with this name doesn't exist: {path}")
-                    for p in under:
-                        del files[p]
-                else:
-                    if path not in files:
-                        raise EntryNotFound(f"A file with this name doesn't exist: {path}")
-                    del files[path]
+            _apply_deletions(files, deletions)
             new_contents: list[bytes] = []
             for addition in additions:
-                path = validate_path(addition.path)
-                content_blob_id: str | None = None
-                if addition.content is not None:
-                    sha256 = hashlib.sha256(addition.content).hexdigest()
-                    size = len(addition.content)
-                    content_blob_id = git_blob_id(addition.content)
-                    new_contents.append(addition.content)
-                else:
-                    if addition.sha256 is None:
-                        raise BadRequest(f"File {path!r} has neither content nor LFS oid")
-                    sha256 = addition.sha256.lower()
-                    if not self.has_object(sha256):
-                        raise BadRequest(
-                            f"Your push was rejected because an LFS pointer pointed to a file that does not exist:"
-                            f" {path} (oid {sha256}). Upload it through the LFS batch API first."
-                        )
-                    size = self.object_path(sha256).stat().st_size
-                    if addition.size is not None and addition.size != size:
-                        raise BadRequest(f"LFS file {path!r}: size {addition.size} does not match stored {size}")
-                if addition.lfs:
-                    blob_id = git_blob_id(lfs_pointer(sha256, size))
-                else:
-                    blob_id = content_blob_id or git_blob_id(self.read_object(sha256))
-                # A file cannot also be a folder (and the reverse).
-                if any(p.startswith(path + "/") for p in files) or any(parent in files for parent in _parents(path)):
-                    raise BadRequest(f"Path {path!r} conflicts with an existing file or folder")
-                files[path] = FileEntry(path=path, size=size, sha256=sha256, blob_id=blob_id, lfs=addition.lfs)
+                entry, content = self._file_entry(addition)
+                _check_no_file_folder_conflict(files, entry.path)
+                files[entry.path] = entry
+                if content is not None:
+                    new_contents.append(content)
+            # Objects are written only once every operation was accepted: a refused commit stores nothing.
             for data in new_contents:
                 self.put_object(data)
             commit = Commit(
@@ -537,16 +497,71 @@ class RepoStore:
                 date=_now_iso(),
                 files=files,
             )
-            repo.commits[commit.id] = commit
-            repo.branches[branch] = commit.id
-            try:
-                self._save(repo)
-            except BaseException:
-                # Keep memory in line with disk if the state could not be written.
-                repo.branches[branch] = head.id
-                del repo.commits[commit.id]
-                raise
+            self._move_branch(repo, branch, head, commit)
             return commit
+
+    def _branch_head(self, repo: Repo, branch: str, parent_commit: str | None) -> Commit:
+        """The head commit of ``branch``, checked against the ``parent_commit`` the client based its commit on.
+
+        Raises:
+            [`RevisionNotFound`]: If `branch` is not a branch.
+            [`PreconditionFailed`]: If `parent_commit` is given and is not (a prefix of) the branch head.
+        """
+        if branch not in repo.branches:
+            raise RevisionNotFound(f"Invalid rev id: {branch} is not a branch")
+        head = repo.commits[repo.branches[branch]]
+        # The Hub accepts a shortened parent id: compare on the given prefix.
+        if parent_commit is not None and not head.id.startswith(parent_commit.lower()):
+            raise PreconditionFailed(
+                f"A commit has happened since. Please refresh and try again. (head of {branch!r} is {head.id},"
+                f" parentCommit was {parent_commit})"
+            )
+        return head
+
+    def _file_entry(self, addition: FileAddition) -> tuple[FileEntry, bytes | None]:
+        """The tree entry of ``addition``, and the bytes to store for it (``None`` for an already uploaded LFS file).
+
+        Raises:
+            [`BadRequest`]: If the path is invalid, or an LFS file references content the store does not hold or
+                gives a size that differs from the stored one.
+        """
+        path = validate_path(addition.path)
+        content = addition.content
+        if content is not None:
+            sha256 = hashlib.sha256(content).hexdigest()
+            size = len(content)
+        else:
+            if addition.sha256 is None:
+                raise BadRequest(f"File {path!r} has neither content nor LFS oid")
+            sha256 = addition.sha256.lower()
+            if not self.has_object(sha256):
+                raise BadRequest(
+                    f"Your push was rejected because an LFS pointer pointed to a file that does not exist:"
+                    f" {path} (oid {sha256}). Upload it through the LFS batch API first."
+                )
+            size = self.object_path(sha256).stat().st_size
+            if addition.size is not None and addition.size != size:
+                raise BadRequest(f"LFS file {path!r}: size {addition.size} does not match stored {size}")
+        # Git's tree holds the pointer for an LFS file, the content itself for a regular one.
+        if addition.lfs:
+            blob_id = git_blob_id(lfs_pointer(sha256, size))
+        elif content is not None:
+            blob_id = git_blob_id(content)
+        else:
+            blob_id = git_blob_id(self.read_object(sha256))
+        return FileEntry(path=path, size=size, sha256=sha256, blob_id=blob_id, lfs=addition.lfs), content
+
+    def _move_branch(self, repo: Repo, branch: str, head: Commit, commit: Commit) -> None:
+        """Add ``commit`` to ``repo``, point ``branch`` at it and persist; on a failed write, undo both and raise."""
+        repo.commits[commit.id] = commit
+        repo.branches[branch] = commit.id
+        try:
+            self._save(repo)
+        except BaseException:
+            # Keep memory in line with disk if the state could not be written.
+            repo.branches[branch] = head.id
+            del repo.commits[commit.id]
+            raise
 
     # ----------------------------------------------------------------------------------------------- internals
 
@@ -571,6 +586,36 @@ class RepoStore:
         with os.fdopen(fd, "w") as f:
             json.dump(repo.to_json(), f)
         os.replace(tmp, path)
+
+
+def _apply_deletions(files: dict[str, FileEntry], deletions: list[Deletion]) -> None:
+    """Remove each deleted file, or every file under a deleted folder, from the tree ``files`` (in place).
+
+    Raises:
+        [`EntryNotFound`]: If a deleted file or folder is not in the tree.
+    """
+    for deletion in deletions:
+        path = deletion.path.rstrip("/")
+        if deletion.folder:
+            under = [p for p in files if p.startswith(path + "/")]
+            if not under:
+                raise EntryNotFound(f"A folder with this name doesn't exist: {path}")
+            for p in under:
+                del files[p]
+        else:
+            if path not in files:
+                raise EntryNotFound(f"A file with this name doesn't exist: {path}")
+            del files[path]
+
+
+def _check_no_file_folder_conflict(files: Mapping[str, FileEntry], path: str) -> None:
+    """Refuse adding ``path`` where a folder of that name exists, or where one of its parents is a file.
+
+    Raises:
+        [`BadRequest`]: On such a conflict.
+    """
+    if any(p.startswith(path + "/") for p in files) or any(parent in files for parent in _parents(path)):
+        raise BadRequest(f"Path {path!r} conflicts with an existing file or folder")
 
 
 def _parents(path: str) -> list[str]:
