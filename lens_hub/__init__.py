@@ -22,7 +22,7 @@ _EXPORTS = {
     "load_legacy_lens": "legacy",
     "Lens": "lens",
     "LogitLens": "lens",
-    "TunedLens": "lens",
+    "TunedLens": "hub_mixin",  # the core lens + from_pretrained / push_to_hub
     "Unembed": "lens",
 }
 
@@ -56,8 +56,9 @@ if TYPE_CHECKING:
         LensHubError,
         UnsupportedArchitectureError,
     )
+    from .hub_mixin import TunedLens
     from .legacy import convert_legacy, load_legacy_lens
-    from .lens import Lens, LogitLens, TunedLens, Unembed
+    from .lens import Lens, LogitLens, Unembed
 
 
 def __getattr__(name: str) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import yaml
 
@@ -81,20 +82,16 @@ def _intro(config: LensConfig, info: CardInfo) -> str:
     )
 
 
+def pinned_uri(info: CardInfo) -> str:
+    """The ``hf://`` name that loads exactly this release: the tag, percent-encoded (``sub%2Fv1.0.0``) in a folder."""
+    return f"hf://{info.repo_id}@{quote(info.tag, safe='')}" + (f"/{info.subfolder}" if info.subfolder else "")
+
+
 def _usage(info: CardInfo) -> str:
-    if info.subfolder:
-        # pretrained's hf:// syntax takes the revision up to the first '/', so a tag like 'sub/v1.0.0' cannot be
-        # named there: load the folder from main, or pin the release through the registry version.
-        direct = (
-            f"# straight from this repository (the files on main; the release `{info.tag}` is pinned by the\n"
-            "# registry version above)\n"
-            f'lens = TunedLens.from_pretrained("hf://{info.repo_id}/{info.subfolder}", model=model)'
-        )
-    else:
-        direct = (
-            "# straight from this repository, pinned to the release tag\n"
-            f'lens = TunedLens.from_pretrained("hf://{info.repo_id}@{info.tag}", model=model)'
-        )
+    direct = (
+        "# straight from this repository, pinned to the release tag\n"
+        f'lens = TunedLens.from_pretrained("{pinned_uri(info)}", model=model)'
+    )
     return (
         "## Usage\n\n"
         "```bash\npip install lens-hub\n```\n\n"
@@ -153,10 +150,11 @@ def _evaluation(config: LensConfig, info: CardInfo) -> str:
         "| layer | KL tuned | KL logit | cross-entropy tuned | cross-entropy logit |",
         "|---:|---:|---:|---:|---:|",
     ]
+    labels = ev.layers if ev.layers is not None else list(range(n))  # the evaluated layers, not row numbers
     lines += [
-        f"| {i} | {_fmt(ev.tuned, 'kl', i)} | {_fmt(ev.logit, 'kl', i)} | {_fmt(ev.tuned, 'cross_entropy', i)} "
+        f"| {layer} | {_fmt(ev.tuned, 'kl', i)} | {_fmt(ev.logit, 'kl', i)} | {_fmt(ev.tuned, 'cross_entropy', i)} "
         f"| {_fmt(ev.logit, 'cross_entropy', i)} |"
-        for i in range(n)
+        for i, layer in enumerate(labels[:n])
     ]
     if ev.model_cross_entropy is not None:
         lines.append(f"\nThe model's own cross-entropy: {ev.model_cross_entropy:.3f} bits per byte.")

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import LensHubError
+from .options import DType, Kernel, Loss, Optimizer
 
 app = typer.Typer(
     name="lens-hub",
@@ -28,6 +29,11 @@ console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 
+def Flag(help: str, *decls: str, **kwargs: object) -> object:
+    """A boolean option: shown as a flag in --help (typer would print a ``<bool>`` type column for it)."""
+    return typer.Option(*decls, help=help, metavar="", **kwargs)  # type: ignore[arg-type]
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"lens-hub {__version__}")
@@ -36,9 +42,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
+    version: Annotated[bool, Flag("Show the version and exit.", "--version", callback=_version, is_eager=True)] = False,
 ) -> None:
     """Train, evaluate, publish and load tuned lenses.
 
@@ -97,7 +101,7 @@ def _print_config(config) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Where to write the trained lens.")] = Path("out/demo"),
     prompt: Annotated[str, typer.Option(help="Text to read through the lenses.")] = "The capital of France is",
-    layers: Annotated[str, typer.Option(help="Layers to train (CPU-sized default).")] = "0,10,20",
+    layers: Annotated[str, typer.Option(help="Layers to train, e.g. 0,10,20 (CPU-sized default).")] = "0,10,20",
     steps: Annotated[int, typer.Option(help="Training steps of 2,048 tokens.")] = 6,
 ) -> None:
     """The offline end-to-end example: train SmolLM2-135M-Instruct's tuned lens on the shipped Austen sample,
@@ -106,7 +110,7 @@ def demo(
     """
     from .demo import run_demo
 
-    run_demo(out, prompt, console, layers=layers, steps=steps)
+    run_demo(out, prompt, console, layers=_parse_layers(layers), steps=steps)
 
 
 def _parse_layers(spec: str | None) -> list[int] | None:
@@ -157,7 +161,7 @@ DataOption = Annotated[
     ),
 ]
 RevisionOption = Annotated[str | None, typer.Option(help="Model revision.")]
-DtypeOption = Annotated[str, typer.Option(help="Model dtype: auto, float32, bfloat16, float16.")]
+DtypeOption = Annotated[DType, typer.Option(help="Model dtype (auto: as saved).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 TextColumnOption = Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")]
 SeqLenOption = Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")]
@@ -181,22 +185,24 @@ def train(
     tokens_per_step: Annotated[int, typer.Option(help="Tokens per step, all processes together.")] = 1 << 18,
     seq_len: SeqLenOption = 2048,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = 8,
-    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov, the paper's) or adam (AdamW).")] = "sgd",
+    optimizer: Annotated[Optimizer, typer.Option(help="sgd (Nesterov, the paper's) or adam (AdamW).")] = "sgd",
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 0.1 for sgd, 1e-3 for adam).")] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (pulls translators towards identity).")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the linear decay.")] = 0,
-    loss: Annotated[str, typer.Option(help="kl: KL(final || lens), the paper's; ce: next-token cross-entropy.")] = "kl",
+    loss: Annotated[
+        Loss, typer.Option(help="kl: KL(final || lens), the paper's; ce: next-token cross-entropy.")
+    ] = "kl",
     layers: Annotated[
         str | None, typer.Option(help="Train only these layers, e.g. 0,2,5-7 (others stay identity).")
     ] = None,
-    bias_only: Annotated[bool, typer.Option(help="Train only the translators' biases.")] = False,
+    bias_only: Annotated[bool, Flag("Train only the translators' biases.")] = False,
     init_from: Annotated[str | None, typer.Option(help="Start from this lens directory (fine-tuning).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
-    restart: Annotated[bool, typer.Option(help="Discard OUT's checkpoints instead of resuming.")] = False,
-    fsdp: Annotated[bool, typer.Option(help="Shard the model's layers across torchrun processes (FSDP2).")] = False,
+    restart: Annotated[bool, Flag("Discard OUT's checkpoints instead of resuming.")] = False,
+    fsdp: Annotated[bool, Flag("Shard the model's layers across torchrun processes (FSDP2).")] = False,
     heldout: Annotated[
         int, typer.Option(help="Sequences held out of training and used to evaluate the lens at the end (0: none).")
     ] = 0,
@@ -209,7 +215,7 @@ def train(
         str | None, typer.Option(help="Hub id to record as the base model (when MODEL is a local directory).")
     ] = None,
     kernel: Annotated[
-        str, typer.Option(help="Softmax/KL step: auto (Triton on CUDA where it applies), eager or triton.")
+        Kernel, typer.Option(help="Softmax/KL step: auto (Triton on CUDA where it applies), eager or triton.")
     ] = "auto",
     log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
 ) -> None:
@@ -220,23 +226,20 @@ def train(
 
     Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
     """
-    from .config import validate_repo_id
-    from .data import is_local, load_token_data
-    from .losses import KERNELS
     from .models import load_model_and_tokenizer, max_positions
-    from .train import TrainSettings, plan_for, shard_model, train_lens
-    from .train import restart as discard
+    from .train import TrainSettings
+    from .workflows import train_evaluate_publish
 
+    parsed_layers = _parse_layers(layers)
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
-    if base_model:
-        net.config._name_or_path = validate_repo_id(base_model)
     if fsdp:
+        from .train import shard_model
+
         net = shard_model(net)
-    length = min(seq_len, max_positions(net) or seq_len)
     settings = TrainSettings(
         steps=steps,
         tokens_per_step=tokens_per_step,
-        seq_len=length,
+        seq_len=min(seq_len, max_positions(net) or seq_len),
         batch_size=batch_size,
         optimizer=optimizer,
         lr=lr,
@@ -245,7 +248,7 @@ def train(
         warmup_steps=warmup_steps,
         clip=1.0,
         loss=loss,
-        layers=_parse_layers(layers),
+        layers=parsed_layers,
         bias_only=bias_only,
         init_from=init_from,
         seed=seed,
@@ -254,54 +257,34 @@ def train(
         kernel=kernel,
         log=log or [],
     )
-    if settings.optimizer not in ("sgd", "adam") or settings.loss not in ("kl", "ce"):
-        raise typer.BadParameter("--optimizer is sgd or adam; --loss is kl or ce")
-    if settings.kernel not in KERNELS:
-        raise typer.BadParameter(f"--kernel is one of {', '.join(KERNELS)}")
-    if restart:
-        discard(out)
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks
-    # A local corpus is read whole (the shuffle covers all of it); a Hub dataset only as far as the run needs.
-    limit_sequences = None
-    if not is_local(data):
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        needed = settings.steps * plan_for(settings, length, world).sequences_per_step
-        heldout = heldout or (max(1, needed // 19) if push_to else 0)
-        limit_sequences = needed + heldout
-    tokens = load_token_data(
-        data,
+    done = train_evaluate_publish(
+        net,
         tokenizer,
-        seq_len=length,
+        data,
+        settings,
+        out,
+        base_model=base_model,
         text_column=text_column,
         split=split,
-        revision=data_revision,
-        max_sequences=limit_sequences,
+        data_revision=data_revision,
+        heldout=heldout,
+        push_to=push_to,
+        version=version,
+        registry=registry,
+        fresh=restart,
+        console=console,
     )
-    if main_process:
-        console.print(
-            f"{len(tokens.sequences):,} sequences of {length} tokens from {tokens.source} "
-            f"({tokens.tokens_per_byte:.3f} tokens/byte)"
-        )
-    if push_to and not heldout:
-        heldout = max(1, len(tokens.sequences) // 20)  # publishing needs metrics: hold out 5%
-    train_tokens, held = tokens.split(heldout) if heldout else (tokens, None)
-    lens = train_lens(net, train_tokens, settings, out, dataset_name=tokens.source, console=console)
-    if not main_process:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 talks
         return
-    console.print(f"[green]✓[/] saved {lens.num_layers}-layer tuned lens to {out}")
-    if held is not None:
-        from .evaluate import evaluate, table
+    console.print(f"[green]✓[/] saved {done.lens.num_layers}-layer tuned lens to {out}")
+    if done.evaluation is not None:
+        from .evaluate import table
 
-        with console.status(f"Evaluating on {len(held.sequences)} held-out sequences..."):
-            result = evaluate(net, held, lens, layers=settings.layers)
-        result.dataset = held.source
-        console.print(table(result))
-        lens.config = lens.config.model_copy(update={"evaluation": result.summary()})
-        lens.save(out)
-    if push_to:
-        from .publish import push as publish
+        console.print(table(done.evaluation))
+    if done.pushed is not None:
+        from .reports import print_push
 
-        publish(out, push_to, version=version, registry=registry, console=console)
+        print_push(done.pushed, console)
 
 
 @app.command("eval")
@@ -326,23 +309,24 @@ def eval_(
             f"{HUB_EVAL_SEQUENCES} of a Hub dataset)."
         ),
     ] = None,
-    transfer: Annotated[bool, typer.Option(help="Also compute the transfer matrix (translator i on layer j).")] = False,
+    transfer: Annotated[bool, Flag("Also compute the transfer matrix (translator i on layer j).")] = False,
     layers: Annotated[
         str | None, typer.Option(help="Evaluate only these layers, e.g. 0,5,10-12 (default: all).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     png: Annotated[Path | None, typer.Option(help="Write a per-layer plot (PNG) here.")] = None,
-    store: Annotated[bool, typer.Option(help="Store the summary in the lens directory's config.json.")] = False,
+    store: Annotated[bool, Flag("Store the summary in the lens directory's config.json.")] = False,
 ) -> None:
     """Evaluate a tuned lens against the logit lens: per-layer KL(final || lens), cross-entropy and entropy in bits
     per byte, plus the model's own cross-entropy.
 
     Example: lens-hub eval lenses/gpt2 --model gpt2 --data heldout.txt --png eval.png --store
     """
+    from . import TunedLens
     from .data import is_local, load_token_data
-    from .evaluate import evaluate, plot, table, write_json
-    from .lens import TunedLens
+    from .evaluate import evaluate, table, write_json
     from .models import load_model_and_tokenizer, max_positions
+    from .render import write_evaluation_png
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
@@ -365,7 +349,8 @@ def eval_(
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
     if png:
-        console.print(f"wrote {plot(result, png, title=f'{net.config._name_or_path}: tuned vs logit lens')}")
+        title = f"{net.config._name_or_path}: tuned vs logit lens"
+        console.print(f"wrote {write_evaluation_png(result.summary(), png, title=title)}")
     if store:
         if tuned is None or not Path(lens).is_dir():
             raise typer.BadParameter("--store needs a lens directory")
@@ -445,10 +430,8 @@ def registry_show(
 @registry_app.command("audit")
 def registry_audit(
     name: Annotated[str | None, typer.Argument(help="Model id or alias (or --all).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Audit every entry.")] = False,
-    remote: Annotated[
-        bool, typer.Option("--remote", help="Check against the live Hub (required: this is online).")
-    ] = False,
+    all_: Annotated[bool, Flag("Audit every entry.", "--all")] = False,
+    remote: Annotated[bool, Flag("Check against the live Hub (required: this is online).", "--remote")] = False,
     registry: RegistryOption = None,
 ) -> None:
     """Check entries against the live Hub: the revision exists, files have the recorded size and sha256, and
@@ -482,7 +465,7 @@ def registry_audit(
 @registry_app.command("schema")
 def registry_schema(
     out: Annotated[Path | None, typer.Option(help="Write the JSON Schema here (default: print it).")] = None,
-    check: Annotated[bool, typer.Option(help="Exit 1 if --out differs from the current schema.")] = False,
+    check: Annotated[bool, Flag("Exit 1 if --out differs from the current schema.")] = False,
 ) -> None:
     """Print or write the registry JSON Schema (registry/schema.json is generated with this)."""
     import json
@@ -507,7 +490,7 @@ def download(
     name: Annotated[str, typer.Argument(help="Registry id or alias, hf://org/repo[@rev][/sub], or org/repo.")],
     version: Annotated[str | None, typer.Option(help="Lens version (default: the entry's default).")] = None,
     registry: RegistryOption = None,
-    pinned_only: Annotated[bool, typer.Option(help="Refuse lenses not pinned to a commit.")] = False,
+    pinned_only: Annotated[bool, Flag("Refuse lenses not pinned to a commit.")] = False,
 ) -> None:
     """Fetch and verify a lens into the local cache (for later offline use), without loading a model.
 
@@ -531,8 +514,8 @@ def push(
         str | None, typer.Option(help="Version X.Y.Z (default: next patch after the newest v* tag, else 1.0.0).")
     ] = None,
     subfolder: Annotated[str, typer.Option(help="Folder inside the repo (tag SUBFOLDER/vX.Y.Z).")] = "",
-    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; upload nothing.")] = False,
+    private: Annotated[bool, Flag("Create the repo as private.", "--private")] = False,
+    dry_run: Annotated[bool, Flag("Show what would happen; upload nothing.", "--dry-run")] = False,
     registry: RegistryOption = None,
     base_model: Annotated[
         str | None, typer.Option(help="Hub id of the base model, when the lens config holds a local path.")
@@ -548,21 +531,21 @@ def push(
 
     Example: lens-hub push lenses/smollm2 --repo me/smollm2-lens --license mit --dry-run
     """
-    from .publish import push as publish
+    from .publish import execute, plan_push
+    from .reports import print_push
 
-    publish(
+    plan = plan_push(
         lens_dir,
         repo,
         version=version,
         subfolder=subfolder,
         private=private,
-        dry_run=dry_run,
         registry=registry,
         base_model=base_model,
         license=license_,
         aliases=aliases,
-        console=console,
     )
+    print_push(plan.result() if dry_run else execute(plan), console)
 
 
 @app.command()
@@ -586,7 +569,8 @@ def show(
 
     Example: lens-hub show smollm2-offline "The capital of France is" --stat kl --html traj.html --compare logit
     """
-    from .lens import LogitLens, TunedLens
+    from . import TunedLens
+    from .lens import LogitLens
     from .models import load_model_and_tokenizer
     from .render import terminal_table, write_html, write_png
     from .trajectory import STATISTICS, PredictionTrajectory

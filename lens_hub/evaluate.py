@@ -180,39 +180,6 @@ def write_json(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def plot(result: EvalResult | EvaluationInfo, path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """A PNG of KL and cross-entropy per layer, tuned lens against logit lens (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    if isinstance(result, EvalResult):
-        result = result.summary()
-    xs = result.layers
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
-        for name, metrics, style in (("logit lens", result.logit, "--"), ("tuned lens", result.tuned, "-")):
-            values = getattr(metrics, key)
-            if values:
-                ax.plot(xs or range(len(values)), values, style, marker="o", markersize=3, label=name)
-        if key == "cross_entropy" and result.model_cross_entropy is not None:
-            ax.axhline(result.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer")
-        ax.set_ylabel(f"{label} [bits/byte]")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
 def table(result: EvalResult) -> Any:
     """A rich table of the per-layer metrics."""
     from rich.table import Table

@@ -24,9 +24,9 @@ from .errors import (
     LensNotFoundError,
     OfflineNotCachedError,
 )
+from .ids import is_commit
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -171,14 +171,14 @@ def commit_of(local: Path) -> str | None:
     parts = local.parts
     if "snapshots" in parts:
         candidate = parts[parts.index("snapshots") + 1]
-        if _COMMIT.match(candidate):
+        if is_commit(candidate):
             return candidate
     return None
 
 
 def resolve_commit(repo_id: str, repo_type: str, revision: str, *, token: str | bool | None = None) -> str:
     """Resolve a branch or tag to its 40-hex commit (one request; a commit is returned as is)."""
-    if _COMMIT.match(revision):
+    if is_commit(revision):
         return revision
     from huggingface_hub import HfApi
 

@@ -1,5 +1,8 @@
 """Lens math: the logit lens and the tuned lens.
 
+This is the core of lens-hub: it knows models (through `lens_hub.adapters`) and the lens directory format, never the
+Hub or the registry. ``lens_hub.TunedLens`` is this class plus the Hub methods of `lens_hub.hub_mixin`.
+
 A lens maps a hidden state ``h`` taken after layer ``i`` to logits. The logit lens applies the model's own
 unembedding (final norm, output embedding, and any logit post-processing). The tuned lens first applies an affine
 translator, ``h + W_i h + b_i``; W and b start at zero, so an untrained tuned lens *is* the logit lens.
@@ -9,14 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from .publish import PushResult
-    from .registry import Registry
 
 from .adapters import ArchitectureSpec, ModelParts, find_model_parts
 from .compat import check_compatibility
@@ -141,9 +139,9 @@ class LogitLens(Lens):
 class TunedLens(Lens):
     """The tuned lens (Belrose et al. 2023): one affine translator per layer before the unembedding.
 
-    Build a fresh lens with `from_model`, save it with `save`, and load it back with `load`
-    (or, once published, ``from_pretrained``). The config records which model the lens belongs to; loading checks
-    it against the model before any tensor is used.
+    Build a fresh lens with `from_model`, save it with `save`, and load it back with `load`. The config records
+    which model the lens belongs to; loading checks it against the model before any tensor is used.
+    ``lens_hub.TunedLens`` adds ``from_pretrained`` and ``push_to_hub`` (`lens_hub.hub_mixin.LensHubMixin`).
     """
 
     def __init__(self, parts: ModelParts, config: LensConfig) -> None:
@@ -237,96 +235,6 @@ class TunedLens(Lens):
         lens = cls(parts, config)
         lens.load_state_dict(tensors)
         return lens
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name: str,
-        *,
-        version: str | None = None,
-        model: nn.Module | None = None,
-        registry: Registry | str | os.PathLike[str] | None = None,
-        allow_mismatch: bool = False,
-        architecture: ArchitectureSpec | None = None,
-        pinned_only: bool = False,
-        cache_dir: str | os.PathLike[str] | None = None,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        dtype: torch.dtype | None = None,
-    ) -> TunedLens:
-        """Load a published lens by registry name, Hub location or local path, verified end to end.
-
-        ``name`` is a registry model id or alias (``"gpt2"``, case-insensitive), ``hf://org/repo[@rev][/subfolder]``,
-        ``org/repo``, or a local directory (``./my-lens``); a name that could mean two things is refused. Registry
-        lenses are downloaded through the Hugging Face cache at their pinned commit (a cached lens loads with no
-        HTTP request), every file's size and sha256 is verified, the lens is checked against the registry's facts
-        and then against ``model``.
-
-        Args:
-            name: What to load (see above).
-            version: A registry version (``"1.0.0"``); default: the entry's default version.
-            model: The base model; if omitted, it is loaded with transformers from the id the registry names.
-            registry: A registry directory instead of the shipped one (or set ``LENS_HUB_REGISTRY``).
-            allow_mismatch: Expert opt-out of the model_type / vocabulary / fingerprint checks (warns).
-            architecture: Explicit module paths for models the built-in probes do not cover.
-            pinned_only: Refuse lenses that are not pinned to a commit.
-            cache_dir: huggingface_hub cache directory (default: ``HF_HUB_CACHE``).
-            token: Hub token (default: the usual huggingface_hub token mechanisms).
-            local_files_only: Never touch the network (as ``HF_HUB_OFFLINE=1``).
-            dtype: dtype for the base model when it is loaded here.
-
-        Raises:
-            LensNotFoundError: The name is not in the registry, not a local lens, and not a lens repo on the Hub.
-            AmbiguousNameError: The name means both a registry entry and a local directory.
-            UnknownVersionError: The registry entry has no such version.
-            NotPinnedError: ``pinned_only=True`` and the lens is not pinned to a commit.
-            ChecksumMismatchError: A downloaded file differs from its recorded size or sha256.
-            IncompatibleLensError: The lens contradicts its registry entry or does not fit ``model``.
-            OfflineNotCachedError: Offline, and the lens is not in the cache.
-            HubUnreachableError: The Hub could not be reached or kept failing.
-        """
-        from .pretrained import FetchOptions, load_pretrained
-
-        options = FetchOptions(
-            cache_dir=cache_dir, token=token, local_files_only=local_files_only, pinned_only=pinned_only
-        )
-        return load_pretrained(
-            name,
-            version=version,
-            model=model,
-            registry=registry,
-            allow_mismatch=allow_mismatch,
-            architecture=architecture,
-            options=options,
-            dtype=dtype,
-        )
-
-    @classmethod
-    def from_model_and_pretrained(cls, model: nn.Module, *, version: str | None = None, **kwargs: object) -> TunedLens:
-        """Load the registry's lens for ``model``, found by the id the model was loaded from.
-
-        Takes the same keyword arguments as `from_pretrained`.
-        """
-        from .pretrained import entry_for_model
-        from .registry import Registry
-
-        registry = Registry.load(kwargs.pop("registry", None))  # type: ignore[arg-type]
-        entry = entry_for_model(model, registry)
-        return cls.from_pretrained(entry.model, version=version, model=model, registry=registry, **kwargs)  # type: ignore[arg-type]
-
-    def push_to_hub(self, repo_id: str, **kwargs: object) -> PushResult:
-        """Publish this lens to the Hub as a tagged version and record it in the registry.
-
-        Saves the lens to a temporary directory and calls `lens_hub.publish.push` on it, which takes the
-        keyword arguments (``version``, ``subfolder``, ``private``, ``dry_run``, ``registry``, ``base_model``,
-        ``license``, ``aliases``, ``token``, ``console``).
-        """
-        import tempfile
-
-        from .publish import push
-
-        with tempfile.TemporaryDirectory(prefix="lens-hub-push-") as tmp:
-            return push(self.save(tmp), repo_id, **kwargs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"base_model={self.config.base_model!r}, num_layers={self.num_layers}, bias={self.config.bias}"

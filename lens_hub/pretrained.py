@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig, validate_repo_id
+from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from .errors import (
     AmbiguousNameError,
     IncompatibleLensError,
@@ -32,18 +32,16 @@ from .errors import (
     UnknownVersionError,
     UnverifiedLensWarning,
 )
-from .fingerprint import compare_fingerprints
 from .format import read_config
 from .hub import HubFile, commit_of, fetch_file, is_offline, resolve_commit
+from .ids import is_commit, semver_key, validate_repo_id
 from .registry import Registry
-from .registry_schema import LensVersion, ModelFacts, RegistryEntry, semver_key
+from .registry_schema import LensVersion, ModelFacts, RegistryEntry
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .adapters import ArchitectureSpec
-    from .lens import TunedLens
 
 _HF_URI = re.compile(
     r"^hf://(?:(?P<type>spaces|datasets|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+?))?/?$"
@@ -246,7 +244,7 @@ def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
         return folder
 
     # An explicit Hub location: pin one commit, then fetch config.json and whichever weights it calls for.
-    if opts.pinned_only and (ref.revision is None or not re.fullmatch(r"[0-9a-f]{40}", ref.revision)):
+    if opts.pinned_only and not is_commit(ref.revision):
         raise NotPinnedError(f"{ref.describe()} names no commit; write hf://{ref.repo_id}@<40-hex commit>.")
     revision = ref.revision or "main"
     if not (opts.local_files_only or is_offline()):
@@ -274,13 +272,7 @@ def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
 
 def check_against_entry(config: LensConfig, facts: ModelFacts, model_id: str) -> None:
     """Refuse a lens file that contradicts its registry entry (an integrity failure, never overridable)."""
-    lines = []
-    for name in ("model_type", "hidden_size", "num_layers", "vocab_size"):
-        want, have = getattr(facts, name), getattr(config, name)
-        if want is not None and have is not None and want != have:
-            lines.append(f"the registry says {name} {want!r} but the lens file says {have!r}")
-    if facts.fingerprint and config.fingerprint:
-        lines += [f"fingerprint: {p}" for p in compare_fingerprints(facts.fingerprint, config.fingerprint)]
+    lines = facts.contradictions(config)
     if lines:
         raise IncompatibleLensError(
             lines,
@@ -305,36 +297,20 @@ def download(
     return ref, folder, config
 
 
-def load_pretrained(
-    name: str,
-    *,
-    version: str | None = None,
-    model: nn.Module | None = None,
-    registry: Registry | str | os.PathLike[str] | None = None,
-    allow_mismatch: bool = False,
-    architecture: ArchitectureSpec | None = None,
-    options: FetchOptions | None = None,
-    dtype: torch.dtype | None = None,
-) -> TunedLens:
-    """Implementation of `TunedLens.from_pretrained` (see there)."""
-    from .lens import TunedLens
+def load_base_model(ref: LensRef, config: LensConfig, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load the base model a fetched lens names (the registry's id and revision first, else the lens config's)."""
+    base = ref.entry.model if ref.entry else config.base_model
+    if base is None:
+        raise LensFormatError(f"{ref.describe()} does not name its base model; pass model=... explicitly.")
+    revision = (ref.entry.facts.revision if ref.entry else None) or config.base_revision
+    from .models import load_model
 
-    ref, folder, config = download(name, version=version, registry=registry, options=options)
-    if model is None:
-        base = ref.entry.model if ref.entry else config.base_model
-        if base is None:
-            raise LensFormatError(f"{ref.describe()} does not name its base model; pass model=... explicitly.")
-        revision = (ref.entry.facts.revision if ref.entry else None) or config.base_revision
-        from .models import load_model
-
-        try:
-            model = load_model(base, revision=revision, dtype=dtype)
-        except OSError as exc:
-            raise LensHubError(
-                f"could not load the base model {base!r} for {ref.describe()}: {exc}. Load it "
-                "yourself and pass model=..."
-            ) from None
-    return TunedLens.load(folder, model, allow_mismatch=allow_mismatch, architecture=architecture)
+    try:
+        return load_model(base, revision=revision, dtype=dtype)
+    except OSError as exc:
+        raise LensHubError(
+            f"could not load the base model {base!r} for {ref.describe()}: {exc}. Load it yourself and pass model=..."
+        ) from None
 
 
 def entry_for_model(model: nn.Module, registry: Registry | str | os.PathLike[str] | None = None) -> RegistryEntry:

@@ -1,52 +1,44 @@
 """Publish a lens to the Hugging Face Hub: one commit, one tag, one registry update (``lens-hub push``).
 
-What `push` does, in order, refusing before anything is uploaded whenever it can:
+Publishing is split in two so that everything that can be refused is refused before anything is written:
 
-1. validates the lens directory (config and tensors) and the base model id (a config made from a local path
-   needs ``base_model=``, which is then written into the uploaded ``config.json``);
-2. checks the token (``whoami``) and that it may write to the repo's namespace;
-3. reads the repo's tags and branch head, picks the version (next patch after the newest ``v*`` tag of the
-   subfolder, else ``1.0.0``) and refuses one whose tag or registry version already exists;
-4. checks the lens against the registry entry of its base model and validates the updated entry (with the
-   registry's own loader, in a scratch copy of the registry);
-5. creates the repo if needed and commits ``config.json``, ``lens.safetensors``, the model card ``README.md`` and
-   ``eval.png`` (when the config holds metrics) in ONE commit whose parent is the head read in step 3: if anyone
-   moved the branch meanwhile the Hub answers 412 and `ConcurrentUpdateError` is raised (nothing retried);
-6. tags the commit ``v{version}`` (``{subfolder}/v{version}``) and writes the registry entry, pinned to the
-   commit, with the size and sha256 of ``config.json`` and ``lens.safetensors``.
+`plan_push` (reads only) validates the lens directory and the base model id, checks the token (``whoami``) and
+that it may write to the repo's namespace, reads the repo's tags and branch head, picks the version (next patch
+after the newest ``v*`` tag of the subfolder, else ``1.0.0``) and refuses one whose tag or registry version already
+exists, checks the lens against the registry entry of its base model, and builds the model card, the plot and the
+new registry entry (validated by its schema and against the other entries' names). A dry run stops here.
 
-``dry_run=True`` does steps 1-4 (reads only) and reports the rest.
+`execute` then creates the repo if needed and commits ``config.json``, ``lens.safetensors``, the card ``README.md``
+and ``eval.png`` (when the config holds metrics) in ONE commit whose parent is the head the plan read: if anyone
+moved the branch meanwhile the Hub answers 412 and `ConcurrentUpdateError` is raised (nothing retried). It tags
+the commit ``v{version}`` (``{subfolder}/v{version}``) and writes the registry entry, pinned to the commit, with
+the size and sha256 of ``config.json`` and ``lens.safetensors``.
+
+Nothing here prints: the CLI reports what a `PushResult` holds.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
+import hashlib
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .card import CARD_NAME, PLOT_NAME, CardInfo, build_card, has_metrics
-from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig, validate_repo_id
+from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from .errors import LensHubError, RegistryError
 from .format import read_config, read_tensors
 from .hub import hub_errors, sha256_of
-from .registry import SUFFIXES, Registry, default_registry_dir, dump_entry, registry_filename
-from .registry_schema import RegistryEntry, semver_key
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from .ids import COMMIT_SHA, check_subfolder, is_semver, semver_key, validate_repo_id
+from .registry import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
+from .registry_schema import HubLocation, LensFile, LensVersion, RegistryEntry
 
 DEFAULT_BRANCH = "main"
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_PLACEHOLDER = "0" * 40  # stands for the commit in entries validated before the commit exists
+PLACEHOLDER_COMMIT = "0" * 40  # stands for the commit in the entry of a plan (the commit does not exist yet)
 _LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
 
 
@@ -68,16 +60,19 @@ class AuthenticationError(PublishError):
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """One file of the commit."""
+    """One file of the commit: a file on disk, or bytes made for the upload (card, plot, rewritten config)."""
 
     path_in_repo: str
     size: int
-    source: Path
+    source: Path | bytes
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source).hexdigest() if isinstance(self.source, bytes) else sha256_of(self.source)
 
 
 @dataclass
 class PushResult:
-    """What `push` did (or, with ``dry_run``, would do)."""
+    """What `execute` did (or, for a dry run, what it would do)."""
 
     repo_id: str
     commit: str | None  # 40-hex commit of the upload (None for a dry run)
@@ -91,12 +86,75 @@ class PushResult:
     parent_commit: str | None = None
     repo_created: bool = False
     dry_run: bool = False
+    private: bool = False
+    base_model: str = ""
 
     @property
     def uri(self) -> str:
         """``hf://`` location of the published lens, pinned to its commit."""
         rev = f"@{self.commit}" if self.commit else ""
         return f"hf://{self.repo_id}{rev}" + (f"/{self.subfolder}" if self.subfolder else "")
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """Everything `execute` will do, decided and validated by `plan_push` (which wrote nothing)."""
+
+    repo_id: str
+    subfolder: str
+    version: str
+    tag: str
+    base_model: str  # the registry's canonical id
+    config: LensConfig  # as uploaded (base model id filled in)
+    files: tuple[PlannedFile, ...]
+    card: str
+    entry: RegistryEntry  # the registry entry after the push, pinned to PLACEHOLDER_COMMIT
+    registry_file: Path
+    registry_text: str  # the entry file's text before the push ('' if new)
+    parent_commit: str | None  # head of main when the plan was made (None: the repo does not exist yet)
+    repo_exists: bool
+    private: bool
+    token: str = field(repr=False)
+
+    @property
+    def message(self) -> str:
+        return f"Publish tuned lens v{self.version} for {self.base_model}" + (
+            f" ({self.subfolder})" if self.subfolder else ""
+        )
+
+    def diff(self, entry: RegistryEntry | None = None) -> str:
+        """Unified diff of the registry file, for ``entry`` (default: the plan's, commit shown as a placeholder)."""
+        new = entry_text(self.registry_file, entry or self.entry)
+        if entry is None:
+            new = new.replace(PLACEHOLDER_COMMIT, "<commit of the upload>")
+        name = self.registry_file.name
+        return "".join(
+            difflib.unified_diff(
+                self.registry_text.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                fromfile=f"a/{name}" if self.registry_text else "/dev/null",
+                tofile=f"b/{name}",
+            )
+        )
+
+    def result(self, commit: str | None = None, entry: RegistryEntry | None = None) -> PushResult:
+        """The `PushResult` of this plan: a dry run's (no commit), or an executed one's."""
+        return PushResult(
+            repo_id=self.repo_id,
+            commit=commit,
+            tag=self.tag,
+            version=self.version,
+            registry_file=self.registry_file,
+            card=self.card,
+            diff=self.diff(entry),
+            files=list(self.files),
+            subfolder=self.subfolder,
+            parent_commit=self.parent_commit,
+            repo_created=not self.repo_exists,
+            dry_run=commit is None,
+            private=self.private,
+            base_model=self.base_model,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -113,17 +171,17 @@ def _check_repo_id(repo_id: str) -> str:
 
 
 def _check_subfolder(subfolder: str | None) -> str:
-    sub = (subfolder or "").strip("/")
-    if sub and ("\\" in sub or any(part in ("", ".", "..") for part in sub.split("/"))):
-        raise PublishError(f"--subfolder {subfolder!r} must be a relative folder like 'lens/gpt2' (no '..').")
-    return sub
+    try:
+        return check_subfolder((subfolder or "").strip("/"))
+    except ValueError as exc:
+        raise PublishError(f"--subfolder {subfolder!r} {exc}.") from None
 
 
 def _check_version(version: str | None) -> str | None:
     if version is None:
         return None
     v = version.removeprefix("v")
-    if not _SEMVER.match(v):
+    if not is_semver(v):
         raise PublishError(f"--version {version!r} is not a semantic version like 1.2.0 (or 1.2.0-rc.1).")
     return v
 
@@ -228,7 +286,7 @@ def _tag_prefix(subfolder: str) -> str:
 
 def _tag_versions(tags: dict[str, str], subfolder: str) -> list[str]:
     prefix = _tag_prefix(subfolder)
-    return [t[len(prefix) :] for t in tags if t.startswith(prefix) and _SEMVER.match(t[len(prefix) :])]
+    return [t[len(prefix) :] for t in tags if t.startswith(prefix) and is_semver(t[len(prefix) :])]
 
 
 def next_version(existing: Sequence[str]) -> str:
@@ -242,203 +300,112 @@ def next_version(existing: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------ registry
 
 
-@dataclass
-class _RegistryPlan:
-    directory: Path
-    path: Path  # the entry's file (existing or to be created)
-    old_text: str
-    existing: RegistryEntry | None
-    canonical: str
-
-
-def _plan_registry(directory: Path, base_model: str) -> _RegistryPlan:
-    if directory.is_dir():
-        registry, problems = Registry.check(directory)
-        if problems:
-            raise RegistryError([*problems, "fix the registry before publishing into it"])
-    else:
-        registry = Registry(directory)
-    entry = registry.find(base_model)
-    if entry is None:
-        path = directory / registry_filename(base_model)
-        return _RegistryPlan(directory, path, "", None, base_model)
-    path = registry.files[entry.model]
-    return _RegistryPlan(directory, path, path.read_text(encoding="utf-8"), entry, entry.model)
-
-
-def _facts_mismatches(entry: RegistryEntry, config: LensConfig) -> list[str]:
-    from .fingerprint import compare_fingerprints
-
-    facts, lines = entry.facts, []
-    for name in ("model_type", "hidden_size", "num_layers", "vocab_size"):
-        want, have = getattr(facts, name), getattr(config, name)
-        if want is not None and have is not None and want != have:
-            lines.append(f"the registry says {name} {want!r} but the lens says {have!r}")
-    if facts.revision and config.base_revision and facts.revision != config.base_revision:
-        lines.append(f"the registry says base revision {facts.revision} but the lens says {config.base_revision}")
-    if facts.fingerprint and config.fingerprint:
-        lines += [f"fingerprint: {p}" for p in compare_fingerprints(facts.fingerprint, config.fingerprint)]
-    return lines
-
-
 def _lens_version(
-    config: LensConfig,
-    version: str,
-    repo_id: str,
-    subfolder: str,
-    revision: str,
-    hashed: dict[str, tuple[int, str]],
-    license: str | None,
-) -> dict:
-    training = None
-    if config.training is not None:
-        t = config.training
-        notes = [f"loss {t.loss}"] if t.loss else []
-        if t.layers is not None:
-            notes.append(f"layers {t.layers}")
-        notes += [f"{k}={json.dumps(v)}" for k, v in sorted(t.hyperparameters.items())]
-        training = {
-            "dataset": t.dataset,
-            "num_tokens": t.num_tokens,
-            "steps": t.steps,
-            "lens_hub_version": t.lens_hub_version or config.lens_hub_version,
-            "notes": ", ".join(notes) or None,
-        }
-        training = {k: v for k, v in training.items() if v is not None}
-    data: dict[str, Any] = {
-        "version": version,
-        "default": True,
-        "format": "safetensors",
-        "status": "verified",
-        "location": {"repo_id": repo_id, "subfolder": subfolder, "revision": revision},
-        "files": [{"path": name, "size": size, "sha256": sha} for name, (size, sha) in hashed.items()],
-    }
-    if license:
-        data["license"] = license
-    if training:
-        data["training"] = training
-    if config.evaluation is not None:
-        data["evaluation"] = config.evaluation.model_dump(mode="json")
-    return data
-
-
-def _new_entry(plan: _RegistryPlan, config: LensConfig, version_data: dict, aliases: Sequence[str]) -> RegistryEntry:
-    if plan.existing is None:
-        facts = {
-            "model_type": config.model_type,
-            "hidden_size": config.hidden_size,
-            "num_layers": config.num_layers,
-            "vocab_size": config.vocab_size,
-            "revision": config.base_revision,
-            "fingerprint": config.fingerprint,
-        }
-        data: dict[str, Any] = {
-            "model": plan.canonical,
-            "aliases": list(dict.fromkeys(aliases)),
-            "facts": {k: v for k, v in facts.items() if v is not None},
-            "lenses": [],
-        }
-    else:
-        data = plan.existing.model_dump(mode="json")
-        known = {a.lower() for a in data["aliases"]} | {plan.canonical.lower()}
-        data["aliases"] += [a for a in dict.fromkeys(aliases) if a.lower() not in known]
-        for lens in data["lenses"]:
-            lens["default"] = False
-    data["lenses"] = sorted([*data["lenses"], version_data], key=lambda v: semver_key(v["version"]))
-    try:
-        return RegistryEntry.model_validate(data)
-    except Exception as exc:  # pydantic's ValidationError: name the fields
-        raise PublishError(f"the registry entry for {plan.canonical} would be invalid: {exc}") from None
-
-
-def _entry_text(path: Path, entry: RegistryEntry) -> str:
-    if path.suffix == ".json":
-        data = {"schema_version": entry.schema_version, **entry.model_dump(mode="json", exclude_defaults=True)}
-        return json.dumps(data, indent=2) + "\n"
-    return dump_entry(entry)
-
-
-def _validate_in_scratch(plan: _RegistryPlan, text: str) -> None:
-    """Validate the registry as it would be with ``text`` as the entry's file, without touching the real one."""
-    with tempfile.TemporaryDirectory(prefix="lens-hub-registry-") as scratch:
-        root = Path(scratch)
-        if plan.directory.is_dir():
-            for p in plan.directory.iterdir():
-                if p.is_file() and p.suffix in SUFFIXES:
-                    shutil.copy2(p, root / p.name)
-        (root / plan.path.name).write_text(text, encoding="utf-8")
-        _, problems = Registry.check(root)
-    if problems:
-        raise RegistryError([p.replace(str(root), str(plan.directory)) for p in problems])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _diff(plan: _RegistryPlan, new_text: str) -> str:
-    name = plan.path.name
-    return "".join(
-        difflib.unified_diff(
-            plan.old_text.splitlines(keepends=True),
-            new_text.splitlines(keepends=True),
-            fromfile=f"a/{name}" if plan.old_text else "/dev/null",
-            tofile=f"b/{name}",
-        )
+    config: LensConfig, version: str, location: HubLocation, files: Sequence[PlannedFile], license: str | None
+) -> LensVersion:
+    artifact = [f for f in files if f.path_in_repo.rpartition("/")[2] in (CONFIG_NAME, WEIGHTS_NAME)]
+    training = config.training
+    if training is not None and training.lens_hub_version is None:
+        training = training.model_copy(update={"lens_hub_version": config.lens_hub_version})
+    return LensVersion(
+        version=version,
+        default=True,
+        format="safetensors",
+        status="verified",
+        location=location,
+        files=[LensFile(path=f.path_in_repo.rpartition("/")[2], size=f.size, sha256=f.sha256()) for f in artifact],
+        license=license,
+        training=training,
+        evaluation=config.evaluation,
     )
+
+
+def _new_entry(
+    existing: RegistryEntry | None, base_model: str, config: LensConfig, version: LensVersion, aliases: Sequence[str]
+) -> RegistryEntry:
+    """The registry entry with ``version`` added as the default, validated by the schema as it is built."""
+    from pydantic import ValidationError
+
+    try:
+        if existing is None:
+            facts = {
+                "model_type": config.model_type,
+                "hidden_size": config.hidden_size,
+                "num_layers": config.num_layers,
+                "vocab_size": config.vocab_size,
+                "revision": config.base_revision,
+                "fingerprint": config.fingerprint,
+            }
+            return RegistryEntry(
+                model=base_model,
+                aliases=list(dict.fromkeys(aliases)),
+                facts={k: v for k, v in facts.items() if v is not None},  # type: ignore[arg-type]
+                lenses=[version],
+            )
+        known = {a.lower() for a in existing.aliases} | {base_model.lower()}
+        old = [v.model_copy(update={"default": False}) for v in existing.lenses]
+        return RegistryEntry(
+            model=existing.model,
+            aliases=[*existing.aliases, *(a for a in dict.fromkeys(aliases) if a.lower() not in known)],
+            facts=existing.facts,
+            lenses=sorted([*old, version], key=lambda v: semver_key(v.version)),
+        )
+    except ValidationError as exc:
+        raise PublishError(f"the registry entry for {base_model} would be invalid: {exc}") from None
+
+
+def _open_registry(directory: Path) -> Registry:
+    """The registry to publish into, validated (once per push); a directory that does not exist yet is empty."""
+    if not directory.is_dir():
+        return Registry(directory)
+    registry, problems = Registry.check(directory)
+    if problems:
+        raise RegistryError([*problems, "fix the registry before publishing into it"])
+    return registry
 
 
 # ------------------------------------------------------------------------------------------------ push
 
 
-def push(
+def plan_push(
     lens_dir: str | os.PathLike[str],
     repo_id: str,
     *,
     version: str | None = None,
     subfolder: str = "",
     private: bool = False,
-    dry_run: bool = False,
     registry: str | os.PathLike[str] | None = None,
     base_model: str | None = None,
     license: str | None = None,
     aliases: Sequence[str] | str | None = None,
     token: str | bool | None = None,
-    console: Console | None = None,
-) -> PushResult:
-    """Publish a lens directory to the Hub as a tagged version and record it in the registry.
+) -> PushPlan:
+    """Decide and validate everything a push will do, reading only (the Hub's refs, the registry, the lens).
 
     Args:
         lens_dir: A lens directory (``config.json`` + ``lens.safetensors``).
-        repo_id: The Hub model repo, ``org/name`` (created if missing).
+        repo_id: The Hub model repo, ``org/name`` (created by `execute` if missing).
         version: Semantic version ``X.Y.Z``; default: next patch after the newest ``v*`` tag (of the subfolder),
             or of the registry's versions for the base model, else ``1.0.0``.
         subfolder: Folder inside the repo; the tag is then ``{subfolder}/v{version}`` and the card is
             ``{subfolder}/README.md`` (the repo-level README is left alone).
         private: Create the repo as private (an existing repo keeps its visibility).
-        dry_run: Validate and report what would be done; upload nothing, write nothing.
         registry: Registry directory to update (default: ``$LENS_HUB_REGISTRY`` or the shipped one).
         base_model: Hub id of the base model, when the config holds none (or to replace it); written into the
             uploaded ``config.json``.
         license: License id for the card and the registry (``mit``, ``apache-2.0``, ...).
         aliases: Extra registry names for the base model (a list, or ``"a,b"``).
         token: Hub token (default: ``HF_TOKEN`` or the stored login).
-        console: Where progress and the report go (default: a new rich console on stdout).
 
     Raises:
         LensFormatError: The lens directory is invalid.
         PublishError: Bad arguments or a registry conflict; subclasses `VersionExistsError`,
-            `ConcurrentUpdateError`, `AuthenticationError`.
+            `AuthenticationError`.
         RegistryError: The registry is, or would become, invalid.
         HubUnreachableError: The Hub failed.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from rich.console import Console
+    from huggingface_hub import HfApi
 
-    out = console if console is not None else Console()
     lens_dir = Path(lens_dir)
     repo_id = _check_repo_id(repo_id)
     sub = _check_subfolder(subfolder)
@@ -446,23 +413,23 @@ def push(
     alias_list = [a.strip() for a in (aliases.split(",") if isinstance(aliases, str) else aliases or []) if a.strip()]
 
     config = _lens_config(lens_dir, base_model)
-    reg_dir = Path(registry) if registry is not None else default_registry_dir()
-    plan = _plan_registry(reg_dir, config.base_model)  # type: ignore[arg-type]
-    if plan.canonical != config.base_model:
-        out.print(f"note: {config.base_model} is {plan.canonical} in the registry; publishing under that id")
-        config = config.model_copy(update={"base_model": plan.canonical})
-    if plan.existing is not None:
-        mismatches = _facts_mismatches(plan.existing, config)
+    reg = _open_registry(Path(registry) if registry is not None else default_registry_dir())
+    existing = reg.find(config.base_model)  # type: ignore[arg-type]
+    canonical = existing.model if existing else config.base_model
+    config = config.model_copy(update={"base_model": canonical})
+    registry_file = reg.files[canonical] if existing else reg.directory / registry_filename(canonical)  # type: ignore[operator]
+    if existing is not None:
+        mismatches = existing.facts.contradictions(config, revision=True)
         if mismatches:
             raise PublishError(
-                f"the lens does not fit the registry entry of {plan.canonical} ({plan.path}); nothing was uploaded:\n"
+                f"the lens does not fit the registry entry of {canonical} ({registry_file}); nothing was uploaded:\n"
                 + "\n".join(f"  - {m}" for m in mismatches)
             )
 
     api = HfApi()
     token_str = _authenticate(api, token, repo_id.split("/")[0])
     refs = _read_refs(api, repo_id, token_str)
-    registry_versions = [v.version for v in plan.existing.lenses] if plan.existing else []
+    registry_versions = [v.version for v in existing.lenses] if existing else []
     chosen = wanted or next_version(_tag_versions(refs.tags, sub) + registry_versions)
     tag = f"{_tag_prefix(sub)}{chosen}"
     if tag in refs.tags:
@@ -472,132 +439,128 @@ def push(
         )
     if chosen in registry_versions:
         raise VersionExistsError(
-            f"the registry entry of {plan.canonical} ({plan.path}) already has version {chosen}; nothing was "
+            f"the registry entry of {canonical} ({registry_file}) already has version {chosen}; nothing was "
             f"uploaded. Pick another --version (next: {next_version(registry_versions)})."
         )
 
-    with tempfile.TemporaryDirectory(prefix="lens-hub-push-") as staging:
-        stage = Path(staging)
-        original = read_config(lens_dir)
-        config_file = lens_dir / CONFIG_NAME
-        if config != original:  # the base model id changed: upload the rewritten config
-            config_file = stage / CONFIG_NAME
-            config_file.write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        sources = {CONFIG_NAME: config_file, WEIGHTS_NAME: lens_dir / WEIGHTS_NAME}
-        hashed = {name: (p.stat().st_size, sha256_of(p)) for name, p in sources.items()}
+    files = _files(lens_dir, config, sub, CardInfo(canonical, repo_id, chosen, tag, sub, license, has_metrics(config)))
+    location = HubLocation(repo_id=repo_id, subfolder=sub, revision=PLACEHOLDER_COMMIT)
+    entry = _new_entry(existing, canonical, config, _lens_version(config, chosen, location, files, license), alias_list)
+    clashes = reg.clashes(entry, registry_file)
+    if clashes:
+        raise RegistryError(clashes)
+    return PushPlan(
+        repo_id=repo_id,
+        subfolder=sub,
+        version=chosen,
+        tag=tag,
+        base_model=canonical,  # type: ignore[arg-type]
+        config=config,
+        files=tuple(files),
+        card=files[2].source.decode(),  # type: ignore[union-attr]
+        entry=entry,
+        registry_file=registry_file,
+        registry_text=registry_file.read_text(encoding="utf-8") if existing else "",
+        parent_commit=refs.head,
+        repo_exists=refs.exists,
+        private=private,
+        token=token_str,
+    )
 
-        plot = has_metrics(config)
-        info = CardInfo(plan.canonical, repo_id, chosen, tag, sub, license, has_plot=plot)
-        card = build_card(config, info)
-        (stage / CARD_NAME).write_text(card, encoding="utf-8")
-        sources[CARD_NAME] = stage / CARD_NAME
-        if plot:
-            from .evaluate import plot as plot_metrics
 
-            plot_metrics(config.evaluation, stage / PLOT_NAME, title=f"Tuned lens for {plan.canonical} v{chosen}")  # type: ignore[arg-type]
-            sources[PLOT_NAME] = stage / PLOT_NAME
-        files = [PlannedFile(f"{sub}/{name}" if sub else name, p.stat().st_size, p) for name, p in sources.items()]
+def _files(lens_dir: Path, config: LensConfig, sub: str, info: CardInfo) -> list[PlannedFile]:
+    """The commit's files, in order: config, weights, card, then the plot (when the config holds metrics)."""
+    from .render import evaluation_png
 
-        draft = _new_entry(
-            plan, config, _lens_version(config, chosen, repo_id, sub, _PLACEHOLDER, hashed, license), alias_list
-        )
-        _validate_in_scratch(plan, _entry_text(plan.path, draft))
+    def planned(name: str, source: Path | bytes) -> PlannedFile:
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        return PlannedFile(f"{sub}/{name}" if sub else name, size, source)
 
-        result = PushResult(
-            repo_id=repo_id,
-            commit=None,
-            tag=tag,
-            version=chosen,
-            registry_file=plan.path,
-            card=card,
-            diff="",
-            files=files,
-            subfolder=sub,
-            parent_commit=refs.head,
-            repo_created=not refs.exists,
-            dry_run=dry_run,
-        )
-        if dry_run:
-            result.diff = _diff(plan, _entry_text(plan.path, draft)).replace(_PLACEHOLDER, "<commit of the upload>")
-            _report_dry_run(out, result, private)
-            return result
+    config_source: Path | bytes = lens_dir / CONFIG_NAME
+    if config != read_config(lens_dir):  # the base model id changed: upload the rewritten config
+        config_source = (config.model_dump_json(indent=2) + "\n").encode()
+    files = [
+        planned(CONFIG_NAME, config_source),
+        planned(WEIGHTS_NAME, lens_dir / WEIGHTS_NAME),
+        planned(CARD_NAME, build_card(config, info).encode()),
+    ]
+    if info.has_plot:
+        title = f"Tuned lens for {info.base_model} v{info.version}"
+        files.append(planned(PLOT_NAME, evaluation_png(config.evaluation, title=title)))  # type: ignore[arg-type]
+    return files
 
+
+def execute(plan: PushPlan) -> PushResult:
+    """Carry out a plan: create the repo if needed, one commit, one tag, then the registry entry.
+
+    Raises:
+        ConcurrentUpdateError: The branch moved since the plan read it; nothing was committed.
+        VersionExistsError: The tag appeared since the plan was made; nothing was committed.
+        PublishError: The Hub refused a step (the message says what exists and how to finish by hand).
+        HubUnreachableError: The Hub failed.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api, repo_id, token = HfApi(), plan.repo_id, plan.token
+    parent = plan.parent_commit
+    if not plan.repo_exists:
         with _hub(f"creating {repo_id}"):
-            api.create_repo(repo_id, private=private, exist_ok=True, token=token_str)
-        if not refs.exists:  # a new repo has an initial commit: that is the parent
-            refs = _read_refs(api, repo_id, token_str)
-            result.parent_commit = refs.head
-            if tag in refs.tags:
-                raise VersionExistsError(f"{repo_id} got the tag {tag} meanwhile; nothing was uploaded.")
-        operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.source)) for f in files]
-        message = f"Publish tuned lens v{chosen} for {plan.canonical}" + (f" ({sub})" if sub else "")
-        try:
-            with _hub(f"committing to {repo_id}"):
-                info_ = api.create_commit(
-                    repo_id,
-                    operations,
-                    commit_message=message,
-                    commit_description=f"lens-hub push: {', '.join(f.path_in_repo for f in files)}",
-                    revision=DEFAULT_BRANCH,
-                    parent_commit=refs.head,
-                    token=token_str,
-                )
-        except ConcurrentUpdateError:
-            now = _read_refs(api, repo_id, token_str).head
-            raise ConcurrentUpdateError(
-                f"{repo_id}@{DEFAULT_BRANCH} moved while publishing (read {str(refs.head)[:12]}, now "
-                f"{str(now)[:12]}): someone else committed in between. Nothing was committed, tagged or written to "
-                "the registry; look at the new commit, then push again."
-            ) from None
-    commit = info_.oid
-    if not commit or not _COMMIT.match(commit):
+            api.create_repo(repo_id, private=plan.private, exist_ok=True, token=token)
+        refs = _read_refs(api, repo_id, token)  # a new repo has an initial commit: that is the parent
+        parent = refs.head
+        if plan.tag in refs.tags:
+            raise VersionExistsError(f"{repo_id} got the tag {plan.tag} meanwhile; nothing was uploaded.")
+    operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.source) for f in plan.files]
+    try:
+        with _hub(f"committing to {repo_id}"):
+            info = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=plan.message,
+                commit_description=f"lens-hub push: {', '.join(f.path_in_repo for f in plan.files)}",
+                revision=DEFAULT_BRANCH,
+                parent_commit=parent,
+                token=token,
+            )
+    except ConcurrentUpdateError:
+        now = _read_refs(api, repo_id, token).head
+        raise ConcurrentUpdateError(
+            f"{repo_id}@{DEFAULT_BRANCH} moved while publishing (read {str(parent)[:12]}, now {str(now)[:12]}): "
+            "someone else committed in between. Nothing was committed, tagged or written to the registry; look at "
+            "the new commit, then push again."
+        ) from None
+    commit = info.oid
+    if not commit or not COMMIT_SHA.match(commit):
         raise PublishError(f"the Hub did not return a commit id for the upload to {repo_id} (got {commit!r})")
-    result.commit = commit
-    out.print(f"[green]✓[/] committed {len(files)} files to {repo_id} ({commit[:12]})", highlight=False)
-
     try:
         with _hub(f"tagging {repo_id}"):
-            api.create_tag(repo_id, tag=tag, revision=commit, tag_message=message, token=token_str)
+            api.create_tag(repo_id, tag=plan.tag, revision=commit, tag_message=plan.message, token=token)
     except LensHubError as exc:
         raise PublishError(
-            f"commit {commit} is on {repo_id}@{DEFAULT_BRANCH}, but tagging it {tag} failed ({exc}), so it is not a "
-            "release: the registry was not updated. To keep it, tag it yourself "
-            f"(HfApi().create_tag({repo_id!r}, tag={tag!r}, revision={commit!r})); otherwise push again."
+            f"commit {commit} is on {repo_id}@{DEFAULT_BRANCH}, but tagging it {plan.tag} failed ({exc}), so it is "
+            "not a release: the registry was not updated. To keep it, tag it yourself "
+            f"(HfApi().create_tag({repo_id!r}, tag={plan.tag!r}, revision={commit!r})); otherwise push again."
         ) from None
-    out.print(f"[green]✓[/] tagged {tag}", highlight=False)
-
-    final = _new_entry(plan, config, _lens_version(config, chosen, repo_id, sub, commit, hashed, license), alias_list)
-    text = _entry_text(plan.path, final)
-    _validate_in_scratch(plan, text)
-    _write_atomic(plan.path, text)
-    _, problems = Registry.check(plan.directory)
-    if problems:
-        raise RegistryError(problems)
-    result.diff = _diff(plan, text)
-    out.print(f"[green]✓[/] registry: {plan.path}", highlight=False)
-    out.print(result.diff, markup=False, highlight=False, soft_wrap=True, end="")
-    out.print(f"Load it with TunedLens.from_pretrained({plan.canonical!r}, registry=...) or {result.uri}")
-    return result
+    entry = _pin(plan.entry, plan.version, commit)
+    write_entry_file(plan.registry_file, entry)
+    return replace(plan.result(commit, entry), parent_commit=parent)
 
 
-def _report_dry_run(out: Console, result: PushResult, private: bool) -> None:
-    from rich.table import Table
+def _pin(entry: RegistryEntry, version: str, commit: str) -> RegistryEntry:
+    """``entry`` with ``version`` pinned to ``commit`` (a valid commit replaces a valid placeholder)."""
+    lenses = [
+        v.model_copy(update={"location": v.location.model_copy(update={"revision": commit})})
+        if v.version == version
+        else v
+        for v in entry.lenses
+    ]
+    return entry.model_copy(update={"lenses": lenses})
 
-    what = "create the repo" if result.repo_created else "use the existing repo"
-    out.print(
-        f"[bold]Dry run[/]: would {what} {result.repo_id}{' (private)' if private and result.repo_created else ''}, "
-        f"commit these files on {DEFAULT_BRANCH} in one commit (parent {result.parent_commit or 'the initial commit'}"
-        f") and tag it {result.tag}:",
-        highlight=False,
-    )
-    table = Table(show_header=True, box=None)
-    table.add_column("path in repo")
-    table.add_column("bytes", justify="right")
-    for f in result.files:
-        table.add_row(f.path_in_repo, f"{f.size:,}")
-    out.print(table)
-    out.print(f"\n[bold]Model card[/] ({result.files[0].path_in_repo.rpartition('/')[0] or 'repo root'}):")
-    out.print(result.card, markup=False, highlight=False, soft_wrap=True)
-    out.print(f"[bold]Registry[/] {result.registry_file}:")
-    out.print(result.diff, markup=False, highlight=False, soft_wrap=True, end="")
-    out.print("Nothing was uploaded or written (dry run).")
+
+def push(lens_dir: str | os.PathLike[str], repo_id: str, *, dry_run: bool = False, **options: Any) -> PushResult:
+    """Publish a lens directory as a tagged version and record it in the registry: `plan_push` then `execute`.
+
+    Takes `plan_push`'s keyword arguments; with ``dry_run=True`` only the plan is made and its result returned.
+    """
+    plan = plan_push(lens_dir, repo_id, **options)
+    return plan.result() if dry_run else execute(plan)

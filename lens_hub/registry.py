@@ -127,13 +127,13 @@ class Registry:
 
     def add(self, entry: RegistryEntry, path: Path | None = None) -> list[str]:
         """Add an entry to the index; returns the name clashes it would cause (and then does not add it)."""
-        where = str(path) if path else entry.model
-        clashes = []
-        for i, name in enumerate([entry.model, *entry.aliases]):
-            owner = self._index.get(name.lower())
-            if owner is not None:
-                field_name = "model" if i == 0 else f"aliases[{i - 1}]"
-                clashes.append(f"{where}: {field_name}: {name!r} is already used by {owner} ({self.files.get(owner)})")
+        clashes = self.clashes(entry, path)
+        if entry.model in self.entries:  # the same model in two files
+            clashes.insert(
+                0,
+                f"{path or entry.model}: model: {entry.model!r} is already used by {entry.model} "
+                f"({self.files.get(entry.model)})",
+            )
         if clashes:
             return clashes
         self.entries[entry.model] = entry
@@ -142,6 +142,17 @@ class Registry:
         for name in [entry.model, *entry.aliases]:
             self._index[name.lower()] = entry.model
         return []
+
+    def clashes(self, entry: RegistryEntry, path: Path | None = None) -> list[str]:
+        """The names of ``entry`` that another entry already uses (its own current version is ignored)."""
+        where = str(path) if path else entry.model
+        problems = []
+        for i, name in enumerate([entry.model, *entry.aliases]):
+            owner = self._index.get(name.lower())
+            if owner is not None and owner != entry.model:
+                field_name = "model" if i == 0 else f"aliases[{i - 1}]"
+                problems.append(f"{where}: {field_name}: {name!r} is already used by {owner} ({self.files.get(owner)})")
+        return problems
 
     def find(self, name: str) -> RegistryEntry | None:
         """The entry a model id or alias names (case-insensitive), or None."""
@@ -180,11 +191,24 @@ def dump_entry(entry: RegistryEntry) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
 
 
-def write_entry(directory: str | os.PathLike[str], entry: RegistryEntry) -> Path:
-    """Write (or replace) a model's registry file atomically; returns its path."""
-    path = Path(directory) / registry_filename(entry.model)
+def entry_text(path: Path, entry: RegistryEntry) -> str:
+    """The text of ``entry`` for the file ``path``: JSON for ``.json`` files, the canonical YAML otherwise."""
+    if path.suffix == ".json":
+        data = {"schema_version": entry.schema_version, **entry.model_dump(mode="json", exclude_defaults=True)}
+        return json.dumps(data, indent=2) + "\n"
+    return dump_entry(entry)
+
+
+def write_entry_file(path: str | os.PathLike[str], entry: RegistryEntry) -> Path:
+    """Write (or replace) a registry file atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_entry(entry), encoding="utf-8")
+    tmp.write_text(entry_text(path, entry), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_entry(directory: str | os.PathLike[str], entry: RegistryEntry) -> Path:
+    """Write (or replace) a model's registry file, named after its model id, in ``directory``; returns its path."""
+    return write_entry_file(Path(directory) / registry_filename(entry.model), entry)

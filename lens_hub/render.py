@@ -1,4 +1,5 @@
-"""Views of a `PredictionTrajectory`: a rich terminal table, a static PNG heatmap, and a standalone HTML page.
+"""Views: of a `PredictionTrajectory` (a rich terminal table, a static PNG heatmap, a standalone HTML page), and the
+per-layer evaluation plot that ``lens-hub eval --png`` writes and model cards show.
 
 Every view shows one sequence of the trajectory (``batch``): rows are the lens layers with the model's output last,
 columns are positions (headed by the input token), and each cell holds the top-1 prediction coloured by a statistic
@@ -8,12 +9,15 @@ columns are positions (headed by the input token), and each cell holds the top-1
 from __future__ import annotations
 
 import html
+import io
 import math
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from .config import EvaluationInfo
 from .trajectory import STAT_LABELS, PredictionTrajectory
 
 # Low -> high colour ramp (viridis-like stops), shared by the terminal and HTML views.
@@ -210,3 +214,40 @@ def write_html(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch
     out.append("</body></html>")
     Path(path).write_text("\n".join(out), encoding="utf-8")
     return Path(path)
+
+
+def evaluation_png(summary: EvaluationInfo, *, title: str = "") -> bytes:
+    """A PNG of KL and cross-entropy per evaluated layer, tuned lens against logit lens (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
+        for name, metrics, style in (("logit lens", summary.logit, "--"), ("tuned lens", summary.tuned, "-")):
+            values = getattr(metrics, key)
+            if values:
+                ax.plot(summary.layers or range(len(values)), values, style, marker="o", markersize=3, label=name)
+        if key == "cross_entropy" and summary.model_cross_entropy is not None:
+            ax.axhline(summary.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{label} [bits/byte]")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_evaluation_png(summary: EvaluationInfo, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Write `evaluation_png` to ``path``; returns it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(evaluation_png(summary, title=title))
+    return out

@@ -226,5 +226,14 @@ def test_generated_references(site) -> None:
     for model in ("RegistryEntry", "LensVersion", "HubLocation", "ModelFacts", "EvaluationInfo"):
         assert model in schema
     api = (site["dir"] / "reference" / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("lens_hub.lens.TunedLens", "lens_hub.lens.LogitLens", "lens_hub.publish.push", "LoopbackHub"):
+    for name in (
+        "lens_hub.hub_mixin.TunedLens",
+        "lens_hub.lens.TunedLens",
+        "lens_hub.lens.LogitLens",
+        "lens_hub.workflows.train_evaluate_publish",
+        "lens_hub.publish.plan_push",
+        "lens_hub.publish.execute",
+        "LoopbackHub",
+        "from_pretrained",
+    ):
         assert name in api

@@ -27,3 +27,49 @@ def test_console_script_help_teaches():
     )
     assert "weights_only=True" in done.stdout
     assert "Example:" in done.stdout
+
+
+def test_python_dash_m_lens_hub_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "lens_hub", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"lens-hub {lens_hub.__version__}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "lens_hub", "registry", "show", "no-such-model"], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "LensNotFoundError" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        (["train"], ["--bias-only", "--restart", "--fsdp"]),
+        (["push"], ["--private", "--dry-run"]),
+        (["registry", "audit"], ["--all", "--remote"]),
+        (["eval"], ["--transfer", "--store"]),
+    ],
+)
+def test_help_shows_flags_as_flags_and_choices_as_choices(command, flags):
+    env = {"COLUMNS": "200", "TERM": "dumb", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_hub", *command, "--help"], capture_output=True, text=True, env=env, check=True
+    )
+    lines = done.stdout.splitlines()
+    for flag in flags:
+        (line,) = [x for x in lines if x.lstrip("│ *").startswith(f"{flag} ")]  # the flag's own row
+        assert "<bool>" not in line, line
+    if command == ["train"]:
+        assert any("--loss" in x and "<kl|ce>" in x for x in lines)
+        assert any("--kernel" in x and "<auto|eager|triton>" in x for x in lines)
+        assert any("--optimizer" in x and "<sgd|adam>" in x for x in lines)
+
+
+def test_train_refuses_a_choice_it_does_not_know_before_loading_anything(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_hub", "train", "no/such-model", "--data", "x", "--out", "o", "--loss", "mse"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "'mse' is not one of" in done.stderr or "Invalid value for '--loss'" in done.stderr
+    assert "Traceback" not in done.stderr

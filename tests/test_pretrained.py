@@ -181,7 +181,7 @@ def test_registry_checksum_that_differs_from_the_file_is_refused(loopback_hub, p
 def test_lens_that_contradicts_its_entry_or_its_model_is_refused(loopback_hub, published, model, tmp_path):
     _lens, lens_dir, commit, registry = published
     write_entry(tmp_path / "reg2", _entry(lens_dir, commit, facts={"vocab_size": 1000}))
-    with pytest.raises(IncompatibleLensError, match="the registry says vocab_size 1000 but the lens file says 96"):
+    with pytest.raises(IncompatibleLensError, match="the registry says vocab_size 1000 but the lens says 96"):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg2")
     with pytest.raises(IncompatibleLensError, match="fingerprint differs"):
         TunedLens.from_pretrained("tiny-llama", model=tiny_model("llama", seed=5), registry=registry)

@@ -27,6 +27,7 @@ from lens_hub.publish import (
     push,
 )
 from lens_hub.registry import Registry
+from lens_hub.reports import print_push
 from lens_hub.testing import LOOPBACK_USER
 
 BASE = f"{LOOPBACK_USER}/tiny-llama"
@@ -75,8 +76,10 @@ def lens_dir(model, tmp_path):
 
 
 def _push(lens_dir, registry, repo=REPO, **kwargs):
+    """Publish through the library, and render the report the CLI prints for it."""
     out = io.StringIO()
-    result = push(lens_dir, repo, registry=registry, console=Console(file=out, width=200), **kwargs)
+    result = push(lens_dir, repo, registry=registry, **kwargs)
+    print_push(result, Console(file=out, width=200))
     return result, out.getvalue()
 
 
@@ -104,7 +107,6 @@ def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopba
     assert loopback_hub.tags(REPO) == {"v1.0.0": result.commit}
     assert (result.version, result.tag) == ("1.0.0", "v1.0.0")
     assert sum(r.method == "POST" and "/commit/" in r.path for r in loopback_hub.requests) == 1
-    assert not any(r.method == "POST" and "upload_folder" in r.path for r in loopback_hub.requests)
 
     # The registry entry: pinned to the commit, checksums of the two artifact files, the new default.
     reg = Registry.load(registry)
@@ -154,10 +156,31 @@ def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopba
     assert _same_outputs(lens, TunedLens.from_pretrained(f"hf://{REPO}@v1.0.0", model=model), model)
 
 
+def test_card_rows_are_labelled_by_the_evaluated_layers(loopback_hub, registry, model, tmp_path):
+    lens = _lens(model)
+    subset = EvaluationInfo(
+        dataset="heldout.txt",
+        num_tokens=2048,
+        layers=[0, 2],
+        tuned=LayerMetrics(kl=[0.5, 0.1], cross_entropy=[2.0, 1.6]),
+        logit=LayerMetrics(kl=[3.0, 0.9], cross_entropy=[5.0, 2.1]),
+    )
+    lens.config = lens.config.model_copy(update={"evaluation": subset})
+    result, _ = _push(lens.save(tmp_path / "subset"), registry)
+
+    card = loopback_hub.read_file(REPO, "README.md").decode()
+    rows = [line for line in card.splitlines() if line.startswith("| ") and line.count("|") == 6]
+    table = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert table[0][0] == "layer"
+    assert [r[0] for r in table[1:]] == ["0", "2"]  # the evaluated layers, not row numbers 0, 1
+    assert table[2][1:3] == ["0.100", "0.900"]  # layer 2's KL, tuned and logit
+    assert result.card == card
+
+
 def test_second_version_becomes_the_default_and_the_first_stays_loadable(loopback_hub, lens_dir, registry, model):
     first, _ = _push(lens_dir, registry)
     newer = _lens(model, seed=1)
-    second = newer.push_to_hub(REPO, registry=registry, console=Console(file=io.StringIO()))
+    second = newer.push_to_hub(REPO, registry=registry)
 
     assert second.version == "1.0.1" and second.tag == "v1.0.1"
     assert loopback_hub.tags(REPO) == {"v1.0.0": first.commit, "v1.0.1": second.commit}
@@ -250,7 +273,13 @@ def test_subfolders_have_their_own_tags_cards_and_versions(loopback_hub, lens_di
     card = ModelCard(loopback_hub.read_file(REPO, "llama/README.md").decode())
     assert card.data.base_model == BASE and card.data.base_model_relation == "adapter"
     assert "eval.png" not in card.text and "No evaluation is recorded" in card.text
-    assert f"hf://{REPO}/llama" in card.text
+    # The card names the release itself (the tag, percent-encoded), not whatever is on main, and that name loads.
+    pinned = f"hf://{REPO}@llama%2Fv2.0.1/llama"
+    assert f'TunedLens.from_pretrained("{pinned}", model=model)' in card.text
+    assert f'hf://{REPO}/llama"' not in card.text
+    assert _same_outputs(
+        TunedLens.load(lens_dir.parent / "v3", model), TunedLens.from_pretrained(pinned, model=model), model
+    )
 
     entry = Registry.load(registry).get(BASE)
     assert [(v.version, v.location.subfolder, v.default) for v in entry.lenses] == [
