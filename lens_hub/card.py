@@ -119,12 +119,29 @@ def _training(config: LensConfig) -> str:
         ("steps", t.steps),
         ("objective", t.loss),
         ("layers trained", "all" if t.layers is None else ", ".join(map(str, t.layers))),
+        ("optimizer", t.optimizer),
+        ("learning rate", _number(t.learning_rate)),
+        ("momentum", _number(t.momentum)),
+        ("weight decay", _number(t.weight_decay)),
+        ("warm-up steps", t.warmup_steps),
+        ("gradient clipping", _number(t.grad_clip)),
+        ("tokens per step", f"{t.tokens_per_step:,}" if t.tokens_per_step is not None else None),
+        ("sequence length", t.seq_len),
+        ("processes", t.world_size),
+        ("biases only", t.bias_only or None),
+        ("started from", t.init_from),
+        ("softmax/KL kernel", t.kernel),
+        ("seed", t.seed),
         ("lens-hub version", t.lens_hub_version or config.lens_hub_version),
     ]
-    rows += [(f"`{k}`", json.dumps(v)) for k, v in sorted(t.hyperparameters.items())]
+    rows += [(f"`{k}`", json.dumps(v)) for k, v in sorted(t.hyperparameters.items())]  # lenses of older versions
     lines = ["## Training\n", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in rows if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else f"{value:g}"
 
 
 def _cell(value: object) -> str:
