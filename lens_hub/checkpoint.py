@@ -1,9 +1,13 @@
 """Training checkpoints without pickle: lens + optimizer tensors in safetensors, everything else in JSON.
 
 A checkpoint directory ``step-000050/`` holds ``lens.safetensors``, ``optimizer.safetensors`` (every optimizer
-state tensor, named ``{param_index}.{key}``), ``rng.safetensors`` (RNG states as uint8 tensors) and ``state.json``
-(step, scheduler, optimizer hyperparameters, data position, the run's settings). ``state.json`` is written last, so
-a directory without it is an interrupted write and is ignored. The frozen model weights are never saved.
+state tensor, named ``{param_index}.{key}``) and ``state.json`` (step, scheduler, optimizer hyperparameters and
+scalars, the run's settings). ``state.json`` is written last, so a directory without it is an interrupted write and
+is ignored. The frozen model weights are never saved.
+
+No RNG state is saved: the data order comes from a seeded generator and nothing else in a run draws random numbers
+(the model is in eval mode, the lens has no dropout). Checkpoints of earlier versions also hold an
+``rng.safetensors``; it is ignored.
 """
 
 from __future__ import annotations
@@ -36,19 +40,36 @@ class Checkpoint:
     lens: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
-    rng: dict[str, torch.Tensor]
     settings: dict[str, Any]
 
 
-def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, meta = {}, {}
+def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer ``state_dict`` into its tensors (named ``{param_index}.{key}``) and JSON-able rest.
+
+    `join_optimizer_state` is the inverse. The tensors are detached but stay on their device.
+    """
+    tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{index}.{key}"] = value.detach()
             else:
-                meta[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": meta}
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer ``state_dict`` that `split_optimizer_state` split into ``tensors`` and ``meta``."""
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = name.split(".", 1)
+        per_param.setdefault(int(index), {})[key] = value
+    return {"state": per_param, "param_groups": meta["param_groups"]}
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as safetensors writes them: detached, on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def save_checkpoint(
@@ -65,13 +86,9 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in lens.items()}, tmp / "lens.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(rng, tmp / "rng.safetensors")
+    save_file(_cpu(lens), tmp / "lens.safetensors")
+    opt_tensors, opt_meta = split_optimizer_state(optimizer)
+    save_file(_cpu(opt_tensors), tmp / "optimizer.safetensors")
     state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler, "settings": settings}
     (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
@@ -90,22 +107,18 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint directory."""
+    """Read a checkpoint directory (tensors on the CPU).
+
+    Raises:
+        CheckpointError: A file is missing or unreadable.
+    """
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         opt_tensors = load_file(path / "optimizer.safetensors")
         lens = load_file(path / "lens.safetensors")
-        rng = load_file(path / "rng.safetensors")
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({exc}); delete it to start from the previous one."
         ) from None
-    per_param: dict[int, dict[str, Any]] = {}
-    for name, tensor in opt_tensors.items():
-        index, key = name.split(".", 1)
-        per_param.setdefault(int(index), {})[key] = tensor
-    for name, value in state["optimizer"]["scalars"].items():
-        index, key = name.split(".", 1)
-        per_param.setdefault(int(index), {})[key] = value
-    optimizer = {"state": per_param, "param_groups": state["optimizer"]["param_groups"]}
-    return Checkpoint(state["step"], lens, optimizer, state["scheduler"], rng, state["settings"])
+    optimizer = join_optimizer_state(opt_tensors, state["optimizer"])
+    return Checkpoint(state["step"], lens, optimizer, state["scheduler"], state["settings"])

@@ -3,7 +3,9 @@
 Defaults reproduce the reference recipe: KL(final || lens) per layer without token shift, SGD with Nesterov
 momentum 0.9 and an effective learning rate of 0.1, weight decay 1e-3, gradient clipping at norm 1.0, linear decay
 to zero, 250 steps of 2^18 tokens, bf16 autocast on GPU. Runs on CPU, one GPU, or several with ``torchrun`` (data
-parallel: each rank reads its own shard of every step and gradients are averaged).
+parallel: each rank reads its own shard of every step and gradients are averaged). Only rank 0 writes checkpoints
+and the lens, and only rank 0 reads checkpoints: it sends the resume step and state to the other ranks, so a run
+resumes the same way on node-local disks as on a shared one.
 """
 
 from __future__ import annotations
@@ -23,18 +25,44 @@ import torch.distributed as dist
 from torch import nn
 
 from ._version import __version__
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    join_optimizer_state,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from .config import TrainingInfo
 from .data import DataError, TokenData, shuffled
 from .errors import LensHubError
-from .lens import TunedLens
-from .losses import Kernel, Loss, fused_lens_losses
+from .hub_mixin import TunedLens
+from .kernels import triton_usable
+from .losses import fused_lens_losses
 from .models import hidden_states
+from .options import Kernel, Loss, Optimizer
+
+__all__ = [
+    "Optimizer",
+    "Plan",
+    "TrainSettings",
+    "TrainSettingsError",
+    "hidden_states",
+    "make_plan",
+    "plan_for",
+    "restart",
+    "shard_model",
+    "train_lens",
+    "trainable_parameters",
+]
 
 # Settings that do not change the result (the kernel: only in rounding): a run may be resumed with other values.
-Optimizer = Literal["sgd", "adam"]  # SGD with Nesterov momentum (the paper's), or AdamW
-
 _RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
+
+
+class TrainSettingsError(LensHubError):
+    """The training settings contradict each other or the data (e.g. a step size no batch split gives)."""
 
 
 @dataclass
@@ -91,9 +119,29 @@ class Plan:
 def plan_for(settings: TrainSettings, seq_len: int, world: int) -> Plan:
     """Split each step's tokens into forward passes of ``batch_size`` sequences on each of ``world`` processes.
 
-    The run reads ``settings.steps * plan.sequences_per_step`` sequences in all.
+    The run reads ``settings.steps * plan.sequences_per_step`` sequences in all, and every step exactly
+    ``settings.tokens_per_step`` tokens: a step size that no whole number of forward passes gives is refused
+    rather than rounded, since the run would then not be the one its settings (and its provenance) describe.
+
+    Raises:
+        TrainSettingsError: ``steps`` or ``batch_size`` below 1, or ``tokens_per_step`` not a positive multiple of
+            ``batch_size * seq_len * world`` (naming the two nearest valid values).
     """
-    accum = max(1, settings.tokens_per_step // (settings.batch_size * seq_len * world))
+    if settings.steps < 1:
+        raise TrainSettingsError(f"--steps must be at least 1, not {settings.steps}: a run needs a step to train.")
+    if settings.batch_size < 1:
+        raise TrainSettingsError(f"--batch-size must be at least 1, not {settings.batch_size}.")
+    per_pass = settings.batch_size * seq_len * world  # tokens of one forward pass on every process
+    accum, rest = divmod(settings.tokens_per_step, per_pass)
+    if accum < 1 or rest:
+        lower = max(1, accum) * per_pass
+        upper = lower + per_pass
+        processes = f" x {world} processes" if world > 1 else ""
+        raise TrainSettingsError(
+            f"--tokens-per-step {settings.tokens_per_step} is not a multiple of the {per_pass} tokens of one forward "
+            f"pass (--batch-size {settings.batch_size} x --seq-len {seq_len}{processes}); use --tokens-per-step "
+            f"{lower} or {upper}, or change --batch-size / --seq-len."
+        )
     return Plan(accum, world, settings.batch_size)
 
 
@@ -101,6 +149,7 @@ def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
     """Check the data suffices for the whole run, up front; return the split of each step.
 
     Raises:
+        TrainSettingsError: See `plan_for`.
         DataError: Naming how much data the run needs and how much there is.
     """
     plan = plan_for(settings, data.seq_len, world)
@@ -115,6 +164,7 @@ def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
 
 
 def _schedule(settings: TrainSettings) -> Callable[[int], float]:
+    """The learning rate factor of each step: linear warm-up, then linear decay to zero at the last step."""
     warm, total = settings.warmup_steps, settings.steps
 
     def factor(step: int) -> float:
@@ -126,6 +176,7 @@ def _schedule(settings: TrainSettings) -> Callable[[int], float]:
 
 
 def _optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW, as the settings say."""
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -151,6 +202,7 @@ def trainable_parameters(lens: TunedLens, layers: list[int], bias_only: bool) ->
 
 
 def _distributed() -> tuple[int, int]:
+    """This process's rank and the world size, joining the process group torchrun's environment describes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
@@ -180,6 +232,7 @@ def shard_model(model: nn.Module) -> nn.Module:
 
 
 def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` over the ranks, in place."""
     grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)  # one collective per step, not one per tensor
@@ -188,6 +241,275 @@ def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _resolved_kernel(kernel: Kernel, loss: Loss, lens: TunedLens, device: torch.device) -> Literal["eager", "triton"]:
+    """The softmax/KL implementation that `fused_lens_losses` runs for ``kernel``, with ``"auto"`` resolved.
+
+    `lens_hub.losses` decides inside `fused_lens_losses` and does not expose the decision, so this applies the same
+    rule: ``"auto"`` is Triton for the KL loss without logit post-processing where `triton_usable` says the kernel
+    runs on ``device``, else eager. The run passes the result on instead of ``"auto"``, so the recorded kernel is
+    the one that ran even if the two rules ever drifted apart: ``"eager"`` forces the eager code and ``"triton"``
+    runs the kernel or fails (an explicit ``"triton"`` is passed on as is, so where it cannot run the step still
+    says so instead of quietly running eager code).
+    """
+    if kernel != "auto":
+        return kernel
+    if loss != "kl" or lens.unembed.has_postprocessing:
+        return "eager"
+    return "triton" if triton_usable(device) else "eager"
+
+
+@dataclass
+class _Run:
+    """The moving parts of one training run, built by `_build_run` and advanced by `_train_step`."""
+
+    model: nn.Module
+    data: TokenData
+    settings: TrainSettings
+    lens: TunedLens
+    layers: list[int]
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    plan: Plan
+    order: torch.Tensor  # the data order: a permutation of sequence indices, the same on every rank
+    kernel: Literal["eager", "triton"]
+    device: torch.device
+    rank: int
+    world: int
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the checkpoints it resumes from (recorded in them)."""
+        kept = {k: v for k, v in self.settings.to_dict().items() if k not in _RESUMABLE}
+        return kept | {"seq_len": self.data.seq_len, "num_sequences": len(self.data.sequences), "world": self.world}
+
+
+def _build_run(
+    model: nn.Module, data: TokenData, settings: TrainSettings, lens: TunedLens | None, rank: int, world: int
+) -> _Run:
+    """Check the settings against the data, then set up the lens, its trainable parameters and the optimizer.
+
+    Raises:
+        TrainSettingsError, DataError: Before anything is loaded or written.
+        ValueError: Layers the model does not have, or nothing to train.
+    """
+    plan = make_plan(settings, data, world)
+    model.eval().requires_grad_(False)
+    if lens is None:
+        lens = (
+            TunedLens.from_pretrained(settings.init_from, model=model)  # a local directory, registry name or hf://
+            if settings.init_from
+            else TunedLens.from_model(model, bias=settings.bias)
+        )
+    layers = settings.layers if settings.layers is not None else list(range(lens.num_layers))
+    bad = [i for i in layers if not 0 <= i < lens.num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has layers 0..{lens.num_layers - 1}")
+    params = trainable_parameters(lens, layers, settings.bias_only)
+    opt = _optimizer(params, settings)
+    device = lens.unembed.parts.output_embedding.weight.device
+    return _Run(
+        model=model,
+        data=data,
+        settings=settings,
+        lens=lens,
+        layers=layers,
+        params=params,
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings)),
+        plan=plan,
+        order=shuffled(len(data.sequences), settings.seed),
+        kernel=_resolved_kernel(settings.kernel, settings.loss, lens, device),
+        device=device,
+        rank=rank,
+        world=world,
+    )
+
+
+def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint | None:
+    """The newest checkpoint in ``ckpt_dir`` (None: there is none), refused if its run had other settings."""
+    previous = list_checkpoints(ckpt_dir)
+    if not previous:
+        return None
+    ckpt = load_checkpoint(previous[-1])
+    changed = sorted(k for k in set(identity) | set(ckpt.settings) if identity.get(k) != ckpt.settings.get(k))
+    if changed:
+        raise CheckpointError(
+            f"{ckpt_dir.parent} holds checkpoints of a run with different settings ({', '.join(changed)}); "
+            "use another --out, or --restart to discard them."
+        )
+    return ckpt
+
+
+def _broadcast_object(value: Any, device: torch.device) -> Any:
+    """Rank 0's ``value`` on every rank (small values only: it travels pickled)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]
+
+
+def _broadcast_tensors(tensors: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rank 0's ``tensors`` (None on the other ranks) on every rank, on ``device``.
+
+    Only names, shapes and dtypes travel pickled; the tensors go as tensors, one broadcast each, so a lens of a
+    large model is never serialised. ``device`` is where the gradients are all-reduced (NCCL needs CUDA tensors).
+    """
+    spec = _broadcast_object(None if tensors is None else [(k, v.shape, v.dtype) for k, v in tensors.items()], device)
+    received = {}
+    for name, shape, dtype in spec:
+        if tensors is not None:
+            tensor = tensors[name].to(device).contiguous()
+        else:
+            tensor = torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(tensor, src=0)
+        received[name] = tensor
+    return received
+
+
+def _share_checkpoint(
+    ckpt: Checkpoint | None, problem: str | None, device: torch.device
+) -> tuple[Checkpoint | None, str | None]:
+    """Send rank 0's resume decision (a checkpoint, None to start afresh, or a problem) to every rank."""
+    head, lens, opt_tensors = None, None, None
+    if dist.get_rank() == 0 and ckpt is not None:
+        lens = ckpt.lens
+        opt_tensors, opt_meta = split_optimizer_state(ckpt.optimizer)
+        head = {"step": ckpt.step, "scheduler": ckpt.scheduler, "settings": ckpt.settings, "optimizer": opt_meta}
+    problem, head = _broadcast_object((problem, head), device)
+    if problem is not None or head is None:
+        return None, problem
+    lens = _broadcast_tensors(lens, device)
+    optimizer = join_optimizer_state(_broadcast_tensors(opt_tensors, device), head["optimizer"])
+    return Checkpoint(head["step"], lens, optimizer, head["scheduler"], head["settings"]), None
+
+
+def _resume(run: _Run, out: Path) -> int:
+    """Load the newest checkpoint in ``out/checkpoints`` into the run; return the step to continue from (0: none).
+
+    Only rank 0 writes checkpoints, so only rank 0's directory is read: on node-local disks the other ranks have
+    none (or stale ones), and a rank that started at another step would wait forever in the gradient all-reduce.
+    Rank 0 decides and sends the step and the lens, optimizer and scheduler states to every rank; a refusal is
+    raised on every rank, so none is left waiting.
+
+    Raises:
+        CheckpointError: The newest checkpoint is unreadable or belongs to a run with other settings.
+    """
+    ckpt, problem, failure = None, None, None
+    if run.rank == 0:
+        try:
+            ckpt = _newest_checkpoint(out / "checkpoints", run.identity)
+        except Exception as exc:  # whatever stops rank 0 must reach the other ranks, or they wait for it forever
+            failure = exc
+            problem = str(exc) if isinstance(exc, CheckpointError) else f"rank 0 could not resume ({exc!r})"
+    if run.world > 1:
+        ckpt, problem = _share_checkpoint(ckpt, problem, run.device)
+    if failure is not None:
+        raise failure
+    if problem is not None:
+        raise CheckpointError(problem)
+    if ckpt is None:
+        return 0
+    run.lens.load_state_dict(ckpt.lens)
+    run.opt.load_state_dict(ckpt.optimizer)
+    run.sched.load_state_dict(ckpt.scheduler)
+    return ckpt.step
+
+
+def _train_step(run: _Run, step: int) -> list[float]:
+    """One optimizer step: forward passes over this rank's share of the step's sequences, gradients averaged
+    over ranks, clipped, applied. Returns the step's per-layer losses (nats, averaged over ranks)."""
+    plan, settings = run.plan, run.settings
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda")
+    running = torch.zeros(len(run.layers), device=run.device)
+    for micro in range(plan.accum):
+        ids = run.data.sequences[plan.indices(run.order, step, micro, run.rank)].to(run.device)
+        with autocast:
+            with torch.no_grad():
+                hs = hidden_states(run.model, ids)
+            losses = fused_lens_losses(run.lens, hs, run.layers, loss=settings.loss, input_ids=ids, kernel=run.kernel)
+        (losses.sum() / plan.accum).backward()
+        running += losses.detach() / plan.accum
+    if run.world > 1:
+        _all_reduce_grads(run.params, run.world)
+        dist.all_reduce(running)
+        running /= run.world
+    torch.nn.utils.clip_grad_norm_(run.params, settings.clip)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    return running.tolist()  # the step's only host sync
+
+
+def _save_checkpoint(run: _Run, out: Path, step: int) -> None:
+    """Checkpoint the run after ``step`` in ``out/checkpoints`` (rank 0 only)."""
+    save_checkpoint(
+        out / "checkpoints",
+        step,
+        run.lens.state_dict(),
+        run.opt.state_dict(),
+        run.sched.state_dict(),
+        run.identity,
+        run.settings.keep_checkpoints,
+    )
+
+
+def _hub_init_from(init_from: str | None) -> str | None:
+    """``init_from`` as provenance: a Hub name as given, a local path not at all.
+
+    A local directory means nothing on another machine and would publish the trainer's file system layout.
+    """
+    if init_from is None or (not init_from.startswith("hf://") and Path(init_from).exists()):
+        return None
+    return init_from
+
+
+def _provenance(run: _Run, dataset_name: str | None) -> TrainingInfo:
+    """The run's `TrainingInfo`: every hyperparameter in its own field (none in the legacy mapping)."""
+    s, data = run.settings, run.data
+    return TrainingInfo(
+        dataset=dataset_name or data.source,
+        num_tokens=s.steps * s.tokens_per_step,
+        steps=s.steps,
+        loss=s.loss,
+        layers=None if s.layers is None else run.layers,
+        optimizer=s.optimizer,
+        learning_rate=s.learning_rate,
+        momentum=s.momentum if s.optimizer == "sgd" else None,  # AdamW does not use it
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_steps,
+        grad_clip=s.clip,
+        tokens_per_step=s.tokens_per_step,
+        seq_len=data.seq_len,
+        batch_size=s.batch_size,
+        world_size=run.world,
+        seed=s.seed,
+        bias_only=s.bias_only,
+        init_from=_hub_init_from(s.init_from),
+        # The kernel may change on resuming (it only changes rounding): this is the one of the last session.
+        kernel=run.kernel,
+        tokens_per_byte=data.tokens_per_byte,
+        lens_hub_version=__version__,
+    )
+
+
+def _log_step(
+    run: _Run,
+    step: int,
+    losses: list[float],
+    seconds: float,
+    progress: _Progress | None,
+    loggers: list[Callable[[int, dict[str, float]], None]],
+) -> None:
+    """Show the step on the progress bar and send its losses, throughput and learning rate to the loggers."""
+    rate = run.settings.tokens_per_step / seconds
+    if progress:
+        progress.update(step, losses, rate)
+    values = {f"loss/layer_{i}": v for i, v in zip(run.layers, losses, strict=True)}
+    values |= {"tokens_per_second": rate, "lr": run.sched.get_last_lr()[0]}
+    for log in loggers:
+        log(step, values)
 
 
 def train_lens(
@@ -204,7 +526,8 @@ def train_lens(
     """Train (or resume training) a tuned lens for ``model`` and save it to ``out``.
 
     Rerunning with the same settings and ``out`` resumes from the newest checkpoint in ``out/checkpoints``;
-    a resumed run ends with the same weights as an uninterrupted one.
+    a resumed run ends with the same weights as an uninterrupted one. Under ``torchrun``, rank 0's ``out``
+    decides for every rank.
 
     Args:
         model: The frozen base model (left in eval mode; its weights are never saved).
@@ -217,127 +540,38 @@ def train_lens(
         console: A rich console for the progress display.
 
     Raises:
+        TrainSettingsError: Settings no run can follow (checked before training starts).
         DataError: Too little data for the requested steps (checked before training starts).
         CheckpointError: ``out`` holds checkpoints of a run with different settings.
     """
     rank, world = _distributed()
     out = Path(out)
-    model.eval().requires_grad_(False)
-    if lens is None:
-        lens = (
-            TunedLens.load(settings.init_from, model)
-            if settings.init_from
-            else TunedLens.from_model(model, bias=settings.bias)
-        )
-    layers = settings.layers if settings.layers is not None else list(range(lens.num_layers))
-    bad = [i for i in layers if not 0 <= i < lens.num_layers]
-    if bad:
-        raise ValueError(f"layers {bad} do not exist: the model has layers 0..{lens.num_layers - 1}")
-    params = trainable_parameters(lens, layers, settings.bias_only)
-    plan = make_plan(settings, data, world)
-    order = shuffled(len(data.sequences), settings.seed)
-    opt = _optimizer(params, settings)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings))
-
-    ckpt_dir = out / "checkpoints"
-    recorded = {k: v for k, v in settings.to_dict().items() if k not in _RESUMABLE}
-    recorded |= {"seq_len": data.seq_len, "num_sequences": len(data.sequences), "world": world}
-    start = 0
-    previous = list_checkpoints(ckpt_dir)
-    if previous:
-        ckpt = load_checkpoint(previous[-1])
-        changed = sorted(k for k in set(recorded) | set(ckpt.settings) if recorded.get(k) != ckpt.settings.get(k))
-        if changed:
-            raise CheckpointError(
-                f"{out} holds checkpoints of a run with different settings ({', '.join(changed)}); "
-                "use another --out, or --restart to discard them."
-            )
-        lens.load_state_dict(ckpt.lens)
-        opt.load_state_dict(ckpt.optimizer)
-        sched.load_state_dict(ckpt.scheduler)
-        torch.set_rng_state(ckpt.rng["cpu"])
-        cuda_keys = sorted((k for k in ckpt.rng if k.startswith("cuda")), key=lambda k: int(k[4:]))
-        cuda_states = [ckpt.rng[k] for k in cuda_keys]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-        start = ckpt.step
-
-    device = lens.unembed.parts.output_embedding.weight.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    run = _build_run(model, data, settings, lens, rank, world)
+    start = _resume(run, out)
     loggers = _loggers(settings.log, out) if rank == 0 else []
-    progress = _Progress(settings, plan, data, start, console) if rank == 0 and not settings.quiet else None
-    tokens_per_step = plan.sequences_per_step * data.seq_len
+    progress = _Progress(settings, start, console) if rank == 0 and not settings.quiet else None
     try:
         for step in range(start, settings.steps):
             t0 = time.perf_counter()
-            running = torch.zeros(len(layers), device=device)
-            for micro in range(plan.accum):
-                ids = data.sequences[plan.indices(order, step, micro, rank)].to(device)
-                with autocast:
-                    with torch.no_grad():
-                        hs = hidden_states(model, ids)
-                    losses = fused_lens_losses(
-                        lens, hs, layers, loss=settings.loss, input_ids=ids, kernel=settings.kernel
-                    )
-                (losses.sum() / plan.accum).backward()
-                running += losses.detach() / plan.accum
-            if world > 1:
-                _all_reduce_grads(params, world)
-                dist.all_reduce(running)
-                running /= world
-            torch.nn.utils.clip_grad_norm_(params, settings.clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step_losses = running.tolist()  # the step's only host sync
+            losses = _train_step(run, step)
             done = step + 1
             if rank == 0:
-                rate = tokens_per_step / (time.perf_counter() - t0)
-                if progress:
-                    progress.update(done, step_losses, rate)
-                for log in loggers:
-                    log(
-                        done,
-                        {f"loss/layer_{i}": v for i, v in zip(layers, step_losses, strict=True)}
-                        | {"tokens_per_second": rate, "lr": sched.get_last_lr()[0]},
-                    )
+                _log_step(run, done, losses, time.perf_counter() - t0, progress, loggers)
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    save_checkpoint(
-                        ckpt_dir,
-                        done,
-                        lens.state_dict(),
-                        opt.state_dict(),
-                        sched.state_dict(),
-                        recorded,
-                        settings.keep_checkpoints,
-                    )
+                    _save_checkpoint(run, out, done)
             if on_step:
-                on_step(done, step_losses)
+                on_step(done, losses)
     finally:
         if progress:
             progress.close()
     if rank == 0:
-        info = TrainingInfo(
-            dataset=dataset_name or data.source,
-            num_tokens=settings.steps * tokens_per_step,
-            steps=settings.steps,
-            loss=settings.loss,
-            layers=None if settings.layers is None else layers,
-            hyperparameters={k: v for k, v in settings.to_dict().items() if k not in _RESUMABLE}
-            | {
-                "learning_rate": settings.learning_rate,
-                "tokens_per_step": tokens_per_step,
-                "world_size": world,
-                "seq_len": data.seq_len,
-                "tokens_per_byte": data.tokens_per_byte,
-            },
-            lens_hub_version=__version__,
-        )
-        lens.config = lens.config.model_copy(update={"training": info})
-        lens.save(out)
+        # A lens fine-tuned from another would carry that lens's evaluation, which does not describe this one.
+        update = {"training": _provenance(run, dataset_name), "evaluation": None}
+        run.lens.config = run.lens.config.model_copy(update=update)
+        run.lens.save(out)
     if world > 1:
         dist.barrier()
-    return lens
+    return run.lens
 
 
 def restart(out: str | os.PathLike[str]) -> None:
@@ -346,6 +580,7 @@ def restart(out: str | os.PathLike[str]) -> None:
 
 
 def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float]], None]]:
+    """One ``log(step, values)`` function per requested logger (tensorboard, wandb, jsonl)."""
     loggers = []
     for kind in kinds:
         if kind == "tensorboard":
@@ -379,7 +614,7 @@ def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float
 class _Progress:
     """Rich progress bar: step, tokens/s, KL of early / middle / late layers, ETA."""
 
-    def __init__(self, settings: TrainSettings, plan: Plan, data: TokenData, start: int, console: Any) -> None:
+    def __init__(self, settings: TrainSettings, start: int, console: Any) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
@@ -393,7 +628,6 @@ class _Progress:
         )
         self.bar.start()
         self.task = self.bar.add_task("train", total=settings.steps, completed=start, info="")
-        self.tpb = data.tokens_per_byte
 
     def update(self, step: int, losses: list[float], rate: float) -> None:
         thirds = [losses[i * len(losses) // 3 : (i + 1) * len(losses) // 3] or losses for i in range(3)]

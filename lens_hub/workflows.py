@@ -47,7 +47,7 @@ def _starting_lens(model: nn.Module, settings: TrainSettings, base_model: str | 
     except ValueError as exc:
         raise LensHubError(f"base_model: {exc}") from None
     if settings.init_from:
-        lens = TunedLens.load(settings.init_from, model)
+        lens = TunedLens.from_pretrained(settings.init_from, model=model)
         lens.config = lens.config.model_copy(update={"base_model": base_model})
         return lens
     return TunedLens.from_model(model, bias=settings.bias, base_model=base_model)

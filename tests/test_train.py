@@ -11,15 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_lens, run_hidden
+from safetensors.torch import save_file
 from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import TunedLens
 from lens_hub.checkpoint import CheckpointError, list_checkpoints
-from lens_hub.data import DataError, load_token_data, tokenize
+from lens_hub.config import EvaluationInfo, LayerMetrics
+from lens_hub.data import DataError, TokenData, load_token_data, tokenize
 from lens_hub.evaluate import evaluate
 from lens_hub.losses import fused_lens_losses, reference_lens_losses
-from lens_hub.train import TrainSettings, hidden_states, train_lens
+from lens_hub.train import TrainSettings, TrainSettingsError, hidden_states, plan_for, train_lens
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
@@ -102,8 +104,8 @@ def test_the_paper_recipe_lowers_heldout_kl_at_every_layer(tmp_path, tokens):
     cfg = json.loads((tmp_path / "lens" / "config.json").read_text())
     assert cfg["training"]["steps"] == 15
     assert cfg["training"]["num_tokens"] == 15 * 256
-    assert cfg["training"]["hyperparameters"]["learning_rate"] == 0.1
-    assert cfg["training"]["hyperparameters"]["optimizer"] == "sgd"
+    assert cfg["training"]["learning_rate"] == 0.1
+    assert cfg["training"]["optimizer"] == "sgd"
     assert cfg["training"]["dataset"] == str(SAMPLE)
 
 
@@ -126,7 +128,10 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, tokens):
 
     with pytest.raises(_Crash):
         train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=crash)
-    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-000002"]
+    kept = list_checkpoints(tmp_path / "resumed" / "checkpoints")
+    assert [p.name for p in kept] == ["step-000002"]
+    # Checkpoints of earlier versions also hold RNG states, which resuming ignores (nothing in a run is random).
+    save_file({"cpu": torch.zeros(8, dtype=torch.uint8)}, kept[0] / "rng.safetensors")
     seen = []
     resumed = train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=lambda s, _: seen.append(s))
     assert seen == [3, 4, 5, 6]
@@ -140,7 +145,7 @@ def test_checkpoints_are_safe_small_and_rotated(tmp_path, tokens):
     kept = list_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in kept] == ["step-000004", "step-000006"]
     files = sorted(f.name for f in kept[-1].iterdir())
-    assert files == ["lens.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    assert files == ["lens.safetensors", "optimizer.safetensors", "state.json"]  # no RNG states: nothing is random
     lens_bytes = (tmp_path / "lens.safetensors").stat().st_size
     assert sum(f.stat().st_size for f in kept[-1].iterdir()) < 3 * lens_bytes  # no frozen model weights inside
 
@@ -177,6 +182,85 @@ def test_fine_tuning_starts_from_an_existing_lens(tmp_path, tokens):
     start.save(tmp_path / "start")
     tuned = train_lens(model, tokens, _small(steps=1, lr=1e-9, init_from=str(tmp_path / "start")), tmp_path / "ft")
     torch.testing.assert_close(tuned.translators[0].weight, start.translators[0].weight, rtol=0, atol=1e-6)
+
+
+def test_a_local_init_from_path_is_not_recorded_but_a_hub_name_is(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    start = random_lens(model, seed=3)
+    metrics = LayerMetrics(kl=[1.0, 1.0, 1.0])
+    # The starting lens's own evaluation: it describes that lens, not the fine-tuned one.
+    start.config = start.config.model_copy(update={"evaluation": EvaluationInfo(tuned=metrics, logit=metrics)})
+    local = tmp_path / "my-private-dir" / "start"
+    start.save(local)
+    train_lens(model, tokens, _small(steps=1, init_from=str(local)), tmp_path / "ft")
+    text = (tmp_path / "ft" / "config.json").read_text()
+    assert str(local) not in text and "my-private-dir" not in text
+    cfg = json.loads(text)
+    assert cfg["training"]["init_from"] is None
+    assert cfg["evaluation"] is None
+    hub = TunedLens.load(local, model)  # as if fetched from the Hub
+    train_lens(model, tokens, _small(steps=1, init_from="hf://org/lens@v1"), tmp_path / "hub", lens=hub)
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["training"]["init_from"] == "hf://org/lens@v1"
+
+
+def test_provenance_fills_the_typed_fields_and_the_kernel_that_ran(tmp_path):
+    model = tiny_model("gpt2")  # a 96-token vocabulary keeps Triton's CPU interpreter fast
+    ids = torch.randint(3, 96, (8, 16), generator=torch.Generator().manual_seed(0))
+    data = TokenData(ids, num_bytes=512, num_tokens_read=128, source="tiny.txt")
+    settings = _small(steps=2, tokens_per_step=64, seq_len=16, batch_size=2, optimizer="adam", layers=[0, 2])
+    train_lens(model, data, settings, tmp_path / "auto", dataset_name="corpus")
+    training = json.loads((tmp_path / "auto" / "config.json").read_text())["training"]
+    assert training == {
+        "dataset": "corpus",
+        "num_tokens": 128,
+        "steps": 2,
+        "loss": "kl",
+        "layers": [0, 2],
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "momentum": None,  # AdamW has none
+        "weight_decay": 1e-3,
+        "warmup_steps": 0,
+        "grad_clip": 1.0,
+        "tokens_per_step": 64,
+        "seq_len": 16,
+        "batch_size": 2,
+        "world_size": 1,
+        "seed": 0,
+        "bias_only": False,
+        "init_from": None,
+        "kernel": "eager",  # "auto" off CUDA
+        "tokens_per_byte": 0.25,
+        "lens_hub_version": training["lens_hub_version"],
+        "hyperparameters": {},
+    }
+    assert training["lens_hub_version"]
+    for kernel, loss, ran in (("triton", "kl", "triton"), ("auto", "ce", "eager")):
+        out = tmp_path / f"{kernel}-{loss}"
+        train_lens(model, data, _small(steps=1, tokens_per_step=32, seq_len=16, kernel=kernel, loss=loss), out)
+        assert json.loads((out / "config.json").read_text())["training"]["kernel"] == ran
+    with pytest.raises(ValueError, match="kernel='triton' needs"):  # an explicit choice is not quietly replaced
+        train_lens(model, data, _small(steps=1, tokens_per_step=32, seq_len=16, kernel="triton", loss="ce"), tmp_path)
+
+
+def test_tokens_per_step_must_be_a_multiple_of_one_forward_pass(tmp_path, tokens):
+    flags = r"or change --batch-size / --seq-len"
+    with pytest.raises(TrainSettingsError, match=rf"--tokens-per-step 100 .* use --tokens-per-step 64 or 128, {flags}"):
+        plan_for(_small(tokens_per_step=100), 32, 1)
+    with pytest.raises(TrainSettingsError, match=r"--batch-size 2 x --seq-len 32 x 2 processes\); use .* 128 or 256"):
+        plan_for(_small(tokens_per_step=200), 32, 2)
+    with pytest.raises(TrainSettingsError, match=r"--tokens-per-step 16 .* use --tokens-per-step 64 or 128"):
+        plan_for(_small(tokens_per_step=16), 32, 1)  # less than one forward pass is not rounded up either
+    assert plan_for(_small(tokens_per_step=192), 32, 1).accum == 3
+    with pytest.raises(TrainSettingsError, match="--tokens-per-step 100"):
+        train_lens(gpt2_real_vocab(), tokens, _small(tokens_per_step=100), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_steps_are_refused(tmp_path, tokens):
+    with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not 0"):
+        train_lens(gpt2_real_vocab(), tokens, _small(steps=0), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_data_sources_and_bits_per_byte(tmp_path, tokenizer):
@@ -292,7 +376,8 @@ def test_torchrun_two_processes_match_one_with_and_without_fsdp(tmp_path):
         assert two.returncode == 0, two.stderr[-3000:]
         assert two.stdout.count("saved 3-layer tuned lens") == 1  # only rank 0 talks
         config = json.loads((tmp_path / out / "config.json").read_text())
-        assert config["training"]["hyperparameters"]["world_size"] == 2
+        assert config["training"]["world_size"] == 2
+        assert config["training"]["batch_size"] == 2
         for x, y in zip(
             reference.state_dict().values(), TunedLens.load(tmp_path / out, model).state_dict().values(), strict=True
         ):
