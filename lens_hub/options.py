@@ -10,4 +10,9 @@ Kernel = Literal["auto", "eager", "triton"]  # softmax/KL implementation; auto: 
 Optimizer = Literal["sgd", "adam"]  # SGD with Nesterov momentum (the paper's), or AdamW
 DType = Literal["auto", "float32", "bfloat16", "float16"]  # dtype to load a base model in
 
+# what a trajectory view colours by: entropy, KL to the final layer, CE against the next token, the target's rank,
+# its probability and log-probability
+Statistic = Literal["entropy", "kl", "ce", "rank", "prob", "log_prob"]
+
 KERNELS: tuple[str, ...] = get_args(Kernel)
+STATISTICS: tuple[str, ...] = get_args(Statistic)

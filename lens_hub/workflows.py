@@ -8,6 +8,8 @@ decides how they connect: how much data to read, what to hold out, and what the 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from .errors import LensHubError
 from .evaluate import EvalResult, evaluate
 from .hub_mixin import TunedLens
 from .ids import validate_repo_id
+from .models import quiet_progress
 from .publish import PushResult, push
 from .train import TrainSettings, plan_for, restart, train_lens
 
@@ -134,18 +137,26 @@ def train_evaluate_publish(
         lens.config = lens.config.model_copy(update={"evaluation": result.evaluation.summary()})
         lens.save(out)
     if push_to:
-        result.pushed = push(out, push_to, version=version, registry=registry)
+        with _showing(console, f"Publishing to {push_to}..."):
+            result.pushed = push(out, push_to, version=version, registry=registry)
     return result
+
+
+@contextmanager
+def _showing(console: Any, message: str) -> Iterator[None]:
+    """One spinner on ``console`` for a long step, with the libraries' own progress bars silenced meanwhile."""
+    if console is None:
+        yield
+        return
+    with console.status(message), quiet_progress():
+        yield
 
 
 def _evaluate_heldout(
     model: nn.Module, lens: TunedLens, held: TokenData, settings: TrainSettings, console: Any
 ) -> EvalResult:
     """Evaluate the trained layers on the held-out sequences (a spinner on ``console`` meanwhile)."""
-    from contextlib import nullcontext
-
-    status = console.status(f"Evaluating on {len(held.sequences)} held-out sequences...") if console else nullcontext()
-    with status:
+    with _showing(console, f"Evaluating on {len(held.sequences)} held-out sequences..."):
         result = evaluate(model, held, lens, layers=settings.layers)
     result.dataset = held.source
     return result

@@ -15,8 +15,16 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import LogitLens
+from lens_hub.errors import LensHubError
 from lens_hub.render import terminal_table, write_html, write_png
-from lens_hub.trajectory import PredictionTrajectory, js_divergence, token_label, tv_distance, visible
+from lens_hub.trajectory import (
+    PredictionTrajectory,
+    TrajectoryError,
+    js_divergence,
+    token_label,
+    tv_distance,
+    visible,
+)
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 TEXT = "The capital of France is Paris.\nIt is <b>big</b>"
@@ -135,6 +143,67 @@ def test_js_and_tv_match_their_definitions(model, tokenizer, tuned):
     torch.testing.assert_close(js_divergence(a, b), torch.tensor([math.log(2)]))
     torch.testing.assert_close(tv_distance(a, b), torch.tensor([1.0]))
     assert js_divergence(a, a).item() == 0.0 and tv_distance(a, a).item() == 0.0
+
+
+def test_log_prob_and_log_prob_diff_match_direct_computation(model, tokenizer, tuned):
+    lens = tuned  # a random tuned lens: every row differs
+    texts = ["The capital of France is Paris.", "Hello world"]
+    traj = PredictionTrajectory.from_text(
+        lens, model, tokenizer, texts, target=" Paris", anti_target=" London", layers=[0, 2]
+    )
+    paris, london = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" Paris", " London"))
+    enc = tokenizer(texts[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hs = model(enc, output_hidden_states=True).hidden_states
+        logps = [torch.log_softmax(lens(hs[i], i).float(), -1)[0] for i in (0, 2)]
+        logps.append(torch.log_softmax(lens.unembed.head(hs[-1]).float(), -1)[0])
+    diff, change = traj.log_prob_diff(), traj.log_prob_diff(delta=True)
+    assert diff.shape == change.shape == traj.entropy.shape == (2, 3, enc.shape[1])
+    for r, logp in enumerate(logps):
+        torch.testing.assert_close(traj.log_prob[0, r], logp[:, paris], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(traj.anti_log_prob[0, r], logp[:, london], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(diff[0, r], logp[:, paris] - logp[:, london], rtol=1e-5, atol=1e-5)
+    # delta: row r minus row r - 1 (layer 2 minus layer 0, the output minus layer 2); the first row has none
+    expected = (logps[2][:, paris] - logps[2][:, london]) - (logps[1][:, paris] - logps[1][:, london])
+    torch.testing.assert_close(change[0, 2], expected, rtol=1e-4, atol=1e-5)
+    assert torch.isnan(change[:, 0]).all()
+    assert math.isnan(traj.mean_by_row("delta_log_prob_diff")[0])
+    torch.testing.assert_close(traj.stat("log_prob_diff"), diff, equal_nan=True)
+    torch.testing.assert_close(traj.prob, traj.log_prob.exp(), equal_nan=True)
+    # padding positions of the shorter text have no target
+    n = traj.lengths[1]
+    assert torch.isnan(traj.log_prob[1, :, n:]).all() and torch.isnan(diff[1, :, n:]).all()
+    assert torch.isfinite(diff[1, :, :n]).all()
+    one = traj[1]
+    assert one.anti_target_ids.shape == (1, n) and one.log_prob_diff().shape == (1, 3, n)
+
+
+def test_targets_per_sequence_and_per_position(model, tokenizer):
+    lens = LogitLens.from_model(model)
+    ids = torch.randint(3, 1000, (2, 8), generator=torch.Generator().manual_seed(1))
+    per_position = torch.full((2, 8), 11)
+    per_position[0, 3] = -1  # no target here
+    traj = PredictionTrajectory.from_ids(lens, model, ids, target=torch.tensor([5, 7]), anti_target=per_position)
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+        logp = torch.log_softmax(lens(hs[1], 1).float(), -1)
+    torch.testing.assert_close(traj.log_prob[:, 1], logp[torch.arange(2), :, torch.tensor([5, 7])])
+    torch.testing.assert_close(traj.log_prob[1, 1], logp[1, :, 7])
+    assert math.isnan(traj.anti_log_prob[0, 1, 3]) and math.isnan(traj.log_prob_diff()[0, 1, 3])
+    torch.testing.assert_close(traj.anti_log_prob[0, 1, 4], logp[0, 4, 11])
+    # the default target stays the next token, and it has no anti-target
+    plain = PredictionTrajectory.from_ids(lens, model, ids)
+    assert torch.equal(plain.target_ids[:, :-1], ids[:, 1:]) and plain.anti_log_prob is None
+    with pytest.raises(TrajectoryError, match="anti_target="):
+        plain.log_prob_diff()
+    with pytest.raises(LensHubError, match="anti_target="):
+        plain.stat("delta_log_prob_diff")
+    with pytest.raises(TrajectoryError, match="outside the lens's vocabulary"):
+        PredictionTrajectory.from_ids(lens, model, ids, anti_target=60_000)
+    with pytest.raises(TrajectoryError, match=r"one per sequence \(\[2\]\)"):
+        PredictionTrajectory.from_ids(lens, model, ids, target=torch.tensor([1, 2, 3]))
+    with pytest.raises(TrajectoryError, match="anti_target ' Parisian' is 2 tokens"):
+        PredictionTrajectory.from_text(lens, model, tokenizer, "Hi", anti_target=" Parisian")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
