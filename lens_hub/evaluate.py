@@ -11,7 +11,20 @@ The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
      "tokens_per_byte": float, "unit": "bits_per_byte", "model_cross_entropy": float,
      "tuned": {"kl": [L floats], "cross_entropy": [...], "entropy": [...]} | null,
      "logit": {"kl": [...], "cross_entropy": [...], "entropy": [...]},
-     "transfer": [[L floats] x L] | null}   # transfer[a][b]: KL with translator layers[a] on layers[b]
+     "transfer": [[L floats] x L] | null,  # transfer[a][b]: KL with translator layers[a] on layers[b]
+     "logit_stats": {...} | null}           # evaluate(..., logit_stats=True), lens-hub eval --logit-stats
+
+``logit_stats`` (`lens_hub.stats.LogitStats`: the marginal prediction bias of each layer) holds::
+
+    {"unit": "bits",                        # the KLs below are divergences of two distributions, in bits
+     "marginal_kl": {"logit": [L floats], "tuned": [L floats] | null},
+         # KL(model's marginal || lens's marginal at layers[i]); a marginal is the mean predicted distribution
+         # over every token, the model's is that of its output (the final layer)
+     "dirichlet_precision": {"logit": [L floats | null], "tuned": [L floats | null] | null, "model": float | null}}
+         # alpha_0 = sum(alpha) of the maximum-likelihood Dirichlet of the per-token distributions (null where
+         # the fit did not converge, with a warning)
+
+Files written before ``logit_stats`` existed lack the key; readers should treat it as optional.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +44,7 @@ from .config import EvaluationInfo, LayerMetrics
 from .data import TokenData
 from .lens import Lens, LogitLens, TunedLens
 from .models import hidden_states
+from .stats import DirichletFitError, LogitStats, StatsError
 
 SCHEMA = "lens-hub-eval/1"
 
@@ -48,6 +63,7 @@ class EvalResult:
     transfer: list[list[float]] | None = None
     model: str | None = None
     lens: str | None = None
+    logit_stats: dict[str, Any] | None = None  # schema in the module docstring
 
     def summary(self) -> EvaluationInfo:
         """The summary stored in a lens's config (and shown on model cards and in the docs)."""
@@ -74,6 +90,7 @@ class EvalResult:
             "tuned": self.tuned,
             "logit": self.logit,
             "transfer": self.transfer,
+            "logit_stats": self.logit_stats,
         }
 
 
@@ -106,6 +123,7 @@ def evaluate(
     max_sequences: int | None = None,
     transfer: bool = False,
     layers: list[int] | None = None,
+    logit_stats: bool = False,
 ) -> EvalResult:
     """Evaluate the logit lens, and ``lens`` if given, on ``data``.
 
@@ -119,6 +137,9 @@ def evaluate(
         max_sequences: Evaluate at most this many sequences.
         transfer: Also compute the transfer matrix (translator i on layer j; costs layers x layers unembeddings).
         layers: Evaluate only these layers (each costs two unembeddings per token); default: all.
+        logit_stats: Also measure each layer's marginal prediction bias (`lens_hub.stats.LogitStats`): the KL
+            from the model's marginal to the lens's, and the precision of a Dirichlet fit
+            (``EvalResult.logit_stats``; keeps 2 x layers x vocab float64 numbers per lens, plus the model's).
     """
     logit = LogitLens.from_model(model)
     chosen = layers if layers is not None else list(range(logit.num_layers))
@@ -129,7 +150,10 @@ def evaluate(
     sums = {name: _Sums(num_layers, device) for name in lenses}
     model_ce = torch.zeros((), dtype=torch.float64, device=device)
     trans = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=device)
-    rows = max(1, ROW_ELEMENTS // logit.unembed.parts.vocab_size)
+    vocab = logit.unembed.parts.vocab_size
+    rows = max(1, ROW_ELEMENTS // vocab)
+    marginals = {name: LogitStats(num_layers, vocab, device=device) for name in lenses} if logit_stats else {}
+    model_marginal = LogitStats(1, vocab, device=device) if logit_stats else None
     for start in range(0, len(seqs), batch_size):
         ids = seqs[start : start + batch_size].to(device)
         labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1).reshape(-1)
@@ -140,9 +164,14 @@ def evaluate(
             p = log_p.exp()
             has = labels[sl] >= 0
             model_ce -= log_p[has].gather(-1, labels[sl][has, None]).sum(dtype=torch.float64)
+            if model_marginal is not None:
+                model_marginal.update(0, log_p, log_probs=True)
             for k, i in enumerate(chosen):
                 for name, each in lenses.items():
-                    sums[name].add(k, each(hs[i][sl], i).float().log_softmax(-1), log_p, p, labels[sl])
+                    log_q = each(hs[i][sl], i).float().log_softmax(-1)
+                    sums[name].add(k, log_q, log_p, p, labels[sl])
+                    if marginals:
+                        marginals[name].update(k, log_q, log_probs=True)
                 if transfer and lens is not None:
                     for m, j in enumerate(chosen):
                         log_q = lens.unembed(lens.transform_hidden(hs[j][sl], i)).float().log_softmax(-1)
@@ -167,9 +196,40 @@ def evaluate(
         logit=metrics["logit"],
         tuned=metrics.get("tuned"),
         transfer=[bpb(row, n_tokens) for row in trans] if transfer and lens is not None else None,
+        logit_stats=_logit_stats_summary(marginals, model_marginal, chosen) if model_marginal is not None else None,
         model=getattr(model.config, "_name_or_path", None),
         lens=lens.config.base_model if lens is not None else None,
     )
+
+
+def _precision(stats: LogitStats, row: int, what: str) -> float | None:
+    """The Dirichlet precision of one row, or None (with a warning) when the fit fails: one layer whose fit does
+    not converge must not throw away a whole evaluation."""
+    try:
+        return stats.dirichlet(row).precision
+    except DirichletFitError as exc:
+        warnings.warn(f"no Dirichlet fit for {what}: {exc}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _logit_stats_summary(marginals: dict[str, LogitStats], model: LogitStats, layers: list[int]) -> dict[str, Any]:
+    """The ``logit_stats`` section of the result (schema in the module docstring)."""
+    reference = model.marginal()[0]
+    kl = {name: [float(x) / math.log(2) for x in s.marginal_kl(reference)] for name, s in marginals.items()}
+    precision: dict[str, Any] = {
+        name: [_precision(s, k, f"layer {layer} of the {name} lens") for k, layer in enumerate(layers)]
+        for name, s in marginals.items()
+    }
+    precision["model"] = _precision(model, 0, "the model's output")
+    return {
+        "unit": "bits",
+        "marginal_kl": {"logit": kl["logit"], "tuned": kl.get("tuned")},
+        "dirichlet_precision": {
+            "logit": precision["logit"],
+            "tuned": precision.get("tuned"),
+            "model": precision["model"],
+        },
+    }
 
 
 def write_json(result: EvalResult, path: str | os.PathLike[str]) -> Path:
@@ -204,4 +264,37 @@ def table(result: EvalResult) -> Any:
             cell(tuned, "entropy"),
         )
     t.caption = f"model output cross-entropy: {result.model_cross_entropy:.3f} bits/byte"
+    return t
+
+
+def logit_stats_table(result: EvalResult) -> Any:
+    """A rich table of ``result.logit_stats``: per layer, the marginal KL and the Dirichlet precision of each lens.
+
+    Raises:
+        StatsError: The result has no logit statistics (evaluate with ``logit_stats=True``).
+    """
+    from rich.table import Table
+
+    stats = result.logit_stats
+    if stats is None:
+        raise StatsError("this result has no logit statistics; evaluate with logit_stats=True (--logit-stats)")
+    t = Table(title="Marginal prediction bias: KL(model's marginal || lens's marginal) and Dirichlet precision")
+    t.add_column("layer", justify="right")
+    for col in ("KL logit (bits)", "KL tuned (bits)", "alpha_0 logit", "alpha_0 tuned"):
+        t.add_column(col, justify="right")
+
+    def cell(values: list[float | None] | None, k: int, fmt: str) -> str:
+        return "-" if values is None or values[k] is None else format(values[k], fmt)
+
+    kl, precision = stats["marginal_kl"], stats["dirichlet_precision"]
+    for k, layer in enumerate(result.layers):
+        t.add_row(
+            str(layer),
+            cell(kl["logit"], k, ".3f"),
+            cell(kl["tuned"], k, ".3f"),
+            cell(precision["logit"], k, ".4g"),
+            cell(precision["tuned"], k, ".4g"),
+        )
+    model = precision["model"]
+    t.caption = f"model output: alpha_0 = {model:.4g}" if model is not None else "model output: no Dirichlet fit"
     return t

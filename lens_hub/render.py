@@ -13,11 +13,13 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .config import EvaluationInfo
+from .errors import LensHubError
 from .trajectory import STAT_LABELS, PredictionTrajectory
 
 # Low -> high colour ramp (viridis-like stops), shared by the terminal and HTML views.
@@ -251,3 +253,160 @@ def write_evaluation_png(summary: EvaluationInfo, path: str | os.PathLike[str], 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(evaluation_png(summary, title=title))
     return out
+
+
+class RenderError(LensHubError):
+    """A plot was asked for data of the wrong shape."""
+
+
+def _png_bytes(fig: object) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=120, format="png")  # type: ignore[attr-defined]
+    finally:
+        plt.close(fig)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def _write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return out
+
+
+def logit_stats_png(
+    layers: Sequence[int],
+    marginal_kl: Mapping[str, Sequence[float] | None],
+    precision: Mapping[str, Sequence[float | None] | None],
+    *,
+    model_precision: float | None = None,
+    title: str = "",
+) -> bytes:
+    """A PNG of the marginal prediction bias per layer: KL(model's marginal || lens's marginal), and the precision
+    ``alpha_0`` of each layer's Dirichlet fit (log scale), one line per lens.
+
+    The arguments are the ``logit_stats`` section of ``lens-hub eval --json`` (`lens_hub.evaluate`).
+
+    Args:
+        layers: The evaluated layers (x axis).
+        marginal_kl: ``{"logit": [...], "tuned": [...] | None}``, bits, one value per layer.
+        precision: The same lenses' Dirichlet precisions (``None`` entries, failed fits, are left out).
+        model_precision: The precision of the model's own output, drawn as a horizontal line.
+        title: Figure title.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    styles = {"logit": ("logit lens", "--"), "tuned": ("tuned lens", "-")}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for name, values in marginal_kl.items():
+        if values:
+            label, style = styles.get(name, (name, "-"))
+            axes[0].plot(layers, values, style, marker="o", markersize=3, label=label)
+    axes[0].set_ylabel("KL(model marginal ‖ lens marginal) [bits]")
+    for name, values in precision.items():
+        if values:
+            label, style = styles.get(name, (name, "-"))
+            points = [(x, y) for x, y in zip(layers, values, strict=True) if y is not None and y > 0]
+            if points:
+                axes[1].plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
+    if model_precision is not None and model_precision > 0:
+        axes[1].axhline(model_precision, color="grey", linewidth=0.8, label="model output")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("Dirichlet precision α₀")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _png_bytes(fig)
+
+
+def write_logit_stats_png(
+    layers: Sequence[int],
+    marginal_kl: Mapping[str, Sequence[float] | None],
+    precision: Mapping[str, Sequence[float | None] | None],
+    path: str | os.PathLike[str],
+    *,
+    model_precision: float | None = None,
+    title: str = "",
+) -> Path:
+    """Write `logit_stats_png` to ``path`` (parent folders created); returns it."""
+    return _write_bytes(
+        logit_stats_png(layers, marginal_kl, precision, model_precision=model_precision, title=title), path
+    )
+
+
+def transfer_png(
+    matrix: Sequence[Sequence[float]], layers: Sequence[int], *, title: str = "", unit: str = "bits/byte"
+) -> bytes:
+    """A heatmap PNG of the transfer matrix: cell (a, b) is the KL(final ‖ lens) when the translator trained for
+    layer ``layers[a]`` is applied to the hidden state of layer ``layers[b]`` (``lens-hub eval --transfer``).
+
+    The diagonal is the lens as trained; a row that stays low off the diagonal is a translator that transfers
+    well to other layers. Cells are annotated with their values when there are at most 16 layers.
+
+    Args:
+        matrix: [L][L] values (``EvalResult.transfer``), rows = translator layer, columns = hidden-state layer.
+        layers: The L layers, in the matrix's order.
+        title: Figure title.
+        unit: Unit of the values, for the colour bar.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = torch.tensor([list(row) for row in matrix], dtype=torch.float64)
+    n = len(layers)
+    if values.shape != (n, n):
+        raise RenderError(
+            f"the transfer matrix must be {n} x {n} for {n} layers, got {list(values.shape)}; pass "
+            "EvalResult.transfer with EvalResult.layers"
+        )
+    size = min(2.5 + 0.45 * n, 14)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), constrained_layout=True)
+    image = ax.imshow(values.numpy(), cmap="viridis", origin="lower", aspect="equal")
+    ticks = list(range(n)) if n <= 32 else list(range(0, n, max(1, n // 16)))
+    ax.set_xticks(ticks, [str(layers[t]) for t in ticks])
+    ax.set_yticks(ticks, [str(layers[t]) for t in ticks])
+    ax.set_xlabel("hidden state of layer")
+    ax.set_ylabel("translator of layer")
+    if n <= 16:
+        lo, hi = float(values.min()), float(values.max())
+        for a in range(n):
+            for b in range(n):
+                v = float(values[a, b])
+                rgb = _rgb(v, lo, max(hi, lo + 1e-9))
+                ax.text(b, a, f"{v:.2g}", ha="center", va="center", fontsize=7, color=_ink(rgb))
+    fig.colorbar(image, ax=ax).set_label(f"KL(final ‖ lens) [{unit}]")
+    ax.set_title(title or "transfer: translator a on layer b")
+    return _png_bytes(fig)
+
+
+def write_transfer_png(
+    matrix: Sequence[Sequence[float]],
+    layers: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    unit: str = "bits/byte",
+) -> Path:
+    """Write `transfer_png` to ``path`` (parent folders created); returns it."""
+    return _write_bytes(transfer_png(matrix, layers, title=title, unit=unit), path)
