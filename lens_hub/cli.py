@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import LensHubError
-from .options import DType, Kernel, Loss, Optimizer
+from .options import DType, Kernel, Loss, Optimizer, Statistic
 
 app = typer.Typer(
     name="lens-hub",
@@ -197,7 +198,9 @@ def train(
         str | None, typer.Option(help="Train only these layers, e.g. 0,2,5-7 (others stay identity).")
     ] = None,
     bias_only: Annotated[bool, Flag("Train only the translators' biases.")] = False,
-    init_from: Annotated[str | None, typer.Option(help="Start from this lens directory (fine-tuning).")] = None,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start from this lens: a directory, registry name or hf://... (fine-tuning).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
@@ -314,8 +317,21 @@ def eval_(
         str | None, typer.Option(help="Evaluate only these layers, e.g. 0,5,10-12 (default: all).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
-    png: Annotated[Path | None, typer.Option(help="Write a per-layer plot (PNG) here.")] = None,
+    png: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a per-layer plot (PNG) here; with --transfer also a heatmap NAME-transfer.png, with "
+            "--logit-stats also NAME-logit-stats.png, beside it."
+        ),
+    ] = None,
     store: Annotated[bool, Flag("Store the summary in the lens directory's config.json.")] = False,
+    logit_stats: Annotated[
+        bool,
+        Flag(
+            "Also measure each layer's marginal prediction bias: KL(model's marginal || lens's marginal) and the "
+            "precision of a Dirichlet fit (JSON key logit_stats)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a tuned lens against the logit lens: per-layer KL(final || lens), cross-entropy and entropy in bits
     per byte, plus the model's own cross-entropy.
@@ -324,9 +340,9 @@ def eval_(
     """
     from . import TunedLens
     from .data import is_local, load_token_data
-    from .evaluate import evaluate, table, write_json
+    from .evaluate import evaluate, logit_stats_table, table, write_json
     from .models import load_model_and_tokenizer, max_positions
-    from .render import write_evaluation_png
+    from .render import write_evaluation_png, write_logit_stats_png, write_transfer_png
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
@@ -343,14 +359,40 @@ def eval_(
         max_sequences=max_sequences,
     )
     with console.status(f"Evaluating on {len(tokens.sequences):,} sequences of {length} tokens..."):
-        result = evaluate(net, tokens, tuned, batch_size=batch_size, transfer=transfer, layers=_parse_layers(layers))
+        result = evaluate(
+            net,
+            tokens,
+            tuned,
+            batch_size=batch_size,
+            transfer=transfer,
+            layers=_parse_layers(layers),
+            logit_stats=logit_stats,
+        )
     result.dataset = tokens.source
     console.print(table(result))
+    if result.logit_stats is not None:
+        console.print(logit_stats_table(result))
     if json_out:
         console.print(f"wrote {write_json(result, json_out)}")
     if png:
         title = f"{net.config._name_or_path}: tuned vs logit lens"
         console.print(f"wrote {write_evaluation_png(result.summary(), png, title=title)}")
+        name = net.config._name_or_path
+        if result.transfer is not None:
+            out = png.with_name(f"{png.stem}-transfer{png.suffix}")
+            written = write_transfer_png(result.transfer, result.layers, out, title=f"{name}: transfer")
+            console.print(f"wrote {written}")
+        if result.logit_stats is not None:
+            precision = result.logit_stats["dirichlet_precision"]
+            written = write_logit_stats_png(
+                result.layers,
+                result.logit_stats["marginal_kl"],
+                {"logit": precision["logit"], "tuned": precision["tuned"]},
+                png.with_name(f"{png.stem}-logit-stats{png.suffix}"),
+                model_precision=precision["model"],
+                title=f"{name}: marginal prediction bias",
+            )
+            console.print(f"wrote {written}")
     if store:
         if tuned is None or not Path(lens).is_dir():
             raise typer.BadParameter("--store needs a lens directory")
@@ -553,7 +595,9 @@ def show(
     model: ModelArg,
     text: Annotated[str, typer.Argument(help="The text to read through the lens.")],
     lens: Annotated[str, typer.Option(help="Lens directory, registry name, hf://..., or 'logit'.")] = "logit",
-    stat: Annotated[str, typer.Option(help="Colour statistic: entropy, kl, ce, rank or prob.")] = "entropy",
+    stat: Annotated[
+        Statistic, typer.Option(help="Colour statistic (rank, prob and log_prob are of the next token).")
+    ] = "entropy",
     layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write an interactive HTML page here.")] = None,
     png: Annotated[Path | None, typer.Option(help="Write a static heatmap (PNG) here.")] = None,
@@ -573,10 +617,8 @@ def show(
     from .lens import LogitLens
     from .models import load_model_and_tokenizer
     from .render import terminal_table, write_html, write_png
-    from .trajectory import STATISTICS, PredictionTrajectory
+    from .trajectory import PredictionTrajectory
 
-    if stat not in STATISTICS:
-        raise typer.BadParameter(f"--stat must be one of {', '.join(STATISTICS)}")
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
 
     def load_lens(name: str):
@@ -600,6 +642,106 @@ def show(
         console.print(f"wrote {write_html(traj, html, stat)}")
     if png:
         console.print(f"wrote {write_png(traj, png, stat)}")
+
+
+class DetectMethod(str, Enum):
+    """The detectors of `lens-hub detect` (those of lens_hub.anomaly.METHODS)."""
+
+    iforest = "iforest"
+    lof = "lof"
+    mahalanobis = "mahalanobis"
+
+
+PromptFileOption = "a .jsonl file with one JSON object per line (the prompt in --text-field), or a text file"
+
+
+@app.command()
+def detect(
+    model: ModelArg,
+    normal: Annotated[Path, typer.Option(help=f"Normal prompts: {PromptFileOption}.")],
+    anomalous: Annotated[Path, typer.Option(help=f"Anomalous prompts (e.g. injections): {PromptFileOption}.")],
+    lens: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Feature source, repeatable: a tuned lens (directory, registry name or hf://...), 'logit' (logit "
+            "lens) or 'hidden' (the final hidden state, the paper's baseline). Default: logit and hidden."
+        ),
+    ] = None,
+    method: Annotated[
+        list[DetectMethod] | None, typer.Option(help="Detector, repeatable (default: all three).")
+    ] = None,
+    fit_fraction: Annotated[
+        float, typer.Option(help="Share of the normal prompts the detectors are fitted on; the rest are held out.")
+    ] = 0.5,
+    layers: Annotated[str | None, typer.Option(help="Lens layers to read, e.g. 0,10,20 (default: all).")] = None,
+    last_tokens: Annotated[int, typer.Option(min=1, help="Average the features over each prompt's last N tokens.")] = 1,
+    bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the 95% confidence intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the isolation forest and the bootstrap.")] = 0,
+    text_field: Annotated[str, typer.Option(help="Field holding the prompt in .jsonl files.")] = "text",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+    chat: Annotated[
+        bool,
+        Flag("Read each prompt as a user turn of the model's chat template, at the position where the reply starts."),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and all scores as JSON.")] = None,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+) -> None:
+    """Detect abnormal prompts (e.g. prompt injections) from their prediction trajectories, as in the tuned-lens
+    paper: fit anomaly detectors on part of the normal prompts only, score the held-out normal and the anomalous
+    prompts, and print the AUROC with a 95% bootstrap confidence interval per feature source and detector.
+
+    Needs scikit-learn for iforest and lof: pip install "lens-hub\\[anomaly]". An example set (normal.jsonl,
+    injected.jsonl) ships in lens_hub/samples/prompt-injection/.
+
+    Example: lens-hub detect gpt2 --lens ./lens --lens logit --normal normal.jsonl --anomalous injected.jsonl
+    """
+    # Everything that can be checked without the model is checked first: loading it takes the longest.
+    names = lens or ["logit", "hidden"]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(f"--lens was given the same source twice: {names}")
+
+    from . import TunedLens
+    from .anomaly import HIDDEN, LOGIT, check_methods, evaluate_detection, read_prompts, results_table, split_normal
+    from .anomaly import write_json as write_detection_json
+    from .models import load_model_and_tokenizer
+
+    methods = check_methods([m.value for m in method] if method else [m.value for m in DetectMethod])
+    read_layers = _parse_layers(layers)
+    fit, held_out = split_normal(read_prompts(normal, field=text_field), fit_fraction, seed=seed)
+    attacks = read_prompts(anomalous, field=text_field)
+    tuned_names = [n for n in names if n not in (LOGIT, HIDDEN)]
+    labels = {n: n if n in (LOGIT, HIDDEN) else "tuned" if len(tuned_names) == 1 else f"tuned:{n}" for n in names}
+
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    sources = {labels[n]: n if n in (LOGIT, HIDDEN) else TunedLens.from_pretrained(n, model=net) for n in names}
+    with console.status(f"Reading {len(fit) + len(held_out) + len(attacks)} prompts through {', '.join(sources)}..."):
+        report = evaluate_detection(
+            net,
+            tokenizer,
+            sources,
+            fit,
+            held_out,
+            attacks,
+            methods=methods,
+            layers=read_layers,
+            last_tokens=last_tokens,
+            seed=seed,
+            n_bootstrap=bootstrap,
+            batch_size=batch_size,
+            chat_template=chat,
+        )
+    report.meta = {
+        "model": model,
+        "lenses": {labels[n]: n for n in names},
+        "normal_file": str(normal),
+        "anomalous_file": str(anomalous),
+        "fit_fraction": fit_fraction,
+    }
+    console.print(results_table(report, title=f"{model}: AUROC of anomalous vs held-out normal prompts"))
+    if json_out:
+        console.print(f"wrote {write_detection_json(report, json_out)}")
 
 
 def main() -> None:
