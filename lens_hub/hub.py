@@ -2,8 +2,10 @@
 
 Downloads go through ``huggingface_hub.hf_hub_download``, so the normal cache, ``HF_HOME``, ``HF_HUB_OFFLINE`` and
 tokens all apply, and a file cached at a 40-hex commit is served without any HTTP request. huggingface_hub checks
-only sizes; every file is therefore hashed here before use, and a file that fails is deleted from the cache (blob
-and snapshot link) so no later call can trust it.
+only sizes; every file is therefore hashed here before use, against the recorded sha256 or, when none is recorded,
+against the Hub's own ETag (the name huggingface_hub gives the cached blob: the sha256 of an LFS file, the git blob
+oid of a regular one). A file that fails is deleted from the cache (blob and snapshot link) so no later call can
+trust it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from .errors import (
 from .ids import is_commit
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+class LensAccessError(LensNotFoundError):
+    """The Hub refused to serve a repo, revision or file (HTTP 401/403, or a gated repo): it does not exist for this
+    token, or the token may not read it."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,38 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error (None when it carries no response)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _refused(what: str, exc: BaseException) -> LensHubError:
+    """The lens-hub error for an HTTP refusal of ``what``: not found / no access for 401, 403 and 404, else the Hub
+    failing (5xx, 429, ...), which a later call may not meet."""
+    status = _http_status(exc)
+    if status in (401, 403):
+        return LensAccessError(
+            f"{what}: the Hub refused access (HTTP {status}): the repository, revision or file does not exist for "
+            "your token, or the token may not read it. Check the name, then log in with `hf auth login` or set "
+            "HF_TOKEN to a token that may read it."
+        )
+    if status == 404:
+        return LensNotFoundError(
+            f"{what}: not found on the Hub (HTTP 404): the repository, revision or file does not exist, or it is "
+            "private (log in with `hf auth login` or set HF_TOKEN). Check the repo id, revision and path."
+        )
+    return HubUnreachableError(f"the Hub failed while fetching {what} (HTTP {status or '?'}); try again later.")
+
+
 @contextmanager
 def hub_errors(what: str, *, local_files_only: bool = False) -> Iterator[None]:
-    """Translate huggingface_hub / transport exceptions into lens-hub's error family."""
+    """Translate huggingface_hub / transport exceptions into lens-hub's error family.
+
+    Not found and no access (401, 403, 404, a missing or gated repo, revision or file) become `LensNotFoundError`
+    (`LensAccessError` for refusals); only failures to reach the Hub, or the Hub failing, are
+    `HubUnreachableError`.
+    """
     from huggingface_hub import errors as hf
 
     try:
@@ -77,7 +114,17 @@ def hub_errors(what: str, *, local_files_only: bool = False) -> Iterator[None]:
                 f"{what} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1 or "
                 "local_files_only=True). Fetch it once while online: `lens-hub download NAME`."
             ) from None
+        # huggingface_hub reports a refused metadata (HEAD) request as "not in the local cache", chaining the HTTP
+        # error: a 403 or 404 is an answer from the Hub, not a connection problem.
+        cause = exc.__cause__
+        if isinstance(cause, hf.HfHubHTTPError) and _http_status(cause) is not None:
+            raise _refused(what, cause) from None
         raise HubUnreachableError(f"could not reach the Hub for {what}: {exc}") from None
+    except hf.GatedRepoError:  # before RepositoryNotFoundError, of which it is a subclass
+        raise LensAccessError(
+            f"{what}: the repository is gated: request access on its Hub page, then log in with `hf auth login` or "
+            "set HF_TOKEN."
+        ) from None
     except hf.RepositoryNotFoundError:
         raise LensNotFoundError(f"{what}: the repository does not exist on the Hub (or is private: log in).") from None
     except hf.RevisionNotFoundError:
@@ -85,13 +132,7 @@ def hub_errors(what: str, *, local_files_only: bool = False) -> Iterator[None]:
     except hf.EntryNotFoundError:
         raise LensNotFoundError(f"{what}: the file does not exist at that revision.") from None
     except hf.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", "?")
-        if status in (401, 403):
-            raise LensHubError(
-                f"the Hub refused access to {what} (HTTP {status}): log in with `hf auth login` or set HF_TOKEN "
-                "to a token that may read it."
-            ) from None
-        raise HubUnreachableError(f"the Hub failed while fetching {what} (HTTP {status}); try again later.") from None
+        raise _refused(what, exc) from None
     except _transport_errors() as exc:
         raise HubUnreachableError(f"could not reach the Hub for {what}: {type(exc).__name__}: {exc}") from None
 
@@ -105,7 +146,17 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _evict(local: Path) -> None:
+def git_blob_oid(path: str | os.PathLike[str]) -> str:
+    """The git blob id of a file: sha1 of ``b"blob {size}\\0"`` + content (the Hub's ETag of a regular file)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evict(local: Path) -> None:
     """Remove a cached file: the snapshot entry and, if it is a link, the blob it points to."""
     blob = local.resolve()
     local.unlink(missing_ok=True)
@@ -114,30 +165,38 @@ def _evict(local: Path) -> None:
 
 
 def verify_file(local: Path, file: HubFile) -> None:
-    """Check a cached file's size and sha256 against the record, and against the blob's own content address.
+    """Check a cached file's size and sha256 against the record or, with none recorded, against the Hub's ETag.
 
-    huggingface_hub names LFS blobs by their sha256 (the Hub's ETag); a blob whose content does not hash to its
-    name was corrupted in transit or on disk even when no checksum was recorded.
+    huggingface_hub names each cached blob after the ETag the Hub announced: the sha256 of an LFS file, the git blob
+    oid of a regular one. A blob whose content does not hash to its name was corrupted in transit or on disk, even
+    when the registry records no checksum (an ``hf://`` lens, an unverified legacy lens).
 
     Raises:
         ChecksumMismatchError: After evicting the file from the cache.
     """
     size = local.stat().st_size
+    address = local.resolve().name
     problem = None
     if file.size is not None and size != file.size:
         problem = f"size {size} bytes, expected {file.size}"
-    else:
+    elif file.sha256 is not None:
         actual = sha256_of(local)
-        address = local.resolve().name
-        if file.sha256 is not None and actual != file.sha256:
+        if actual != file.sha256:
             problem = f"sha256 {actual}, expected {file.sha256}"
-        elif file.sha256 is None and _HEX64.match(address) and actual != address:
+    elif _HEX64.match(address):
+        actual = sha256_of(local)
+        if actual != address:
             problem = f"sha256 {actual}, but the Hub announced {address}"
+    elif _HEX40.match(address):
+        actual = git_blob_oid(local)
+        if actual != address:
+            problem = f"git blob id {actual}, but the Hub announced {address}"
     if problem:
-        _evict(local)
+        evict(local)
         raise ChecksumMismatchError(
             f"{file.url} failed verification ({problem}). The file was removed from the cache; a new call downloads "
-            "it again. If this persists, the file on the Hub differs from the registry: report it."
+            "it again. If this persists, the file on the Hub differs from what it announces or from the registry: "
+            "report it."
         )
 
 
@@ -149,6 +208,19 @@ def fetch_file(
     local_files_only: bool = False,
 ) -> Path:
     """Download (or find in the cache) one file and verify it; returns its local path."""
+    path = _download(file, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    verify_file(path, file)
+    return path
+
+
+def _download(
+    file: HubFile,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Download (or find in the cache) one file, unverified; `fetch_file` is the verified way."""
     from huggingface_hub import hf_hub_download
 
     with hub_errors(file.url, local_files_only=local_files_only):
@@ -161,9 +233,7 @@ def fetch_file(
             token=token,
             local_files_only=local_files_only,
         )
-    path = Path(local)
-    verify_file(path, file)
-    return path
+    return Path(local)
 
 
 def commit_of(local: Path) -> str | None:
@@ -240,9 +310,12 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
         remote_sha = info.lfs.sha256 if getattr(info, "lfs", None) else None
         if remote_sha is None:  # a regular (non-LFS) file: the Hub gives only a git oid, so hash the live bytes
             with tempfile.TemporaryDirectory() as fresh:  # never the cache: it may hold an older, good copy
-                remote_sha = sha256_of(
-                    fetch_file(HubFile(loc.repo_id, loc.repo_type, commit, path), token=token, cache_dir=fresh)
-                )
+                # Unverified on purpose: the audit reports what the bytes are, and whether they match the ETag.
+                live = _download(HubFile(loc.repo_id, loc.repo_type, commit, path), token=token, cache_dir=fresh)
+                remote_sha = sha256_of(live)
+                address = live.resolve().name
+                if _HEX40.match(address) and git_blob_oid(live) != address:
+                    report.problems.append(f"{path}: the bytes served do not match the Hub's own ETag {address}")
         if file.sha256 is not None and remote_sha != file.sha256:
             report.problems.append(f"{path}: sha256 {remote_sha} on the Hub, registry says {file.sha256}")
         if file.sha256 is None or file.size is None:

@@ -3,6 +3,12 @@
 ``params.pt`` is a pickle, so it is read only with ``torch.load(weights_only=True)``, which refuses anything but
 tensors and plain containers; the result must then be exactly a state dict of ``{i}.weight`` / ``{i}.bias``
 tensors. Nothing else is ever unpickled.
+
+Both files come from strangers, so nothing proportional to what they declare is built before it is bounded: the
+config's ``d_model`` and ``num_hidden_layers`` are capped (`lens_hub.config.MAX_HIDDEN_SIZE`, ``MAX_LAYERS``), and
+``params.pt`` must be a ``torch.save`` zip archive whose records, by the sizes its directory declares, hold no more
+than the config's tensors need and no more than the file could decompress to honestly (a zip bomb is refused
+before ``torch.load`` allocates anything).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import json
 import logging
 import os
 import pickle
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,9 +29,17 @@ from torch import nn
 
 from .adapters import ArchitectureSpec, ModelParts, find_model_parts
 from .compat import check_compatibility
-from .config import LensConfig
+from .config import MAX_HIDDEN_SIZE, MAX_LAYERS, LensConfig
 from .errors import LegacyFormatError
-from .format import TORCH_DTYPES, dtype_name, write_lens_dir
+from .format import (
+    MAX_CONFIG_BYTES,
+    TORCH_DTYPES,
+    dtype_name,
+    parse_json,
+    read_text_capped,
+    validation_problems,
+    write_lens_dir,
+)
 from .lens import TunedLens
 
 logger = logging.getLogger(__name__)
@@ -42,23 +58,40 @@ _KNOWN_KEYS = {
 }
 
 
+# Room in params.pt beyond the tensors' bytes: the pickle (about 100 bytes per tensor) and torch's small records.
+_PARAMS_SLACK_BYTES = 2**20
+# torch.save stores records uncompressed; a record may still be deflated, but never by more than this honestly.
+_MAX_COMPRESSION_RATIO = 8
+_LIMITS = {"d_model": MAX_HIDDEN_SIZE, "num_hidden_layers": MAX_LAYERS}
+
+
 def _read_legacy_config(src: Path) -> dict:
     file = src / LEGACY_CONFIG
     try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
+        raw = parse_json(read_text_capped(file, MAX_CONFIG_BYTES))
     except FileNotFoundError:
         raise LegacyFormatError(
             f"{file} does not exist; an old tuned-lens lens holds {LEGACY_CONFIG} and {LEGACY_PARAMS}."
         ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LegacyFormatError(f"{file} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LegacyFormatError(f"{file} is not valid JSON: it is not UTF-8 text ({exc.reason})") from None
+    except ValueError as exc:
+        raise LegacyFormatError(
+            f"{file} {exc}. An old tuned-lens config.json is a small flat JSON object (d_model, "
+            "num_hidden_layers, ...)."
+        ) from None
     if not isinstance(raw, dict):
         raise LegacyFormatError(f"{file} must hold a JSON object, not {type(raw).__name__}.")
     if "schema_version" in raw:
         raise LegacyFormatError(f"{src} is already a lens-hub lens; load it with TunedLens.load.")
-    for key in ("d_model", "num_hidden_layers"):
+    for key, limit in _LIMITS.items():
         if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] <= 0:
             raise LegacyFormatError(f"{file}: {key} must be a positive integer, got {raw.get(key)!r}.")
+        if raw[key] > limit:
+            raise LegacyFormatError(
+                f"{file}: {key} is {raw[key]:,}, more than lens-hub accepts ({limit:,}, far beyond any real model); "
+                "the file is corrupt or hostile and was not converted."
+            )
     lens_type = raw.get("lens_type", "linear_tuned_lens")
     if lens_type != "linear_tuned_lens":
         raise LegacyFormatError(f"{file}: lens_type {lens_type!r} is not supported (only 'linear_tuned_lens').")
@@ -68,19 +101,64 @@ def _read_legacy_config(src: Path) -> dict:
     return raw
 
 
+_SAFE_CONVERSION = (
+    "To convert such a file, load it yourself only if you trust its author, in a throw-away environment, keep "
+    "nothing but its tensors (a dict of '{i}.weight' / '{i}.bias'), torch.save that dict and run `lens-hub convert` "
+    "on the result."
+)
+
+
+def _check_params_archive(file: Path, d: int, num_layers: int) -> None:
+    """Refuse a ``params.pt`` that could make ``torch.load`` allocate more than the config's tensors need.
+
+    ``torch.load`` allocates each record at the size the zip directory declares, before decompressing it, so the
+    declared sizes are checked here: in total at most what ``num_layers`` translators of width ``d`` take in
+    float32 (plus room for the pickle), and at most `_MAX_COMPRESSION_RATIO` times what is stored in the file.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        # Only the zip format (torch >= 1.6, so every tuned-lens release) declares its sizes before loading.
+        raise LegacyFormatError(
+            f"{file} was refused: it is not a torch.save zip archive ({exc}), the format of every tuned-lens "
+            "release, so its sizes cannot be checked before loading. lens-hub reads params.pt only with "
+            "torch.load(weights_only=True) and never unpickles arbitrary objects. Re-save it with torch.save "
+            "(torch >= 1.6)."
+        ) from None
+    needed = num_layers * (d * d + d) * 4 + _PARAMS_SLACK_BYTES  # float32: the widest dtype accepted
+    declared = sum(r.file_size for r in records)
+    stored = min(sum(r.compress_size for r in records), file.stat().st_size)  # compress_size is declared too
+    if declared > needed or declared > _MAX_COMPRESSION_RATIO * stored + _PARAMS_SLACK_BYTES:
+        biggest = max(records, key=lambda r: r.file_size)
+        raise LegacyFormatError(
+            f"{file} was refused before loading: its records declare {declared:,} bytes ({biggest.filename!r} "
+            f"alone {biggest.file_size:,} bytes, stored in {biggest.compress_size:,}), but {num_layers} translators "
+            f"of width {d} need at most {needed:,} bytes. It is corrupt, a zip bomb, or not this config's lens."
+        )
+
+
 def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, torch.Tensor], bool]:
     file = src / LEGACY_PARAMS
     if not file.is_file():
         raise LegacyFormatError(f"{file} does not exist.")
+    _check_params_archive(file, d, num_layers)
     try:
         with warnings.catch_warnings():  # torch's remark on foreign pickle protocols adds nothing to our refusal
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never repeat that advice.
+        found = _refused_global(str(exc))
         raise LegacyFormatError(
-            f"{file} was refused: it is not a plain tensor state dict that torch.load(weights_only=True) can "
-            f"read safely ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            "lens-hub never unpickles arbitrary objects."
+            f"{file} was refused: it holds code or objects other than tensors{found}, which "
+            "torch.load(weights_only=True) does not load and lens-hub never unpickles. " + _SAFE_CONVERSION
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LegacyFormatError(
+            f"{file} was refused: torch.load(weights_only=True) cannot read it as a plain tensor state dict "
+            f"({type(exc).__name__}: {first[:200]}). lens-hub never unpickles arbitrary objects."
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -93,10 +171,9 @@ def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, t
     if has_bias:
         expected |= {f"{i}.bias": (d,) for i in range(num_layers)}
     if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise LegacyFormatError(
             f"{file} does not match its config (d_model={d}, num_hidden_layers={num_layers}): "
-            f"missing {missing[:5]}, unexpected {extra[:5]}."
+            f"{_describe_keys(state, num_layers)}."
         )
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
@@ -104,6 +181,25 @@ def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, t
         if state[key].dtype not in TORCH_DTYPES.values():
             raise LegacyFormatError(f"{file}: {key} has unsupported dtype {state[key].dtype}.")
     return state, has_bias
+
+
+def _describe_keys(state: Mapping[str, torch.Tensor], num_layers: int) -> str:
+    """``missing [...], unexpected [...]`` for a state dict against the layout of ``num_layers`` translators."""
+    has_bias = any(k.endswith(".bias") for k in state)
+    expected = {f"{i}.weight" for i in range(num_layers)}
+    if has_bias:
+        expected |= {f"{i}.bias" for i in range(num_layers)}
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    return f"missing {missing[:5]}, unexpected {extra[:5]}"
+
+
+def _refused_global(message: str) -> str:
+    """`` (it asks for posix.system)`` from torch's refusal message, or ``""``: what the pickle wanted to load.
+
+    Only that name is kept: the rest of torch's message advises ``weights_only=False``, i.e. running the file.
+    """
+    match = re.search(r"GLOBAL ([A-Za-z0-9_.]{1,100})", message)
+    return f" (it asks for {match.group(1)})" if match else ""
 
 
 def _convert(
@@ -151,7 +247,7 @@ def _convert(
             **facts,
         )
     except ValidationError as exc:
-        raise LegacyFormatError(f"{path}: cannot convert: {exc.errors()[0]['msg']}") from None
+        raise LegacyFormatError(f"{path}: cannot convert: {validation_problems(exc)}") from None
     if parts is not None:
         check_compatibility(config, parts)
     tensors = {f"translators.{k}": v.to(dtype) for k, v in params.items()}

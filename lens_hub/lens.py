@@ -18,8 +18,9 @@ from torch import nn
 
 from .adapters import ArchitectureSpec, ModelParts, find_model_parts
 from .compat import check_compatibility
-from .config import LensConfig
-from .format import TORCH_DTYPES, dtype_name, read_config, read_tensors, write_lens_dir
+from .config import WEIGHTS_NAME, LensConfig
+from .errors import LensFormatError
+from .format import TORCH_DTYPES, dtype_name, nonfinite_tensors, read_config, read_tensors, write_lens_dir
 
 
 class Unembed:
@@ -232,6 +233,12 @@ class TunedLens(Lens):
         parts = find_model_parts(model, architecture)
         check_compatibility(config, parts, allow_mismatch=allow_mismatch)
         tensors = read_tensors(directory, config)
+        nonfinite = nonfinite_tensors(tensors)
+        if nonfinite:  # every logit of such a layer would be NaN
+            raise LensFormatError(
+                f"{Path(directory) / WEIGHTS_NAME}: tensor {nonfinite[0]} holds non-finite values; a lens with NaN "
+                "or infinite weights is not loaded. Retrain it, or resume from an earlier checkpoint."
+            )
         lens = cls(parts, config)
         lens.load_state_dict(tensors)
         return lens

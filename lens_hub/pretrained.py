@@ -32,11 +32,11 @@ from .errors import (
     UnknownVersionError,
     UnverifiedLensWarning,
 )
-from .format import read_config
-from .hub import HubFile, commit_of, fetch_file, is_offline, resolve_commit
-from .ids import is_commit, semver_key, validate_repo_id
+from .format import MAX_CONFIG_BYTES, nonfinite_tensors, parse_json, read_config, read_tensors, read_text_capped
+from .hub import HubFile, commit_of, evict, fetch_file, is_offline, resolve_commit
+from .ids import check_revision, check_subfolder, is_commit, semver_key, validate_repo_id
 from .registry import Registry
-from .registry_schema import LensVersion, ModelFacts, RegistryEntry
+from .registry_schema import REQUIRED_FILES, LensFile, LensVersion, ModelFacts, RegistryEntry
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 _HF_URI = re.compile(
     r"^hf://(?:(?P<type>spaces|datasets|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+?))?/?$"
 )
+
+
+_HF_FORM = "Write hf://org/repo[@revision][/subfolder]."
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,21 @@ def resolve(
         repo_type = {"spaces": "space", "datasets": "dataset"}.get(match["type"] or "", "model")
         # A tag with a slash (``sub/v1.0.0``) is written percent-encoded: hf://org/repo@sub%2Fv1.0.0/sub
         revision = unquote(match["rev"]) if match["rev"] else None
-        return LensRef(
-            "hub", name, repo_id=match["repo"], repo_type=repo_type, subfolder=match["sub"] or "", revision=revision
-        )
+        # The revision and subfolder become parts of request URLs and of cache paths (refs/<revision>): a '..'
+        # there would leave the repository, so both are checked before any request or file access.
+        try:
+            validate_repo_id(match["repo"])
+            if revision is not None:
+                check_revision(revision)
+        except ValueError as exc:
+            raise LensNotFoundError(f"{name!r} is not a safe Hub location: {exc}. {_HF_FORM}") from None
+        try:
+            subfolder = check_subfolder(match["sub"] or "")
+        except ValueError as exc:
+            raise LensNotFoundError(
+                f"{name!r} is not a safe Hub location: subfolder {match['sub']!r} {exc}. {_HF_FORM}"
+            ) from None
+        return LensRef("hub", name, repo_id=match["repo"], repo_type=repo_type, subfolder=subfolder, revision=revision)
     if name.startswith(("/", "./", "../", "~")) or name in (".", ".."):
         path = Path(name).expanduser()
         if not path.is_dir():
@@ -201,17 +216,101 @@ class FetchOptions:
     pinned_only: bool = False
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    """A fetched lens: its lens-hub directory, the files taken from the Hub cache, and lens-hub's converted copy."""
+
+    folder: Path
+    downloaded: tuple[Path, ...] = ()  # snapshot paths in the huggingface_hub cache (empty for a local lens)
+    converted: Path | None = None  # lens-hub's conversion of a legacy lens (in lens-hub's own cache)
+
+
+def _removal_note(fetched: _Fetched, bad: list[Path]) -> str:
+    """Remove ``bad`` (downloaded files that failed to parse) and any converted copy; say what was removed.
+
+    A file that fails to parse after download may have been damaged in transit, or may be bad on the Hub: either
+    way no later call may use it, and a retry downloads it afresh.
+    """
+    for path in bad:
+        evict(path)
+    if fetched.converted is not None:
+        shutil.rmtree(fetched.converted, ignore_errors=True)
+    if not bad:
+        return ""
+    names = ", ".join(p.name for p in bad)
+    return (
+        f" The downloaded file{'s' if len(bad) > 1 else ''} ({names}) may have been corrupted and "
+        f"{'were' if len(bad) > 1 else 'was'} removed from the cache; retry (if it fails again, the file on the Hub "
+        "is bad: report it)."
+    )
+
+
+def _required_files(ref: LensRef) -> list[LensFile]:
+    """The file records of exactly the files the version's format is loaded from, in the format's order.
+
+    The lens is read from these names at the root of the location's subfolder, whatever else the entry lists and
+    in whatever order, so an entry cannot make the loader take another folder's files.
+
+    Raises:
+        LensFormatError: A required file is not listed, or is listed twice (naming the entry and the fix).
+    """
+    assert ref.version is not None
+    assert ref.entry is not None
+    version = ref.version
+    required = REQUIRED_FILES[version.format]
+    where = f"registry entry {ref.entry.model} lens v{version.version}"
+    chosen = []
+    for name in required:
+        records = [f for f in version.files if f.path == name]
+        if len(records) != 1:
+            problem = "does not list" if not records else "lists twice"
+            raise LensFormatError(
+                f"{where} {problem} {name}: a {version.format} lens is loaded from exactly {list(required)} at the "
+                f"root of its location ({ref.describe()}{'/' + ref.subfolder if ref.subfolder else ''}). Fix the "
+                "entry's files (`lens-hub registry validate` checks it)."
+            )
+        chosen.append(records[0])
+    return chosen
+
+
+def _read_hub_config(path: Path, ref: LensRef) -> dict:
+    """The JSON of a downloaded ``config.json``; a file that does not parse is evicted.
+
+    Raises:
+        LensFormatError: Not UTF-8 JSON (the file was removed from the cache).
+        LensNotFoundError: Valid JSON but not an object (no lens config).
+    """
+    try:
+        # The same caps as any lens config (size, nesting, duplicate keys): the file is a stranger's.
+        raw = parse_json(read_text_capped(path, MAX_CONFIG_BYTES))
+    except (UnicodeDecodeError, ValueError) as exc:
+        evict(path)
+        raise LensFormatError(
+            f"{ref.describe()}: the downloaded {CONFIG_NAME} is not a lens config ({exc}). The downloaded file may "
+            "have been corrupted and was removed from the cache; retry (if it fails again, the file on the Hub is "
+            "bad: report it)."
+        ) from None
+    if not isinstance(raw, dict):
+        raise LensNotFoundError(f"{ref.describe()} holds no lens: its {CONFIG_NAME} is not a JSON object.")
+    return raw
+
+
 def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
     """Make the lens available locally in the lens-hub format; returns its directory.
 
     Registry lenses are fetched at their pinned commit and verified (size + sha256); legacy lenses are then
     converted once into lens-hub's cache. Hub locations are resolved to one commit first so all files agree.
     """
-    opts = options or FetchOptions()
+    return _fetch(ref, options or FetchOptions()).folder
+
+
+def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
+    """`fetch`, also returning which cached files the lens came from (to evict them if they turn out bad)."""
     kw = dict(cache_dir=opts.cache_dir, token=opts.token, local_files_only=opts.local_files_only)
+    online = not (opts.local_files_only or is_offline())
     if ref.kind == "local":
         assert ref.path is not None
-        return ref.path
+        return _Fetched(ref.path)
     assert ref.repo_id is not None
     if ref.kind == "registry":
         assert ref.version is not None
@@ -231,43 +330,101 @@ def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
                 UnverifiedLensWarning,
                 stacklevel=4,
             )
+        records = _required_files(ref)
+        if revision is None and online:  # one commit for all files, even if main moves while they download
+            revision = resolve_commit(ref.repo_id, ref.repo_type, "main", token=opts.token)
         files = [
             HubFile(ref.repo_id, ref.repo_type, revision or "main", _join(ref.subfolder, f.path), f.size, f.sha256)
-            for f in version.files
+            for f in records
         ]
-        local = [fetch_file(f, **kw) for f in files]
+        local = tuple(fetch_file(f, **kw) for f in files)
         folder = local[0].parent
+        if any(p.parent != folder for p in local):
+            raise LensFormatError(
+                f"{ref.describe()}: the files came from different snapshots ({', '.join(str(p) for p in local)}); "
+                "the branch moved while downloading. Retry."
+            )
         if version.format == "tuned-lens-legacy":
             commit = commit_of(local[0]) or (revision or "main")
             target = converted_cache_dir(ref.repo_type, ref.repo_id, commit, ref.subfolder)
-            return _convert_into_cache(folder, target, ref.entry.model, ref.entry.facts)
-        return folder
+            return _convert_fetched(_Fetched(folder, local, target), ref.entry.model, ref.entry.facts)
+        return _Fetched(folder, local)
 
     # An explicit Hub location: pin one commit, then fetch config.json and whichever weights it calls for.
     if opts.pinned_only and not is_commit(ref.revision):
         raise NotPinnedError(f"{ref.describe()} names no commit; write hf://{ref.repo_id}@<40-hex commit>.")
     revision = ref.revision or "main"
-    if not (opts.local_files_only or is_offline()):
+    if online:
         revision = resolve_commit(ref.repo_id, ref.repo_type, revision, token=opts.token)
     config_path = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, CONFIG_NAME)), **kw)
-    raw = config_path.read_text(encoding="utf-8")
-    if '"schema_version"' in raw:
-        fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, WEIGHTS_NAME)), **kw)
-        return config_path.parent
-    if '"d_model"' in raw:
+    raw = _read_hub_config(config_path, ref)
+    if "schema_version" in raw:
+        weights = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, WEIGHTS_NAME)), **kw)
+        return _Fetched(config_path.parent, (config_path, weights))
+    if "d_model" in raw:
         warnings.warn(
             f"{ref.describe()} is an old tuned-lens lens; it is read with torch.load(weights_only=True) and converted.",
             UnverifiedLensWarning,
             stacklevel=4,
         )
-        fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, "params.pt")), **kw)
+        params = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, "params.pt")), **kw)
         commit = commit_of(config_path) or revision
         target = converted_cache_dir(ref.repo_type, ref.repo_id, commit, ref.subfolder)
-        return _convert_into_cache(config_path.parent, target, None, None)
+        return _convert_fetched(_Fetched(config_path.parent, (config_path, params), target), None, None)
     raise LensNotFoundError(
         f"{ref.describe()} holds no lens: its {CONFIG_NAME} is not a lens config (is it a model "
         "repo? lenses are listed by `lens-hub registry list`)."
     )
+
+
+def _convert_fetched(fetched: _Fetched, base_model: str | None, facts: ModelFacts | None) -> _Fetched:
+    """Convert a downloaded legacy lens into lens-hub's cache; the lens is then read from the converted copy.
+
+    Raises:
+        LegacyFormatError: The old files do not parse (they are removed from the cache, so a retry refetches).
+    """
+    assert fetched.converted is not None
+    try:
+        folder = _convert_into_cache(fetched.folder, fetched.converted, base_model, facts)
+    except LensFormatError as exc:  # LegacyFormatError included: a damaged download must not stay cached
+        raise type(exc)(f"{exc}{_removal_note(fetched, list(fetched.downloaded))}") from None
+    return _Fetched(folder, fetched.downloaded, fetched.converted)
+
+
+def _check_lens_files(fetched: _Fetched) -> LensConfig:
+    """Parse the fetched lens's config and tensors before any lens is built; refuse non-finite weights.
+
+    A file from the Hub cache that fails is evicted (with lens-hub's converted copy, for a legacy lens), so no
+    later call trusts it; a local directory is never touched.
+
+    Raises:
+        LensFormatError: The config or the tensors do not parse, do not match, or hold NaN / inf.
+    """
+    folder = fetched.folder
+    cached = {p.name: p for p in fetched.downloaded}
+
+    def culprits(name: str) -> list[Path]:
+        """The cached files to blame when ``name`` fails (none for a local directory)."""
+        if fetched.converted is not None:  # a converted legacy lens: both downloaded originals
+            return list(fetched.downloaded)
+        return [cached[name]] if name in cached else []
+
+    try:
+        config = read_config(folder)
+    except LensFormatError as exc:
+        raise LensFormatError(f"{exc}{_removal_note(fetched, culprits(CONFIG_NAME))}") from None
+    try:
+        nonfinite = nonfinite_tensors(read_tensors(folder, config))  # the tensors are dropped: the loader reads them
+    except LensFormatError as exc:
+        raise LensFormatError(f"{exc}{_removal_note(fetched, culprits(WEIGHTS_NAME))}") from None
+    if nonfinite:
+        more = f" (and {len(nonfinite) - 1} more tensors)" if len(nonfinite) > 1 else ""
+        raise LensFormatError(
+            f"{folder / WEIGHTS_NAME}: tensor {nonfinite[0]} holds non-finite values{more}; a lens with NaN or "
+            "infinite weights gives NaN predictions, so it is not loaded. Retrain it, or report it if it was "
+            f"published.{_removal_note(fetched, culprits(WEIGHTS_NAME))}"
+        )
+    return config
 
 
 def check_against_entry(config: LensConfig, facts: ModelFacts, model_id: str) -> None:
@@ -288,13 +445,21 @@ def download(
     registry: Registry | str | os.PathLike[str] | None = None,
     options: FetchOptions | None = None,
 ) -> tuple[LensRef, Path, LensConfig]:
-    """Resolve, fetch and verify a lens without loading a model; returns the ref, local directory and config."""
+    """Resolve, fetch and verify a lens without loading a model; returns the ref, local directory and config.
+
+    Besides the checksums, the config and every tensor are parsed here, before any lens is built: a downloaded file
+    that does not parse is removed from the cache (a retry downloads it again), and a lens holding NaN or infinite
+    weights is refused.
+
+    Raises:
+        LensFormatError: The files do not parse, do not match each other, or hold non-finite weights.
+    """
     ref = resolve(name, version=version, registry=registry)
-    folder = fetch(ref, options)
-    config = read_config(folder)
+    fetched = _fetch(ref, options or FetchOptions())
+    config = _check_lens_files(fetched)
     if ref.entry is not None:
         check_against_entry(config, ref.entry.facts, ref.entry.model)
-    return ref, folder, config
+    return ref, fetched.folder, config
 
 
 def load_base_model(ref: LensRef, config: LensConfig, *, dtype: torch.dtype | None = None) -> nn.Module:

@@ -31,7 +31,7 @@ from typing import Any
 from .card import CARD_NAME, PLOT_NAME, CardInfo, build_card, has_metrics
 from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from .errors import LensHubError, RegistryError
-from .format import read_config, read_tensors
+from .format import nonfinite_tensors, read_config, read_tensors
 from .hub import hub_errors, sha256_of
 from .ids import COMMIT_SHA, check_subfolder, is_semver, semver_key, validate_repo_id
 from .registry import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
@@ -187,9 +187,22 @@ def _check_version(version: str | None) -> str | None:
 
 
 def _lens_config(lens_dir: Path, base_model: str | None) -> LensConfig:
-    """Validate the lens directory; returns its config with the base model id it will be published under."""
+    """Validate the lens directory; returns its config with the base model id it will be published under.
+
+    Raises:
+        LensFormatError: The directory is not a readable lens.
+        PublishError: A tensor holds NaN or infinite values, or no base model id is known.
+    """
     config = read_config(lens_dir)
-    read_tensors(lens_dir, config)
+    nonfinite = nonfinite_tensors(read_tensors(lens_dir, config))
+    if nonfinite:
+        # A registry entry would call this lens "verified": its checksums would hold, its predictions would be NaN.
+        raise PublishError(
+            f"{lens_dir / WEIGHTS_NAME}: {'tensor' if len(nonfinite) == 1 else 'tensors'} {', '.join(nonfinite)} "
+            f"{'holds' if len(nonfinite) == 1 else 'hold'} non-finite values; a lens with NaN or "
+            "infinite weights is not published (nothing was uploaded). Retrain it (a lower --lr, or resume from "
+            "an earlier checkpoint)."
+        )
     if base_model is not None:
         try:
             validate_repo_id(base_model)

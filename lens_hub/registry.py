@@ -4,6 +4,12 @@ A registry is a directory of YAML (or JSON) files, one per base model, each a
 `lens_hub.registry_schema.RegistryEntry`. Names resolve case-insensitively to an entry by its canonical
 model id or one of its aliases; an alias must be unique across the whole registry. The registry shipped with
 lens-hub is used unless ``LENS_HUB_REGISTRY`` or an explicit directory says otherwise.
+
+Registry files are read as hostile input: a file is at most `MAX_FILE_BYTES`, YAML aliases (``*name``, the
+"billion laughs") and duplicate keys are refused, nesting deeper than `lens_hub.format.MAX_NESTING` levels is a
+located error (never a ``RecursionError``), and every problem is reported for its file while the other files are
+still checked. Files are read in case-insensitive name order, so when two files claim the same name (names are
+case-insensitive), the one later in that order is blamed, whatever the file system lists first.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import LensNotFoundError, RegistryError
+from .format import MAX_NESTING, atomic_write, nesting_depth, parse_json, read_text_capped, short_repr
 from .registry_schema import RegistryEntry
 
 REGISTRY_ENV = "LENS_HUB_REGISTRY"
 SUFFIXES = (".yaml", ".yml", ".json")
+# A registry file describes one base model: a few kB, tens of kB per version with per-layer metrics.
+MAX_FILE_BYTES = 2**20
 
 
 def default_registry_dir() -> Path:
@@ -40,13 +49,49 @@ def registry_filename(model_id: str) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """A safe YAML loader for files from strangers.
+
+    It refuses duplicate keys (PyYAML silently keeps the last one), aliases (``*name``: a few lines of them expand
+    to billions of nodes for whoever walks the result) and nesting deeper than `MAX_NESTING` (PyYAML composes
+    recursively, so deep nesting would end in a ``RecursionError``), each with the line and column.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        """Compose one node, refusing aliases and collections nested more than `MAX_NESTING` deep."""
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "YAML aliases (*name) are not allowed in a registry file; write the value out",
+                self.peek_event().start_mark,
+            )
+        collection = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if collection:
+            self._depth += 1
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"lists or mappings nest more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark,
+                )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if collection:
+                self._depth -= 1
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool | None):  # a list or mapping as a key: unhashable
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain value, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
@@ -65,12 +110,31 @@ def _format_loc(loc: tuple) -> str:
     return out or "<root>"
 
 
+def _read_raw(path: Path) -> object:
+    """The parsed contents of a registry file (JSON or YAML), read as hostile input.
+
+    Raises:
+        ValueError, OSError, UnicodeDecodeError, yaml.YAMLError: Naming what is wrong.
+    """
+    if not path.is_file():
+        raise ValueError("is not a regular file")
+    text = read_text_capped(path, MAX_FILE_BYTES)
+    if path.suffix == ".json":
+        return parse_json(text)
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except RecursionError:  # not expected (the loader limits nesting), but never a traceback
+        raise ValueError(f"lists or mappings nest more than {MAX_NESTING} levels deep") from None
+    if nesting_depth(raw) > MAX_NESTING:
+        raise ValueError(f"lists or mappings nest more than {MAX_NESTING} levels deep")
+    return raw
+
+
 def parse_entry_file(path: Path) -> tuple[RegistryEntry | None, list[str]]:
     """Parse and validate one registry file; returns the entry (or None) and located problems."""
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raw = _read_raw(path)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         return None, [f"{path}: cannot parse: {' '.join(str(exc).split())}"]
     if not isinstance(raw, dict):
         return None, [f"{path}: must hold a mapping (model, aliases, facts, lenses), not {type(raw).__name__}"]
@@ -78,7 +142,7 @@ def parse_entry_file(path: Path) -> tuple[RegistryEntry | None, list[str]]:
         entry = RegistryEntry.model_validate(raw)
     except ValidationError as exc:
         return None, [
-            f"{path}: {_format_loc(e['loc'])}: {e['msg']} (got {e['input']!r})"
+            f"{path}: {_format_loc(e['loc'])}: {e['msg']} (got {short_repr(e['input'])})"
             if e["type"] not in ("missing", "model_type") and not isinstance(e["input"], (dict, list))
             else f"{path}: {_format_loc(e['loc'])}: {e['msg']}"
             for e in exc.errors()
@@ -102,6 +166,10 @@ class Registry:
     def load(cls, directory: str | os.PathLike[str] | None = None) -> Registry:
         """Load and validate every file of a registry directory.
 
+        Name resolution goes through here, and it refuses a registry with any invalid file rather than skipping
+        it: the names a broken file claims are unknown, so skipping it could let another entry's alias answer
+        for its model (the lens loaded would not be the one the registry's owner declared).
+
         Raises:
             RegistryError: If any file is invalid or two entries claim the same name; every problem is listed,
                 located by file and field.
@@ -118,7 +186,9 @@ class Registry:
         if not root.is_dir():
             return cls(root), [f"{root}: registry directory does not exist"]
         registry, problems = cls(root), []
-        for path in sorted(p for p in root.iterdir() if p.suffix in SUFFIXES and p.name != "schema.json"):
+        # Case-insensitive order (ties by exact name): who claimed a name first must not depend on file-name case.
+        names = sorted((p for p in root.iterdir() if p.suffix in SUFFIXES and p.name != "schema.json"), key=_order)
+        for path in names:
             entry, file_problems = parse_entry_file(path)
             problems += file_problems
             if entry is not None:
@@ -151,7 +221,13 @@ class Registry:
             owner = self._index.get(name.lower())
             if owner is not None and owner != entry.model:
                 field_name = "model" if i == 0 else f"aliases[{i - 1}]"
-                problems.append(f"{where}: {field_name}: {name!r} is already used by {owner} ({self.files.get(owner)})")
+                other = self.entries[owner]
+                theirs = next(n for n in (other.model, *other.aliases) if n.lower() == name.lower())
+                how = f"as {theirs!r}" + ("; names are case-insensitive" if theirs != name else "")
+                problems.append(
+                    f"{where}: {field_name}: {name!r} is already used by {owner} ({self.files.get(owner)}, {how}); "
+                    "rename or remove it here"
+                )
         return problems
 
     def find(self, name: str) -> RegistryEntry | None:
@@ -184,11 +260,22 @@ class Registry:
         return entry
 
 
+def _order(path: Path) -> tuple[str, str]:
+    return (path.name.casefold(), path.name)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a repeated value out again instead of as an alias, which the registry's loader refuses."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def dump_entry(entry: RegistryEntry) -> str:
     """The YAML text of a registry entry, in the canonical layout (fields in schema order, defaults omitted)."""
     data = entry.model_dump(mode="json", exclude_defaults=True)
     data = {"schema_version": entry.schema_version, **data}
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=110)
 
 
 def entry_text(path: Path, entry: RegistryEntry) -> str:
@@ -203,9 +290,8 @@ def write_entry_file(path: str | os.PathLike[str], entry: RegistryEntry) -> Path
     """Write (or replace) a registry file atomically: a reader sees the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(entry_text(path, entry), encoding="utf-8")
-    os.replace(tmp, path)
+    text = entry_text(path, entry)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -28,6 +29,8 @@ from ._version import __version__
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
+    ResumeSpec,
+    check_resumable,
     join_optimizer_state,
     list_checkpoints,
     load_checkpoint,
@@ -44,6 +47,7 @@ from .models import hidden_states
 from .options import Kernel, Loss, Optimizer
 
 __all__ = [
+    "NonFiniteLossError",
     "Optimizer",
     "Plan",
     "TrainSettings",
@@ -63,6 +67,11 @@ _RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
 
 class TrainSettingsError(LensHubError):
     """The training settings contradict each other or the data (e.g. a step size no batch split gives)."""
+
+
+class NonFiniteLossError(LensHubError):
+    """A training step's loss or gradient became NaN or infinite (the run diverged); the step was not applied and
+    nothing of it was saved."""
 
 
 @dataclass
@@ -343,6 +352,54 @@ def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint |
     return ckpt
 
 
+def _resume_spec(run: _Run, step: int) -> ResumeSpec:
+    """What a checkpoint after ``step`` steps of this run must hold, recomputed rather than trusted.
+
+    A stand-in optimizer and scheduler with the run's settings, on one two-element parameter per real one, take
+    ``step`` steps (zero gradients): their state gives the learning rate and scheduler state the schedule implies
+    at that step, the optimizer's state keys, and which of them are per element (shaped like the parameter) or
+    fixed by the step count (Adam's ``step``).
+    """
+    probes = [nn.Parameter(torch.zeros(2, dtype=p.dtype)) for p in run.params]
+    opt = _optimizer(probes, run.settings)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(run.settings))
+    for _ in range(step):
+        for probe in probes:
+            probe.grad = torch.zeros_like(probe)
+        opt.step()
+        sched.step()
+    state = opt.state_dict()
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    values: dict[str, Any] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            name = f"{index}.{key}"
+            if isinstance(value, torch.Tensor) and tuple(value.shape) == (2,):  # per element: the parameter's shape
+                shapes[name] = (tuple(run.params[index].shape), run.params[index].dtype)
+            else:  # a count or scalar the step fixes
+                values[name] = value
+                if isinstance(value, torch.Tensor):
+                    shapes[name] = (tuple(value.shape), value.dtype)
+    # Through JSON, as the checkpoint's own state went: tuples become lists.
+    groups = json.loads(json.dumps(state["param_groups"]))
+    lens = {k: (tuple(v.shape), v.dtype) for k, v in run.lens.state_dict().items()}
+    return ResumeSpec(lens, shapes, values, groups, json.loads(json.dumps(sched.state_dict())))
+
+
+def _load_into_run(run: _Run, ckpt: Checkpoint) -> None:
+    """Load a checked checkpoint into the run; whatever torch still refuses is a `CheckpointError`."""
+    try:
+        run.lens.load_state_dict(ckpt.lens)
+        run.opt.load_state_dict(ckpt.optimizer)
+        run.sched.load_state_dict(ckpt.scheduler)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        where = ckpt.path or f"the checkpoint of step {ckpt.step}"
+        raise CheckpointError(
+            f"checkpoint {where} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0]}); delete "
+            "it to resume from the previous checkpoint, or pass --restart to start afresh."
+        ) from None
+
+
 def _broadcast_object(value: Any, device: torch.device) -> Any:
     """Rank 0's ``value`` on every rank (small values only: it travels pickled)."""
     box = [value]
@@ -400,6 +457,8 @@ def _resume(run: _Run, out: Path) -> int:
     if run.rank == 0:
         try:
             ckpt = _newest_checkpoint(out / "checkpoints", run.identity)
+            if ckpt is not None:
+                check_resumable(ckpt, _resume_spec(run, ckpt.step))
         except Exception as exc:  # whatever stops rank 0 must reach the other ranks, or they wait for it forever
             failure = exc
             problem = str(exc) if isinstance(exc, CheckpointError) else f"rank 0 could not resume ({exc!r})"
@@ -411,9 +470,7 @@ def _resume(run: _Run, out: Path) -> int:
         raise CheckpointError(problem)
     if ckpt is None:
         return 0
-    run.lens.load_state_dict(ckpt.lens)
-    run.opt.load_state_dict(ckpt.optimizer)
-    run.sched.load_state_dict(ckpt.scheduler)
+    _load_into_run(run, ckpt)
     return ckpt.step
 
 
@@ -435,11 +492,41 @@ def _train_step(run: _Run, step: int) -> list[float]:
         _all_reduce_grads(run.params, run.world)
         dist.all_reduce(running)
         running /= run.world
-    torch.nn.utils.clip_grad_norm_(run.params, settings.clip)
+    norm = torch.nn.utils.clip_grad_norm_(run.params, settings.clip)
+    # The step's only host sync, before the update: a NaN or infinite loss or gradient norm stops the run with the
+    # lens as the previous step left it (after the all-reduce, every rank sees the same values and stops alike).
+    *losses, total = torch.cat([running, norm.reshape(1).to(running)]).tolist()
+    if not all(math.isfinite(v) for v in (*losses, total)):
+        raise _non_finite(run, step, losses, total)
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
-    return running.tolist()  # the step's only host sync
+    return losses
+
+
+def _non_finite(run: _Run, step: int, losses: list[float], norm: float) -> NonFiniteLossError:
+    """The error for a diverged step, naming the step and the layers whose loss or gradient is not finite."""
+    bad_loss = [i for i, v in zip(run.layers, losses, strict=True) if not math.isfinite(v)]
+    bad_grad = [i for i in run.layers if not _finite_grads(run.lens.translators[i])]
+    parts = []
+    if bad_loss:
+        parts.append(f"the loss of layers {bad_loss} is not finite")
+    if bad_grad:
+        parts.append(f"the gradients of layers {bad_grad} are not finite")
+    if not parts:
+        parts.append(f"the gradient norm is {norm}")
+    s = run.settings
+    return NonFiniteLossError(
+        f"training diverged at step {step + 1} of {s.steps}: {' and '.join(parts)}. The step was not applied and "
+        "no lens was saved; the checkpoints already written are kept. Lower the learning rate (--lr, now "
+        f"{s.learning_rate:g}) or add --warmup-steps, and rerun with --restart (other settings cannot resume these "
+        "checkpoints)."
+    )
+
+
+def _finite_grads(module: nn.Module) -> bool:
+    """Whether every gradient of ``module``'s parameters is finite (parameters without one count as finite)."""
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in module.parameters())
 
 
 def _save_checkpoint(run: _Run, out: Path, step: int) -> None:
@@ -542,7 +629,10 @@ def train_lens(
     Raises:
         TrainSettingsError: Settings no run can follow (checked before training starts).
         DataError: Too little data for the requested steps (checked before training starts).
-        CheckpointError: ``out`` holds checkpoints of a run with different settings.
+        CheckpointError: ``out`` holds checkpoints of a run with different settings, or a checkpoint that is
+            unreadable, altered (hyperparameters, tensor shapes or dtypes) or holds non-finite tensors.
+        NonFiniteLossError: A step's loss or gradient became NaN or infinite; nothing of that step is applied or
+            saved (the checkpoints already written are kept, no lens is written).
     """
     rank, world = _distributed()
     out = Path(out)

@@ -2,11 +2,17 @@
 
 - ``catalogue/index.md`` and one ``catalogue/<org>--<name>.md`` per base model, from the lens registry
   (``$LENS_HUB_REGISTRY`` or the registry of this checkout), with a per-layer plot of tuned vs logit lens for every
-  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.evaluate.plot``);
+  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.render.evaluation_png``);
 - ``reference/cli.md``, from the Typer app's click commands (their own help texts and parameters);
 - ``reference/registry-schema.md``, from ``lens_hub.registry_schema.registry_json_schema()``.
 
 Nothing here reaches the network: the registry is read from disk and the plots are drawn from its metrics.
+
+Registry files are written by anyone who opens a pull request, and the pages are built with raw HTML enabled
+(``md_in_html``, ``attr_list``), so nothing read from the registry reaches the markdown as is: free text goes through
+`_text` (every character that could mean markdown or HTML becomes a numeric character reference), ids and hashes
+through `_code` (code spans, which show their content literally), code blocks through `_fenced` (a fence no line
+of the content can close) and links through `_hub_url` (percent-encoded).
 """
 
 from __future__ import annotations
@@ -17,13 +23,10 @@ import json
 import os
 import re
 import statistics
-import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from mkdocs.structure.files import File, Files
-
-_PLOT_DIR: tempfile.TemporaryDirectory | None = None
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -38,6 +41,23 @@ def _cell(text: object) -> str:
 def _code(text: object) -> str:
     """An inline code span for a table cell (code spans show entities literally, so nothing is escaped)."""
     return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _text(text: object) -> str:
+    """Registry-derived free text for any inline position: shown exactly as written, never read as markup.
+
+    Whitespace is collapsed to single spaces, letters, digits and spaces are kept, and every other character
+    becomes a numeric character reference (``<`` -> ``&#60;``): no HTML tag, markdown link, emphasis, attribute
+    list (``{: onclick=...}``), table pipe or code fence can be formed, whatever the text holds.
+    """
+    return "".join(c if c.isalnum() or c == " " else f"&#{ord(c)};" for c in " ".join(str(text).split()))
+
+
+def _fenced(language: str, lines: list[str], indent: str = "") -> list[str]:
+    """A fenced code block whose fence is longer than any run of backticks in ``lines`` (so none can close it)."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{indent}{fence}{language}", *(f"{indent}{line}" for line in lines), f"{indent}{fence}"]
 
 
 def _add(files: Files, config, src_uri: str, content: str | bytes) -> None:
@@ -72,10 +92,12 @@ def _headline(version) -> str:
 
 
 def _hub_url(location) -> str:
+    """The Hub page of a lens location; every registry-derived part is percent-encoded (no quote, space or paren
+    can end the markdown link or the ``href``)."""
     prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[location.repo_type]
-    ref = location.revision or "main"
-    tree = f"/tree/{ref}/{location.subfolder}" if location.subfolder else f"/tree/{ref}"
-    return f"https://huggingface.co/{prefix}{location.repo_id}{tree}"
+    ref = quote(location.revision or "main", safe="")
+    tree = f"/tree/{ref}/{quote(location.subfolder, safe='/')}" if location.subfolder else f"/tree/{ref}"
+    return f"https://huggingface.co/{prefix}{quote(location.repo_id, safe='/')}{tree}"
 
 
 def _index_page(registry, directory: Path) -> str:
@@ -115,11 +137,11 @@ def _index_page(registry, directory: Path) -> str:
             f"v{x.version}" + (" (default)" if x.default and len(e.lenses) > 1 else "") for x in e.lenses
         )
         lines.append(
-            f"| [{_cell(e.model)}]({model_slug(e.model)}.md) | {_cell(', '.join(e.aliases) or '—')} "
-            f"| {_cell(e.facts.model_type or '?')} | {e.facts.hidden_size or '?'} | {e.facts.num_layers or '?'} "
-            f"| {_cell(version_text)} | {_cell(v.format)} | {_cell(v.status)} | {_cell(_headline(v))} |"
+            f"| [{_text(e.model)}]({quote(model_slug(e.model))}.md) | {_text(', '.join(e.aliases) or '—')} "
+            f"| {_text(e.facts.model_type or '?')} | {e.facts.hidden_size or '?'} | {e.facts.num_layers or '?'} "
+            f"| {_text(version_text)} | {_text(v.format)} | {_text(v.status)} | {_text(_headline(v))} |"
         )
-    lines += ["", "</div>", "", f"<small>Built from `{_cell(directory.name)}/` with lens-hub.</small>", ""]
+    lines += ["", "</div>", "", f"<small>Built from {_code(directory.name + '/')} with lens-hub.</small>", ""]
     return "\n".join(lines)
 
 
@@ -127,20 +149,18 @@ def _model_page(entry, plots: dict[str, str]) -> str:
     from lens_hub.registry import dump_entry
 
     facts = entry.facts
-    lines = [f"# {entry.model}", ""]
+    lines = [f"# {_text(entry.model)}", ""]
     if entry.aliases:
-        lines += ["**Aliases:** " + ", ".join(f"`{a}`" for a in entry.aliases), ""]
+        lines += ["**Aliases:** " + ", ".join(_code(a) for a in entry.aliases), ""]
     lines += [
         "## Load the lens",
         "",
-        "```python",
-        "from lens_hub import TunedLens",
+        *_fenced(
+            "python", ["from lens_hub import TunedLens", "", f"lens = TunedLens.from_pretrained({_py(entry.model)})"]
+        ),
         "",
-        f'lens = TunedLens.from_pretrained("{entry.model}")',
-        "```",
-        "",
-        f'This loads the default version (v{entry.default_version.version}); pass `version="X.Y.Z"` for another. '
-        "Names are case-insensitive and aliases work too.",
+        f'This loads the default version (v{_text(entry.default_version.version)}); pass `version="X.Y.Z"` for '
+        "another. Names are case-insensitive and aliases work too.",
         "",
         "## Model facts",
         "",
@@ -156,13 +176,13 @@ def _model_page(entry, plots: dict[str, str]) -> str:
     for v in reversed(entry.lenses):  # newest first
         loc = v.location
         badges = [v.status, v.format] + (["default"] if v.default else [])
-        lines += [f"### v{v.version}", "", " · ".join(f"`{b}`" for b in badges), ""]
+        lines += [f"### v{_text(v.version)}", "", " · ".join(_code(b) for b in badges), ""]
         lines += ["| | |", "| --- | --- |"]
-        lines.append(f"| Hub location | [{_cell(loc.repo_type)}: {_cell(loc.repo_id)}]({_hub_url(loc)}) |")
+        lines.append(f"| Hub location | [{_text(loc.repo_type)}: {_text(loc.repo_id)}]({_hub_url(loc)}) |")
         lines.append(f"| Subfolder | {_code(loc.subfolder) if loc.subfolder else '(repo root)'} |")
-        lines.append(f"| Pinned commit | {'`' + loc.revision + '`' if loc.revision else 'not pinned (unverified)'} |")
+        lines.append(f"| Pinned commit | {_code(loc.revision) if loc.revision else 'not pinned (unverified)'} |")
         if v.license:
-            lines.append(f"| Licence | {_cell(v.license)} |")
+            lines.append(f"| Licence | {_text(v.license)} |")
         if v.training:
             t = v.training
             parts = [
@@ -171,35 +191,29 @@ def _model_page(entry, plots: dict[str, str]) -> str:
                 if getattr(t, k) is not None
             ]
             if parts:
-                lines.append(f"| Training | {_cell('; '.join(parts))} |")
+                lines.append(f"| Training | {_text('; '.join(parts))} |")
         if v.evaluation:
-            lines.append(f"| Headline metric | {_cell(_headline(v))} |")
+            lines.append(f"| Headline metric | {_text(_headline(v))} |")
         lines += ["", "**Files**", "", "| Path | Size | sha256 |", "| --- | ---: | --- |"]
         for f in v.files:
             size = f"{f.size:,}" if f.size is not None else "?"
-            sha = f"`{f.sha256}`" if f.sha256 else "?"
+            sha = _code(f.sha256) if f.sha256 else "?"
             lines.append(f"| {_code(f.path)} | {size} | {sha} |")
         lines.append("")
-        lines += [
-            "```python",
-            "from lens_hub import TunedLens",
-            "",
-            f'lens = TunedLens.from_pretrained("{entry.model}", version="{v.version}")',
-            "```",
-            "",
-        ]
+        snippet = f"lens = TunedLens.from_pretrained({_py(entry.model)}, version={_py(v.version)})"
+        lines += [*_fenced("python", ["from lens_hub import TunedLens", "", snippet]), ""]
         if v.notes:
-            lines += ["!!! note", "", "    " + " ".join(v.notes.split()), ""]
+            lines += ["!!! note", "", "    " + _text(v.notes), ""]
         if v.version in plots:
             ev = v.evaluation
             lines += [
                 "**Evaluation** (tuned vs logit lens, per layer"
-                + (f", on {_cell(ev.dataset)}" if ev.dataset else "")
+                + (f", on {_text(ev.dataset)}" if ev.dataset else "")
                 + (f", {ev.num_tokens:,} tokens" if ev.num_tokens else "")
                 + ")",
                 "",
-                f"![Per-layer KL and cross-entropy of the tuned and logit lens for {_cell(entry.model)} "
-                f"v{v.version}]({plots[v.version]}){{ .lens-plot }}",
+                f"![Per-layer KL and cross-entropy of the tuned and logit lens for {_text(entry.model)} "
+                f"v{_text(v.version)}]({quote(plots[v.version])}){{ .lens-plot }}",
                 "",
             ]
     lines += [
@@ -207,16 +221,20 @@ def _model_page(entry, plots: dict[str, str]) -> str:
         "",
         '??? info "The registry file as it is validated"',
         "",
-        "    ```yaml",
-        *("    " + line for line in dump_entry(entry).splitlines()),
-        "    ```",
+        *_fenced("yaml", dump_entry(entry).splitlines(), indent="    "),
         "",
     ]
     return "\n".join(lines)
 
 
+def _py(value: str) -> str:
+    """A Python string literal for a code snippet (escaped as Python escapes it, so it cannot end the string)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
 def _catalogue(files: Files, config) -> None:
-    global _PLOT_DIR
+    from lens_hub.render import evaluation_png
+
     registry, directory = _load_registry()
     _add(files, config, "catalogue/index.md", _index_page(registry, directory))
     for entry in registry.entries.values():
@@ -225,17 +243,9 @@ def _catalogue(files: Files, config) -> None:
         for v in entry.lenses:
             if v.evaluation is None:
                 continue
-            from lens_hub.evaluate import plot
-
-            if _PLOT_DIR is None:
-                _PLOT_DIR = tempfile.TemporaryDirectory(prefix="lens-hub-docs-")
-            png = plot(
-                v.evaluation,
-                Path(_PLOT_DIR.name) / f"{slug}-v{v.version}.png",
-                title=f"{entry.model} v{v.version}: tuned vs logit lens",
-            )
+            png = evaluation_png(v.evaluation, title=f"{entry.model} v{v.version}: tuned vs logit lens")
             name = f"{slug}-v{v.version}.png"
-            _add(files, config, f"catalogue/plots/{name}", png.read_bytes())
+            _add(files, config, f"catalogue/plots/{name}", png)
             plots[v.version] = f"plots/{name}"
         _add(files, config, f"catalogue/{slug}.md", _model_page(entry, plots))
 
@@ -365,6 +375,8 @@ def _schema_table(name: str, schema: dict) -> list[str]:
 
 
 def _schema_page() -> str:
+    from lens_hub.format import MAX_NESTING
+    from lens_hub.registry import MAX_FILE_BYTES
     from lens_hub.registry_schema import REQUIRED_FILES, registry_json_schema
 
     schema = registry_json_schema()
@@ -376,13 +388,16 @@ def _schema_page() -> str:
         "`registry/schema.json`. Every model is strict and forbids unknown keys. Besides the field rules below:",
         "",
         "- a file for `org/name` is named `org--name.yaml`; aliases are case-insensitive and unique across the "
-        "registry, and never repeat the canonical id;",
+        "registry, and never repeat the canonical id; model ids, aliases, repo ids and subfolders are ASCII and "
+        "follow the Hub's rules;",
         "- versions are listed oldest first, with exactly one `default: true` (never a deprecated one);",
         "- a `verified` lens is pinned to a 40-hex commit with `size` and `sha256` for every file; a `safetensors` "
         "lens is always pinned;",
-        "- required files per format: "
+        "- an entry lists exactly the files of its format, each a plain file name in the lens's folder: "
         + "; ".join(f"`{fmt}`: " + ", ".join(f"`{p}`" for p in paths) for fmt, paths in REQUIRED_FILES.items())
-        + ".",
+        + ";",
+        f"- a file is at most {MAX_FILE_BYTES // 2**20} MiB, nests at most {MAX_NESTING} levels, and uses no YAML "
+        "aliases or duplicate keys.",
         "",
         "Check a registry with `lens-hub registry validate` (offline).",
         "",
@@ -418,10 +433,3 @@ def on_files(files: Files, config) -> Files:
     _add(files, config, "reference/registry-schema.md", _schema_page())
     _catalogue(files, config)
     return files
-
-
-def on_post_build(config) -> None:
-    global _PLOT_DIR
-    if _PLOT_DIR is not None:
-        _PLOT_DIR.cleanup()
-        _PLOT_DIR = None
