@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import LensHubError
 from .interop import check_transformer_bridge, hidden_states_from_cache
-from .lens import Lens
+from .lens import Lens, TunedLens
 from .models import hidden_states
 from .options import STATISTICS
 
@@ -63,7 +64,7 @@ def visible(text: str) -> str:
     return "".join(_VISIBLE.get(c, c) for c in text) or "∅"
 
 
-def token_label(tokenizer, token_id: int) -> str:
+def token_label(tokenizer: Any, token_id: int) -> str:
     """A printable label for one token: its decoded text with whitespace made visible (plain text, not escaped)."""
     if tokenizer is None:
         return f"#{int(token_id)}"
@@ -126,6 +127,9 @@ class PredictionTrajectory:
     anti_log_prob: torch.Tensor | None = None
     input_labels: list[list[str]] = field(default_factory=list)
     top_labels: list[list[list[list[str]]]] = field(default_factory=list)
+    # What was read, for the views' default titles ("tuned lens" / "logit lens"; the model's Hub id or directory).
+    lens_name: str | None = None
+    model_name: str | None = None
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -134,7 +138,7 @@ class PredictionTrajectory:
         cls,
         lens: Lens,
         model: nn.Module,
-        tokenizer,
+        tokenizer: Any,
         text: str | Sequence[str],
         *,
         layers: Sequence[int] | None = None,
@@ -203,7 +207,7 @@ class PredictionTrajectory:
         target: TokenSpec | None = None,
         anti_target: TokenSpec | None = None,
         compare_with: Lens | None = None,
-        tokenizer=None,
+        tokenizer: Any = None,
         lengths: Sequence[int] | None = None,
         chunk_size: int | None = None,
     ) -> PredictionTrajectory:
@@ -239,7 +243,7 @@ class PredictionTrajectory:
         valid = _valid_mask(input_ids, lengths)
         device = next(model.parameters()).device
         hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
-        return cls.from_hidden_states(
+        traj = cls.from_hidden_states(
             lens,
             hidden,
             input_ids,
@@ -252,6 +256,8 @@ class PredictionTrajectory:
             lengths=lengths,
             chunk_size=chunk_size,
         )
+        traj.model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        return traj
 
     @classmethod
     @torch.no_grad()
@@ -266,7 +272,7 @@ class PredictionTrajectory:
         target: TokenSpec | None = None,
         anti_target: TokenSpec | None = None,
         compare_with: Lens | None = None,
-        tokenizer=None,
+        tokenizer: Any = None,
         lengths: Sequence[int] | None = None,
         chunk_size: int | None = None,
     ) -> PredictionTrajectory:
@@ -339,6 +345,7 @@ class PredictionTrajectory:
             log_prob=acc.log_prob,
             anti_target_ids=anti_ids,
             anti_log_prob=acc.anti_log_prob,
+            lens_name="tuned lens" if isinstance(lens, TunedLens) else "logit lens",
         )
         traj.set_labels(tokenizer)
         return traj
@@ -347,17 +354,17 @@ class PredictionTrajectory:
     def from_cache(
         cls,
         lens: Lens,
-        cache,
+        cache: Any,
         input_ids: torch.Tensor,
         *,
         residual_component: str = "resid_pre",
-        model=None,
+        model: Any = None,
         layers: Sequence[int] | None = None,
         top_k: int = 5,
         target: TokenSpec | None = None,
         anti_target: TokenSpec | None = None,
         compare_with: Lens | None = None,
-        tokenizer=None,
+        tokenizer: Any = None,
         lengths: Sequence[int] | None = None,
         chunk_size: int | None = None,
     ) -> PredictionTrajectory:
@@ -456,6 +463,43 @@ class PredictionTrajectory:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    # ------------------------------------------------------------------------------------------------------ repr
+
+    def statistics(self) -> list[str]:
+        """The statistics this trajectory holds (the names `stat` accepts for it)."""
+        names = ["entropy", "kl", "ce", "rank", "prob"]
+        names += ["log_prob"] if self.log_prob is not None else []
+        names += ["log_prob_diff", "delta_log_prob_diff"] if self.anti_log_prob is not None else []
+        return names + [name for name in ("js", "tv") if getattr(self, name) is not None]
+
+    def _summary(self) -> dict[str, str]:
+        """The facts `__repr__` and `_repr_html_` show (never the tensors: they are thousands of numbers)."""
+        rows = self.row_labels
+        shown = rows if len(rows) <= 12 else [*rows[:5], "…", *rows[-5:]]  # a 30-layer model stays one line
+        ragged = len(set(self.lengths)) > 1
+        return {
+            "batch": str(len(self)),
+            "rows": f"{self.num_rows} ({', '.join(shown)})",
+            "positions": str(self.input_ids.shape[1]) + (f" (lengths {self.lengths})" if ragged else ""),
+            "top_k": str(self.top_k),
+            "statistics": ", ".join(self.statistics()),
+        }
+
+    def __repr__(self) -> str:
+        """One short line: batch, rows with their labels, positions, top_k and the statistics present."""
+        return "PredictionTrajectory(" + ", ".join(f"{k}={v}" for k, v in self._summary().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        """A small table for notebooks (Jupyter calls this instead of dumping the tensors)."""
+        import html
+
+        left = "style='text-align:left'"
+        cells = "".join(
+            f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>"
+            for k, v in self._summary().items()
+        )
+        return f"<table><caption>PredictionTrajectory</caption>{cells}</table>"
 
     def __getitem__(self, b: int) -> PredictionTrajectory:
         """The trajectory of sequence ``b`` alone, cut to its length."""

@@ -8,5 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 .venv/bin/lint-imports --no-cache  # the layering contract in pyproject.toml: imports only point down
 .venv/bin/lens-hub registry validate
 .venv/bin/lens-hub registry schema --out registry/schema.json --check
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$(mktemp -d)"
+# Not --quiet: it hides the warnings that --strict turns into a failure. The log is shown only when it fails.
+docs_log=$(mktemp)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$(mktemp -d)" >"$docs_log" 2>&1 || { cat "$docs_log" >&2; exit 1; }
 .venv/bin/python -m pytest "$@"
