@@ -7,8 +7,10 @@ The metadata block is written with ``yaml.safe_dump``, which quotes whatever nee
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import quote
 
 import yaml
@@ -71,7 +73,7 @@ def _intro(config: LensConfig, info: CardInfo) -> str:
         f"[{info.base_model}](https://huggingface.co/{info.base_model}){revision}, version **{info.version}** "
         f"(tag `{info.tag}` in {where}), published with [lens-hub](https://pypi.org/project/lens-hub/).\n\n"
         "A lens reads what the model predicts after each layer. The tuned lens applies one learned affine "
-        f"*translator* per layer ({bias}, here {config.num_layers} of width {config.hidden_size}), then the model's "
+        f"*translator* per layer ({bias}, here {_translators(config)}), then the model's "
         "own final norm and unembedding: `unembed(final_norm(h + W h + b))`. It is trained to minimise "
         "KL(final-layer distribution ‖ lens distribution); with `W = b = 0` it is exactly the logit lens.\n\n"
         "| file | content |\n|---|---|\n"
@@ -79,6 +81,18 @@ def _intro(config: LensConfig, info: CardInfo) -> str:
         f"size {config.hidden_size}, vocabulary {config.vocab_size}, unembedding fingerprint; provenance |\n"
         f"| `lens.safetensors` | the translators (`translators.{{i}}.weight`, `translators.{{i}}.bias`), "
         f"{config.dtype}, safetensors (no pickle) |\n"
+    )
+
+
+def _translators(config: LensConfig) -> str:
+    """Which translators the lens holds: all layers, or only the trained ones (the others are the identity)."""
+    t = config.training
+    trained = sorted(set(t.layers)) if t is not None and t.layers is not None else None
+    if trained is None or len(trained) >= config.num_layers:
+        return f"{config.num_layers} of width {config.hidden_size}"
+    return (
+        f"translators for layers {', '.join(map(str, trained))} (of {config.num_layers}) of width "
+        f"{config.hidden_size}; the others are identity"
     )
 
 
@@ -96,12 +110,14 @@ def _usage(info: CardInfo) -> str:
         "## Usage\n\n"
         "```bash\npip install lens-hub\n```\n\n"
         "```python\n"
-        "from transformers import AutoModelForCausalLM\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "from lens_hub import TunedLens\n\n"
         f'model = AutoModelForCausalLM.from_pretrained("{info.base_model}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{info.base_model}")\n'
         f'lens = TunedLens.from_pretrained("{info.base_model}", model=model)  # the registry\'s default lens\n'
         f'lens = TunedLens.from_pretrained("{info.base_model}", version="{info.version}", model=model)  # this one\n'
         f"{direct}\n\n"
+        'input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids\n'
         "hidden = model(input_ids, output_hidden_states=True).hidden_states\n"
         "logits = lens(hidden[5], 5)  # what layer 5 predicts\n"
         "```\n\n"
@@ -114,7 +130,7 @@ def _training(config: LensConfig) -> str:
     if t is None:
         return "## Training\n\nNo training provenance is recorded in `config.json`.\n"
     rows = [
-        ("dataset", t.dataset),
+        ("dataset", dataset_label(t.dataset, t.num_tokens)),
         ("tokens", f"{t.num_tokens:,}" if t.num_tokens is not None else None),
         ("steps", t.steps),
         ("objective", t.loss),
@@ -134,14 +150,94 @@ def _training(config: LensConfig) -> str:
         ("seed", t.seed),
         ("lens-hub version", t.lens_hub_version or config.lens_hub_version),
     ]
-    rows += [(f"`{k}`", json.dumps(v)) for k, v in sorted(t.hyperparameters.items())]  # lenses of older versions
+    # Lenses of older versions recorded values in a free mapping, often under a field's own (or a synonymous)
+    # name: show each under the field's label, once, and only where the field itself is empty.
+    shown = {label for label, value in rows if value is not None}
+    for key, value in sorted(t.hyperparameters.items()):
+        label = _SYNONYMS.get(key.lower().replace("-", "_"), f"`{key}`")
+        if label not in shown:
+            rows.append((label, _value(value)))
+            shown.add(label)
     lines = ["## Training\n", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in rows if v is not None]
     return "\n".join(lines) + "\n"
 
 
+# Names older lens-hub versions (and tuned-lens) used in ``hyperparameters`` -> the label of the field they duplicate.
+_SYNONYMS = {
+    "dataset": "dataset",
+    "num_tokens": "tokens",
+    "tokens": "tokens",
+    "steps": "steps",
+    "num_steps": "steps",
+    "loss": "objective",
+    "objective": "objective",
+    "layers": "layers trained",
+    "optimizer": "optimizer",
+    "lr": "learning rate",
+    "learning_rate": "learning rate",
+    "momentum": "momentum",
+    "weight_decay": "weight decay",
+    "wd": "weight decay",
+    "warmup_steps": "warm-up steps",
+    "grad_clip": "gradient clipping",
+    "clip": "gradient clipping",
+    "tokens_per_step": "tokens per step",
+    "seq_len": "sequence length",
+    "seed": "seed",
+}
+
+
 def _number(value: float | None) -> str | None:
-    return None if value is None else f"{value:g}"
+    """4 significant digits: a learning rate of 0.1000000001 is 0.1 on a card."""
+    return None if value is None else f"{value:.4g}"
+
+
+def _value(value: object) -> str:
+    """A free-form value as a reader wants it: strings unquoted, floats rounded, lists comma-separated."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return _number(value) if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_value(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+_TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".csv", ".text")
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a recorded dataset names a local file or folder rather than a Hub dataset ``org/name[:config]``
+    (the test of `lens_hub.data.is_local`, without touching the file system: the card is built elsewhere)."""
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.endswith(("/", "\\"))
+        or PureWindowsPath(name).drive != ""
+        or name.lower().endswith(_TEXT_SUFFIXES)
+    )
+
+
+_HELD_OUT = re.compile(r"^(?P<path>.*?)(?P<rest> \([^()]*\))?$")
+
+
+def dataset_label(dataset: str | None, num_tokens: int | None = None) -> str | None:
+    """The dataset as a public card names it: a Hub dataset as recorded; a local file by its base name only
+    (``notes.txt``), and an absolute path as ``local text (N tokens)`` (the path tells a reader nothing and
+    leaks the publisher's directory layout)."""
+    if not dataset:
+        return dataset
+    match = _HELD_OUT.match(dataset)
+    path, rest = (match["path"], match["rest"] or "") if match else (dataset, "")
+    if not _looks_local(path):
+        return dataset
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith("~"):
+        count = f" ({num_tokens:,} tokens)" if num_tokens else ""
+        return f"local text{count}{rest}"
+    name = PureWindowsPath(path).name if "\\" in path else PurePosixPath(path).name
+    return f"{name or 'local text'}{rest}"
 
 
 def _cell(value: object) -> str:
@@ -157,7 +253,7 @@ def _evaluation(config: LensConfig, info: CardInfo) -> str:
     ev = config.evaluation
     if ev is None or not has_metrics(config):
         return "## Evaluation\n\nNo evaluation is recorded in `config.json`; run `lens-hub eval LENS --store`.\n"
-    where = f" on {ev.dataset}" if ev.dataset else ""
+    where = f" on {dataset_label(ev.dataset, ev.num_tokens)}" if ev.dataset else ""
     tokens = f" ({ev.num_tokens:,} tokens)" if ev.num_tokens else ""
     n = max(len(getattr(m, k) or []) for m in (ev.tuned, ev.logit) for k in ("kl", "cross_entropy"))
     lines = [

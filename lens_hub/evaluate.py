@@ -12,7 +12,8 @@ The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
      "tuned": {"kl": [L floats], "cross_entropy": [...], "entropy": [...]} | null,
      "logit": {"kl": [...], "cross_entropy": [...], "entropy": [...]},
      "transfer": [[L floats] x L] | null,  # transfer[a][b]: KL with translator layers[a] on layers[b]
-     "logit_stats": {...} | null}           # evaluate(..., logit_stats=True), lens-hub eval --logit-stats
+     "logit_stats": {...} | null,           # evaluate(..., logit_stats=True), lens-hub eval --logit-stats
+     "trained_layers": [int] | null}        # the lens's trained layers (null: all, or no tuned lens)
 
 ``logit_stats`` (`lens_hub.stats.LogitStats`: the marginal prediction bias of each layer) holds::
 
@@ -24,7 +25,12 @@ The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
          # alpha_0 = sum(alpha) of the maximum-likelihood Dirichlet of the per-token distributions (null where
          # the fit did not converge, with a warning)
 
-Files written before ``logit_stats`` existed lack the key; readers should treat it as optional.
+Files written before ``logit_stats`` or ``trained_layers`` existed lack the key; readers should treat both as
+optional.
+
+Evaluating costs two unembeddings per token and layer, so `default_layers` picks the layers worth it: those the
+lens was trained on (an untrained translator is the identity, i.e. the logit lens). `evaluate` prints nothing; pass
+``progress`` to follow it batch by batch (`rich_progress` builds one with an ETA for a rich console).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +72,13 @@ class EvalResult:
     model: str | None = None
     lens: str | None = None
     logit_stats: dict[str, Any] | None = None  # schema in the module docstring
+    trained_layers: list[int] | None = None  # the tuned lens's trained layers; None: all (or no tuned lens)
+
+    def is_trained(self, layer: int) -> bool | None:
+        """Whether the tuned lens was trained at ``layer`` (None without a tuned lens)."""
+        if self.tuned is None:
+            return None
+        return self.trained_layers is None or layer in self.trained_layers
 
     def summary(self) -> EvaluationInfo:
         """The summary stored in a lens's config (and shown on model cards and in the docs)."""
@@ -91,6 +106,7 @@ class EvalResult:
             "logit": self.logit,
             "transfer": self.transfer,
             "logit_stats": self.logit_stats,
+            "trained_layers": self.trained_layers,
         }
 
 
@@ -112,6 +128,48 @@ class _Sums:
 
 ROW_ELEMENTS = 1 << 25  # logits per chunk of rows: 128 MiB in fp32
 
+Progress = Callable[[int, int], None]  # called with (batches done, batches in all) after every batch
+
+
+def trained_layers(lens: TunedLens | None) -> list[int] | None:
+    """The layers ``lens`` was trained on, sorted; None for all (or unknown provenance, or no lens)."""
+    if lens is None or lens.config.training is None or lens.config.training.layers is None:
+        return None
+    return sorted(set(lens.config.training.layers))
+
+
+def default_layers(lens: TunedLens | None, num_layers: int) -> list[int]:
+    """The layers `evaluate` reads by default: the trained ones of ``lens``, else all ``num_layers``.
+
+    The others hold identity translators, where the tuned lens equals the logit lens, so evaluating them costs
+    two unembeddings per token and layer and tells nothing new (pass every layer explicitly to see them anyway).
+    """
+    trained = trained_layers(lens)
+    return trained if trained else list(range(num_layers))
+
+
+@contextmanager
+def rich_progress(console: Any, description: str = "Evaluating") -> Iterator[Progress]:
+    """A rich progress bar (batches done, elapsed, ETA) on ``console``, as a `Progress` callback for `evaluate`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"))
+    columns += (TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
 
 @torch.no_grad()
 def evaluate(
@@ -124,6 +182,7 @@ def evaluate(
     transfer: bool = False,
     layers: list[int] | None = None,
     logit_stats: bool = False,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Evaluate the logit lens, and ``lens`` if given, on ``data``.
 
@@ -136,13 +195,15 @@ def evaluate(
         batch_size: Sequences per forward pass.
         max_sequences: Evaluate at most this many sequences.
         transfer: Also compute the transfer matrix (translator i on layer j; costs layers x layers unembeddings).
-        layers: Evaluate only these layers (each costs two unembeddings per token); default: all.
+        layers: Evaluate only these layers (each costs two unembeddings per token); default: `default_layers`, the
+            layers ``lens`` was trained on (all for the logit lens alone or a lens trained on every layer).
         logit_stats: Also measure each layer's marginal prediction bias (`lens_hub.stats.LogitStats`): the KL
             from the model's marginal to the lens's, and the precision of a Dirichlet fit
             (``EvalResult.logit_stats``; keeps 2 x layers x vocab float64 numbers per lens, plus the model's).
+        progress: Called with (batches done, batches in all) after every batch; nothing is printed without it.
     """
     logit = LogitLens.from_model(model)
-    chosen = layers if layers is not None else list(range(logit.num_layers))
+    chosen = layers if layers is not None else default_layers(lens, logit.num_layers)
     num_layers = len(chosen)
     device = logit.unembed.parts.output_embedding.weight.device
     seqs = data.sequences[: max_sequences or len(data.sequences)]
@@ -154,6 +215,9 @@ def evaluate(
     rows = max(1, ROW_ELEMENTS // vocab)
     marginals = {name: LogitStats(num_layers, vocab, device=device) for name in lenses} if logit_stats else {}
     model_marginal = LogitStats(1, vocab, device=device) if logit_stats else None
+    num_batches = math.ceil(len(seqs) / batch_size)
+    if progress is not None:
+        progress(0, num_batches)
     for start in range(0, len(seqs), batch_size):
         ids = seqs[start : start + batch_size].to(device)
         labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1).reshape(-1)
@@ -176,6 +240,8 @@ def evaluate(
                     for m, j in enumerate(chosen):
                         log_q = lens.unembed(lens.transform_hidden(hs[j][sl], i)).float().log_softmax(-1)
                         trans[k, m] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+        if progress is not None:
+            progress(start // batch_size + 1, num_batches)
     n_tokens = seqs.numel()
     n_predicted = seqs.shape[0] * (seqs.shape[1] - 1)
     to_bpb = data.tokens_per_byte / math.log(2)
@@ -199,6 +265,7 @@ def evaluate(
         logit_stats=_logit_stats_summary(marginals, model_marginal, chosen) if model_marginal is not None else None,
         model=getattr(model.config, "_name_or_path", None),
         lens=lens.config.base_model if lens is not None else None,
+        trained_layers=trained_layers(lens),
     )
 
 
@@ -246,6 +313,9 @@ def table(result: EvalResult) -> Any:
 
     t = Table(title=f"Evaluation on {result.dataset} ({result.num_tokens:,} tokens), bits per byte")
     t.add_column("layer", justify="right")
+    marked = result.tuned is not None
+    if marked:  # an untrained translator is the identity: its tuned columns equal the logit ones
+        t.add_column("trained", justify="center")
     for col in ("KL logit", "KL tuned", "CE logit", "CE tuned", "H logit", "H tuned"):
         t.add_column(col, justify="right")
     tuned = result.tuned or {}
@@ -256,6 +326,7 @@ def table(result: EvalResult) -> Any:
 
         t.add_row(
             str(layer),
+            *(["yes" if result.is_trained(layer) else "no"] if marked else []),
             cell(result.logit, "kl"),
             cell(tuned, "kl"),
             cell(result.logit, "cross_entropy"),
@@ -264,6 +335,8 @@ def table(result: EvalResult) -> Any:
             cell(tuned, "entropy"),
         )
     t.caption = f"model output cross-entropy: {result.model_cross_entropy:.3f} bits/byte"
+    if marked and result.trained_layers is not None:
+        t.caption += f"; lens trained on layers {', '.join(map(str, result.trained_layers))} (others: identity)"
     return t
 
 

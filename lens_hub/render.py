@@ -103,8 +103,18 @@ def terminal_table(traj: PredictionTrajectory, stat: str = "entropy", *, batch: 
     return Group(table, legend)
 
 
-def write_png(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch: int = 0, title: str | None = None):
-    """A static heatmap (matplotlib, Agg): colour = ``stat``, text = top-1 token. Returns the path written."""
+def default_title(traj: PredictionTrajectory, stat: str) -> str:
+    """``'tuned lens on gpt2: top-1 prediction per layer, coloured by entropy (nats)'``: which lens read which
+    model, where the trajectory records them."""
+    what = f"top-1 prediction per layer, coloured by {STAT_LABELS.get(stat, stat)}"
+    lens, model = getattr(traj, "lens_name", None), getattr(traj, "model_name", None)
+    reader = " on ".join(x for x in (lens, model) if x)
+    return f"{reader}: {what}" if reader else what
+
+
+def png_figure(traj: PredictionTrajectory, stat: str = "entropy", *, batch: int = 0, title: str | None = None):
+    """The matplotlib figure `write_png` saves (the caller closes it). Rows run top to bottom from the first
+    layer to the output, as in the terminal and HTML views."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,20 +124,29 @@ def write_png(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch:
     one = traj[batch]
     rows, cols = values.shape
     fig, ax = plt.subplots(figsize=(min(2 + 0.9 * cols, 60), min(1.5 + 0.45 * rows, 40)), dpi=120)
+    # origin="upper": row 0 (the first layer) on top and the output at the bottom, like the other views
+    image = ax.imshow(values.numpy(), cmap="viridis", vmin=lo, vmax=hi, aspect="auto", origin="upper")
+    for r in range(rows):
+        for t in range(cols):
+            rgb = _rgb(float(values[r, t]), lo, hi)
+            ax.text(t, r, _shorten(one.top_labels[0][r][t][0], 8), ha="center", va="center", fontsize=7,
+                    color=_ink(rgb))  # fmt: skip
+    ax.set_xticks(range(cols), [_shorten(s, 10) for s in one.input_labels[0]], rotation=45, ha="right")
+    ax.set_yticks(range(rows), one.row_labels)
+    ax.set_xlabel("input token")
+    ax.set_ylabel("layer")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(STAT_LABELS.get(stat, stat) + (" (log10(rank + 1))" if stat == "rank" else ""))
+    ax.set_title(title or default_title(traj, stat))
+    return fig
+
+
+def write_png(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch: int = 0, title: str | None = None):
+    """A static heatmap (matplotlib, Agg): colour = ``stat``, text = top-1 token. Returns the path written."""
+    import matplotlib.pyplot as plt
+
+    fig = png_figure(traj, stat, batch=batch, title=title)
     try:
-        image = ax.imshow(values.numpy(), cmap="viridis", vmin=lo, vmax=hi, aspect="auto", origin="lower")
-        for r in range(rows):
-            for t in range(cols):
-                rgb = _rgb(float(values[r, t]), lo, hi)
-                ax.text(t, r, _shorten(one.top_labels[0][r][t][0], 8), ha="center", va="center", fontsize=7,
-                        color=_ink(rgb))  # fmt: skip
-        ax.set_xticks(range(cols), [_shorten(s, 10) for s in one.input_labels[0]], rotation=45, ha="right")
-        ax.set_yticks(range(rows), one.row_labels)
-        ax.set_xlabel("input token")
-        ax.set_ylabel("layer")
-        bar = fig.colorbar(image, ax=ax)
-        bar.set_label(STAT_LABELS.get(stat, stat) + (" (log10(rank + 1))" if stat == "rank" else ""))
-        ax.set_title(title or f"top-1 prediction, coloured by {stat}")
         with warnings.catch_warnings():  # tokens in scripts the default font lacks still render (as boxes)
             warnings.filterwarnings("ignore", message=r"Glyph .* missing from font")
             fig.tight_layout()
@@ -181,7 +200,7 @@ def write_html(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch
     values, lo, hi = _values(traj, stat, batch)
     one = traj[batch]
     esc = html.escape
-    title = title or f"Prediction trajectory ({stat})"
+    title = title or default_title(traj, stat)
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -218,8 +237,37 @@ def write_html(traj: PredictionTrajectory, path, stat: str = "entropy", *, batch
     return Path(path)
 
 
-def evaluation_png(summary: EvaluationInfo, *, title: str = "") -> bytes:
-    """A PNG of KL and cross-entropy per evaluated layer, tuned lens against logit lens (no display needed)."""
+def consecutive_runs(layers: Sequence[int]) -> list[list[int]]:
+    """Split ``layers`` into runs of consecutive numbers (``[0, 1, 2, 10, 20, 21]`` -> ``[[0, 1, 2], [10], [20, 21]]``):
+    the plot joins only neighbours, as a line across a gap would invent values for layers never evaluated."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return runs
+
+
+LOG_SCALE_RATIO = 10.0  # max / median above which a linear axis flattens every layer but the largest (layer 0)
+
+
+def wants_log_scale(values: Sequence[float]) -> bool:
+    """Whether ``values`` need a log y-axis: all positive and the largest over ``LOG_SCALE_RATIO`` times the median
+    (the embedding, layer 0, often dwarfs the rest)."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if len(finite) < 2 or finite[0] <= 0:
+        return False
+    return finite[-1] / finite[len(finite) // 2] > LOG_SCALE_RATIO
+
+
+def evaluation_figure(summary: EvaluationInfo, *, title: str = "", trained: Sequence[int] | None = None):
+    """The matplotlib figure of `evaluation_png` (KL and cross-entropy per evaluated layer, tuned vs logit lens).
+
+    Lines join only consecutive evaluated layers; with ``trained`` (the tuned lens's trained layers), the tuned
+    lens's untrained layers get hollow markers. An axis whose largest value dwarfs the median is logarithmic.
+    The caller closes the figure (``matplotlib.pyplot.close(fig)``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,30 +276,55 @@ def evaluation_png(summary: EvaluationInfo, *, title: str = "") -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
-        for name, metrics, style in (("logit lens", summary.logit, "--"), ("tuned lens", summary.tuned, "-")):
+        plotted: list[float] = []
+        for n, (name, metrics, style) in enumerate(
+            (("logit lens", summary.logit, "--"), ("tuned lens", summary.tuned, "-"))
+        ):
             values = getattr(metrics, key)
-            if values:
-                ax.plot(summary.layers or range(len(values)), values, style, marker="o", markersize=3, label=name)
+            if not values:
+                continue
+            layers = list(summary.layers or range(len(values)))
+            at = dict(zip(layers, values, strict=False))
+            color = f"C{n}"
+            for r, run in enumerate(consecutive_runs([x for x in layers if x in at])):
+                ys = [at[x] for x in run]
+                ax.plot(run, ys, style, color=color, label=name if r == 0 else None)
+                for x, y in zip(run, ys, strict=True):
+                    hollow = name == "tuned lens" and trained is not None and x not in trained
+                    ax.plot([x], [y], "o", markersize=4, color=color, markerfacecolor="white" if hollow else color)
+            plotted += list(values)
         if key == "cross_entropy" and summary.model_cross_entropy is not None:
             ax.axhline(summary.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
+        if wants_log_scale(plotted):
+            ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer")
+        ax.set_xlabel("layer" + (" (hollow: untrained, = logit lens)" if trained is not None else ""))
         ax.set_ylabel(f"{label} [bits/byte]")
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def evaluation_png(summary: EvaluationInfo, *, title: str = "", trained: Sequence[int] | None = None) -> bytes:
+    """A PNG of `evaluation_figure` (no display needed)."""
+    import matplotlib.pyplot as plt
+
+    fig = evaluation_figure(summary, title=title, trained=trained)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
     return buffer.getvalue()
 
 
-def write_evaluation_png(summary: EvaluationInfo, path: str | os.PathLike[str], *, title: str = "") -> Path:
+def write_evaluation_png(
+    summary: EvaluationInfo, path: str | os.PathLike[str], *, title: str = "", trained: Sequence[int] | None = None
+) -> Path:
     """Write `evaluation_png` to ``path``; returns it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(evaluation_png(summary, title=title))
+    out.write_bytes(evaluation_png(summary, title=title, trained=trained))
     return out
 
 
