@@ -2,7 +2,8 @@
 
 - ``catalogue/index.md`` and one ``catalogue/<org>--<name>.md`` per base model, from the lens registry
   (``$LENS_HUB_REGISTRY`` or the registry of this checkout), with a per-layer plot of tuned vs logit lens for every
-  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.render.evaluation_png``);
+  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.render.evaluation_png``) and a
+  per-layer table of KL and cross-entropy, tuned vs logit lens (the quality fields of the model card);
 - ``reference/cli.md``, from the Typer app's click commands (their own help texts and parameters);
 - ``reference/registry-schema.md``, from ``lens_hub.registry_schema.registry_json_schema()``.
 
@@ -216,6 +217,8 @@ def _model_page(entry, plots: dict[str, str]) -> str:
                 f"v{_text(v.version)}]({quote(plots[v.version])}){{ .lens-plot }}",
                 "",
             ]
+        if v.evaluation is not None:
+            lines += _evaluation_table(v.evaluation)
     lines += [
         "## Registry entry",
         "",
@@ -225,6 +228,34 @@ def _model_page(entry, plots: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _metric(values: list[float] | None, i: int) -> str:
+    """One per-layer value to three decimals, or ``–`` where the list does not cover the layer."""
+    return _cell(f"{values[i]:.3f}") if values is not None and i < len(values) else "–"
+
+
+def _evaluation_table(ev) -> list[str]:
+    """The per-layer quality fields of the model card (`lens_hub.card`): KL(final ‖ lens) and cross-entropy, tuned
+    vs logit lens, in bits per byte; nothing when the evaluation holds no such metric."""
+    columns = [(ev.tuned, "kl"), (ev.logit, "kl"), (ev.tuned, "cross_entropy"), (ev.logit, "cross_entropy")]
+    n = max((len(getattr(m, k) or []) for m, k in columns), default=0)
+    if n == 0:
+        return []
+    labels = ev.layers if ev.layers is not None else list(range(n))  # the evaluated layers, not row numbers
+    lines = [
+        "**Per layer** (bits per byte, lower is better)",
+        "",
+        "| Layer | KL tuned | KL logit | Cross-entropy tuned | Cross-entropy logit |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {_cell(layer)} | " + " | ".join(_metric(getattr(m, k), i) for m, k in columns) + " |"
+        for i, layer in enumerate(labels[:n])
+    ]
+    if ev.model_cross_entropy is not None:
+        lines += ["", f"The model's own cross-entropy: {_cell(f'{ev.model_cross_entropy:.3f}')} bits per byte."]
+    return [*lines, ""]
 
 
 def _py(value: str) -> str:
