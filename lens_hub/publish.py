@@ -115,6 +115,7 @@ class PushPlan:
     repo_exists: bool
     private: bool
     token: str = field(repr=False)
+    note: str | None = None  # what a token-less dry run could not check
 
     @property
     def message(self) -> str:
@@ -281,7 +282,7 @@ class _Refs:
     tags: dict[str, str]
 
 
-def _read_refs(api: Any, repo_id: str, token: str) -> _Refs:
+def _read_refs(api: Any, repo_id: str, token: str | bool) -> _Refs:
     from huggingface_hub import errors as hf
 
     with _hub(f"reading the refs of {repo_id}"):
@@ -392,6 +393,7 @@ def plan_push(
     license: str | None = None,
     aliases: Sequence[str] | str | None = None,
     token: str | bool | None = None,
+    dry_run: bool = False,
 ) -> PushPlan:
     """Decide and validate everything a push will do, reading only (the Hub's refs, the registry, the lens).
 
@@ -409,6 +411,8 @@ def plan_push(
         license: License id for the card and the registry (``mit``, ``apache-2.0``, ...).
         aliases: Extra registry names for the base model (a list, or ``"a,b"``).
         token: Hub token (default: ``HF_TOKEN`` or the stored login).
+        dry_run: Plan for a dry run: without any token, the token check is skipped and the repo's refs are read
+            anonymously (a private or missing repo then reads as new; `PushPlan.note` says so).
 
     Raises:
         LensFormatError: The lens directory is invalid.
@@ -440,8 +444,17 @@ def plan_push(
             )
 
     api = HfApi()
-    token_str = _authenticate(api, token, repo_id.split("/")[0])
-    refs = _read_refs(api, repo_id, token_str)
+    note = None
+    if dry_run and _find_token(token) is None:
+        # A dry run uploads nothing, so it needs no token: read what anyone may read, and say what stays unknown.
+        token_str, refs = "", _read_refs(api, repo_id, False)
+        note = "no Hugging Face token: the token check was skipped and the refs were read anonymously"
+        if not refs.exists:
+            note += f"; {repo_id} is missing or private (its visibility could not be checked)"
+        note += f". A real push needs a token with write access: {_LOGIN_HINT}."
+    else:
+        token_str = _authenticate(api, token, repo_id.split("/")[0])
+        refs = _read_refs(api, repo_id, token_str)
     registry_versions = [v.version for v in existing.lenses] if existing else []
     chosen = wanted or next_version(_tag_versions(refs.tags, sub) + registry_versions)
     tag = f"{_tag_prefix(sub)}{chosen}"
@@ -478,7 +491,15 @@ def plan_push(
         repo_exists=refs.exists,
         private=private,
         token=token_str,
+        note=note,
     )
+
+
+def _find_token(token: str | bool | None) -> str | None:
+    """The token `_authenticate` would use, without checking it (None: there is none)."""
+    from huggingface_hub import get_token
+
+    return get_token() if token is None or token is True else (token or None)
 
 
 def _files(lens_dir: Path, config: LensConfig, sub: str, info: CardInfo) -> list[PlannedFile]:
@@ -575,5 +596,5 @@ def push(lens_dir: str | os.PathLike[str], repo_id: str, *, dry_run: bool = Fals
 
     Takes `plan_push`'s keyword arguments; with ``dry_run=True`` only the plan is made and its result returned.
     """
-    plan = plan_push(lens_dir, repo_id, **options)
+    plan = plan_push(lens_dir, repo_id, dry_run=dry_run, **options)
     return plan.result() if dry_run else execute(plan)

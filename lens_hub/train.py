@@ -38,7 +38,7 @@ from .checkpoint import (
     split_optimizer_state,
 )
 from .config import TrainingInfo
-from .data import DataError, TokenData, shuffled
+from .data import DataError, TokenData, is_local, shuffled
 from .errors import LensHubError
 from .hub_mixin import TunedLens
 from .kernels import triton_usable
@@ -47,11 +47,16 @@ from .models import hidden_states
 from .options import Kernel, Loss, Optimizer
 
 __all__ = [
+    "LayerRangeError",
     "NonFiniteLossError",
     "Optimizer",
     "Plan",
     "TrainSettings",
     "TrainSettingsError",
+    "TrainingInterrupted",
+    "check_data_source",
+    "check_layers",
+    "describe_trained_layers",
     "hidden_states",
     "make_plan",
     "plan_for",
@@ -67,6 +72,65 @@ _RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
 
 class TrainSettingsError(LensHubError):
     """The training settings contradict each other or the data (e.g. a step size no batch split gives)."""
+
+
+class LayerRangeError(TrainSettingsError, ValueError):
+    """Layers asked for (``--layers``) that the model does not have (a `ValueError` too, as it was before)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run; the last completed step was checkpointed so rerunning resumes from it.
+
+    A `KeyboardInterrupt` (not a `LensHubError`): the run was stopped, not refused, and a caller that does not
+    handle it still stops as on any Ctrl-C.
+
+    Attributes:
+        step: Steps completed and saved (0: none completed, nothing saved).
+        steps: Steps of the whole run.
+        checkpoint: The checkpoint directory holding ``step`` (None when nothing was saved).
+    """
+
+    def __init__(self, step: int, steps: int, checkpoint: Path | None) -> None:
+        self.step, self.steps, self.checkpoint = step, steps, checkpoint
+        super().__init__(f"interrupted after step {step} of {steps}")
+
+
+def check_layers(layers: list[int] | None, num_layers: int) -> None:
+    """Refuse layer indices the model does not have, naming its range.
+
+    Raises:
+        LayerRangeError: Some index is not in ``0 .. num_layers - 1``.
+    """
+    bad = [i for i in layers or [] if not 0 <= i < num_layers]
+    if bad:
+        raise LayerRangeError(
+            f"--layers {bad} do not exist: the model has {num_layers} layers, 0..{num_layers - 1}; choose layers "
+            "in that range."
+        )
+
+
+def check_data_source(source: str | os.PathLike[str]) -> None:
+    """The checks of a local data path that need no tokenizer or model: it exists and is not empty.
+
+    Run before the model loads, since loading takes the longest. Hub datasets are checked when streamed.
+
+    Raises:
+        DataError: A local path that does not exist, or an empty file.
+    """
+    if not is_local(source):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"--data {source}: no such file or folder; give a .txt/.md/.jsonl file or a folder of them.")
+    if path.is_file() and not path.read_bytes().strip():
+        raise DataError(f"--data {source}: the file is empty; give a file with text to train on.")
+
+
+def describe_trained_layers(layers: list[int] | None, num_layers: int) -> str:
+    """``"all 3 layers trained"`` or ``"layers 0, 10 trained of 30; others identity"``."""
+    if layers is None or sorted(set(layers)) == list(range(num_layers)):
+        return f"all {num_layers} layers trained"
+    return f"layers {', '.join(map(str, sorted(layers)))} trained of {num_layers}; others identity"
 
 
 class NonFiniteLossError(LensHubError):
@@ -302,7 +366,8 @@ def _build_run(
 
     Raises:
         TrainSettingsError, DataError: Before anything is loaded or written.
-        ValueError: Layers the model does not have, or nothing to train.
+        LayerRangeError: Layers the model does not have.
+        ValueError: Nothing to train.
     """
     plan = make_plan(settings, data, world)
     model.eval().requires_grad_(False)
@@ -313,9 +378,7 @@ def _build_run(
             else TunedLens.from_model(model, bias=settings.bias)
         )
     layers = settings.layers if settings.layers is not None else list(range(lens.num_layers))
-    bad = [i for i in layers if not 0 <= i < lens.num_layers]
-    if bad:
-        raise ValueError(f"layers {bad} do not exist: the model has layers 0..{lens.num_layers - 1}")
+    check_layers(layers, lens.num_layers)
     params = trainable_parameters(lens, layers, settings.bias_only)
     opt = _optimizer(params, settings)
     device = lens.unembed.parts.output_embedding.weight.device
@@ -638,8 +701,11 @@ def train_lens(
     out = Path(out)
     run = _build_run(model, data, settings, lens, rank, world)
     start = _resume(run, out)
+    if rank == 0 and console is not None:
+        _say_start(console, start, settings.steps, out)
     loggers = _loggers(settings.log, out) if rank == 0 else []
-    progress = _Progress(settings, start, console) if rank == 0 and not settings.quiet else None
+    progress = _Progress(run, start, console) if rank == 0 and not settings.quiet else None
+    done, saved = start, start
     try:
         for step in range(start, settings.steps):
             t0 = time.perf_counter()
@@ -649,8 +715,18 @@ def train_lens(
                 _log_step(run, done, losses, time.perf_counter() - t0, progress, loggers)
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
                     _save_checkpoint(run, out, done)
+                    saved = done
             if on_step:
                 on_step(done, losses)
+    except KeyboardInterrupt:
+        # Ctrl-C lands mid-step, before that step's optimizer update (the forward and backward passes are nearly
+        # all of a step): the lens and optimizer are as the last completed step left them, so save those.
+        checkpoint = None
+        if rank == 0 and done > saved:
+            _save_checkpoint(run, out, done)
+        if done > 0:
+            checkpoint = out / "checkpoints" / f"step-{done:06d}"
+        raise TrainingInterrupted(done, settings.steps, checkpoint) from None
     finally:
         if progress:
             progress.close()
@@ -662,6 +738,18 @@ def train_lens(
     if world > 1:
         dist.barrier()
     return run.lens
+
+
+def _say_start(console: Any, start: int, steps: int, out: Path) -> None:
+    """Say whether the run starts afresh, resumes, or was complete already (and so trains nothing)."""
+    if start >= steps:
+        console.print(
+            f"training is already complete: {out / 'checkpoints'} holds step {start} of {steps}; nothing to "
+            "retrain (pass --restart to train afresh).",
+            highlight=False,
+        )
+    elif start > 0:
+        console.print(f"resuming from step {start} of {steps} ({out / 'checkpoints'})", highlight=False)
 
 
 def restart(out: str | os.PathLike[str]) -> None:
@@ -702,11 +790,18 @@ def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float
 
 
 class _Progress:
-    """Rich progress bar: step, tokens/s, KL of early / middle / late layers, ETA."""
+    """Rich progress bar: step, tokens/s, the lens loss in bits per byte (as ``lens-hub eval``), ETA.
 
-    def __init__(self, settings: TrainSettings, start: int, console: Any) -> None:
+    With up to 4 trained layers each layer's loss is shown; with more, the mean of three groups of layers, each
+    labelled with its layer range.
+    """
+
+    def __init__(self, run: _Run, start: int, console: Any) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.layers = run.layers
+        self.data = run.data
+        self.name = "KL" if run.settings.loss == "kl" else "CE"
         self.bar = Progress(
             TextColumn("[bold]training"),
             BarColumn(),
@@ -717,12 +812,26 @@ class _Progress:
             transient=False,
         )
         self.bar.start()
-        self.task = self.bar.add_task("train", total=settings.steps, completed=start, info="")
+        self.task = self.bar.add_task("train", total=run.settings.steps, completed=start, info="")
+
+    def describe(self, losses: list[float]) -> str:
+        """The losses (nats per token) as bits per byte, per layer or per group of layers."""
+        bpb = [self.data.bits_per_byte(v) for v in losses]
+        if len(bpb) <= 4:
+            parts = [f"L{layer} {v:.3f}" for layer, v in zip(self.layers, bpb, strict=True)]
+        else:
+            n = len(bpb)
+            parts = []
+            for i in range(3):
+                lo, hi = i * n // 3, (i + 1) * n // 3
+                group = bpb[lo:hi]
+                first, last = self.layers[lo], self.layers[hi - 1]
+                label = f"L{first}" if first == last else f"L{first}-{last}"
+                parts.append(f"{label} {sum(group) / len(group):.3f}")
+        return f"{self.name} bits/byte: {'  '.join(parts)}"
 
     def update(self, step: int, losses: list[float], rate: float) -> None:
-        thirds = [losses[i * len(losses) // 3 : (i + 1) * len(losses) // 3] or losses for i in range(3)]
-        groups = "/".join(f"{sum(g) / len(g):.3f}" for g in thirds)
-        self.bar.update(self.task, completed=step, info=f"{rate:,.0f} tok/s  loss early/mid/late {groups} nats")
+        self.bar.update(self.task, completed=step, info=f"{rate:,.0f} tok/s  {self.describe(losses)}")
 
     def close(self) -> None:
         self.bar.stop()

@@ -23,6 +23,7 @@ from lens_hub.errors import (
     UnknownVersionError,
     UnverifiedLensWarning,
 )
+from lens_hub.pretrained import download
 from lens_hub.registry import Registry, write_entry
 from lens_hub.registry_schema import RegistryEntry
 from lens_hub.testing import LOOPBACK_USER
@@ -181,8 +182,9 @@ def test_registry_checksum_that_differs_from_the_file_is_refused(loopback_hub, p
 def test_lens_that_contradicts_its_entry_or_its_model_is_refused(loopback_hub, published, model, tmp_path):
     _lens, lens_dir, commit, registry = published
     write_entry(tmp_path / "reg2", _entry(lens_dir, commit, facts={"vocab_size": 1000}))
+    # Through download (no model): from_pretrained(model=...) refuses this entry for the model before fetching.
     with pytest.raises(IncompatibleLensError, match="the registry says vocab_size 1000 but the lens says 96"):
-        TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg2")
+        download("tiny-llama", registry=tmp_path / "reg2")
     with pytest.raises(IncompatibleLensError, match="fingerprint differs"):
         TunedLens.from_pretrained("tiny-llama", model=tiny_model("llama", seed=5), registry=registry)
 
@@ -295,8 +297,9 @@ def test_unverified_legacy_lens_is_converted_in_the_cache(loopback_hub, model, t
     with pytest.raises(NotPinnedError, match="not pinned"):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg", pinned_only=True)
     write_entry(tmp_path / "bad", _legacy_entry({"num_layers": 4}))
+    # Through download (no model): from_pretrained(model=...) refuses this entry for the model before fetching.
     with pytest.warns(UnverifiedLensWarning), pytest.raises(IncompatibleLensError, match="num_layers 4"):
-        TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "bad")
+        download("tiny-llama", registry=tmp_path / "bad")
 
 
 @pytest.mark.filterwarnings("ignore::lens_hub.errors.UnverifiedLensWarning")
