@@ -19,7 +19,6 @@ from .options import DType, Kernel, Loss, Optimizer, Statistic
 
 app = typer.Typer(
     name="lens-hub",
-    help="Tuned lenses as safe, versioned, verified artifacts on the Hugging Face Hub.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -45,9 +44,19 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, Flag("Show the version and exit.", "--version", callback=_version, is_eager=True)] = False,
 ) -> None:
-    """Train, evaluate, publish and load tuned lenses.
+    """Tuned lenses as safe, versioned, verified artifacts on the Hugging Face Hub: train, evaluate, publish, load.
 
-    A lens directory holds config.json + lens.safetensors. Start with `lens-hub demo`.
+    A lens directory holds config.json + lens.safetensors. Start with `lens-hub demo` (offline, about 5 minutes).
+
+    Examples:
+
+    lens-hub train smollm2-offline --data notes.txt --out lens --steps 20 --tokens-per-step 4096 --batch-size 2
+
+    lens-hub eval lens --model smollm2-offline --data heldout.txt --png eval.png
+
+    lens-hub show smollm2-offline "The capital of France is" --lens lens --compare logit
+
+    lens-hub registry list
     """
 
 

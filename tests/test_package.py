@@ -84,3 +84,13 @@ def test_help_names_arguments_in_capitals_and_list_options_by_their_values():
         assert "<list[str]>" not in done.stdout, command
         usage = next(line for line in done.stdout.splitlines() if "Usage:" in line)
         assert usage == usage.replace("{model}", "").replace("{src}", "").replace("{location}", ""), usage
+
+
+def test_top_level_help_shows_runnable_examples():
+    done = subprocess.run([sys.executable, "-m", "lens_hub", "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(done.stdout.split("Examples:", 1)[1].split("╭", 1)[0].split())
+    from lens_hub.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    examples = [part.split()[0] for part in text.split("lens-hub ")[1:] if part.split()]
+    assert {"train", "eval", "show"} <= set(examples) and set(examples) - {"registry"} <= commands
