@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 from .adapters import ModelParts
 from .config import LensConfig
 from .errors import IncompatibleLensError, LensCompatibilityWarning
 from .fingerprint import compare_fingerprints
 
+if TYPE_CHECKING:
+    from .registry_schema import ModelFacts
 
-def find_mismatches(config: LensConfig, parts: ModelParts) -> tuple[list[str], list[str]]:
-    """Compare a lens config with a model.
+
+def find_mismatches(config: LensConfig | ModelFacts, parts: ModelParts) -> tuple[list[str], list[str]]:
+    """Compare what a lens records (its config, or its registry entry's facts) with a model.
+
+    Facts recorded as ``None`` are not known, so they are not compared.
 
     Returns:
         ``(structural, other)``: structural mismatches (hidden size, layer count) make the lens unusable on this
         model; the others (model type, vocabulary, weights) make its output meaningless but not impossible.
     """
     structural = []
-    if config.hidden_size != parts.hidden_size:
+    if config.hidden_size is not None and config.hidden_size != parts.hidden_size:
         structural.append(f"lens expects hidden_size {config.hidden_size} but the model has {parts.hidden_size}")
-    if config.num_layers != parts.num_layers:
+    if config.num_layers is not None and config.num_layers != parts.num_layers:
         structural.append(f"lens expects num_layers {config.num_layers} but the model has {parts.num_layers}")
     other = []
     if config.model_type is not None and config.model_type != parts.model_type:

@@ -446,30 +446,9 @@ def check_entry_fits_model(
         IncompatibleLensError: Naming each differing fact with both values; no request was made.
     """
     from .adapters import find_model_parts
+    from .compat import find_mismatches
 
-    facts, parts = entry.facts, find_model_parts(model, architecture)
-    structural = [
-        f"the registry's lens expects {name} {want} but the model has {have}"
-        for name, want, have in (
-            ("hidden_size", facts.hidden_size, parts.hidden_size),
-            ("num_layers", facts.num_layers, parts.num_layers),
-        )
-        if want is not None and want != have
-    ]
-    other = [
-        f"the registry's lens expects {name} {want!r} but the model has {have!r}"
-        for name, want, have in (
-            ("model_type", facts.model_type, parts.model_type),
-            ("vocab_size", facts.vocab_size, parts.vocab_size),
-        )
-        if want is not None and want != have
-    ]
-    if facts.fingerprint is not None and not structural and not other:  # the sketch costs a pass over the weights
-        from .fingerprint import compare_fingerprints
-
-        other += [
-            f"unembedding fingerprint differs: {p}" for p in compare_fingerprints(facts.fingerprint, parts.fingerprint)
-        ]
+    structural, other = find_mismatches(entry.facts, find_model_parts(model, architecture))
     if structural or (other and not allow_mismatch):
         hint = f"The registry's lens is for {entry.model}; nothing was downloaded. Load it with that model"
         hint += "." if structural else ", or pass allow_mismatch=True if the difference is harmless."
