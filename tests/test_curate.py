@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import random_lens, run_hidden
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import HfApi
+from test_pretrained import BASE, LENS_REPO, _upload
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
@@ -26,8 +27,6 @@ from lens_hub.registry import Registry, write_entry
 from lens_hub.registry_schema import RegistryEntry
 from lens_hub.testing import LOOPBACK_USER
 
-BASE = f"{LOOPBACK_USER}/tiny-llama"
-LENS_REPO = f"{LOOPBACK_USER}/tiny-llama-lens"
 SPACE = f"{LOOPBACK_USER}/tuned-lens"
 SPACE_DIR = f"lens/{BASE}"
 
@@ -39,18 +38,6 @@ def model():
     m = tiny_model("llama")
     m.config._name_or_path = BASE
     return m
-
-
-def _upload(folder: Path, repo_id: str, subfolder: str = "", repo_type: str = "model", skip=()) -> str:
-    """Every file of a folder (but ``skip``) in one commit, with plain huggingface_hub calls; returns the commit."""
-    api = HfApi()
-    api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, space_sdk="static" if repo_type == "space" else None)
-    ops = [
-        CommitOperationAdd(path_in_repo=f"{subfolder}/{f.name}" if subfolder else f.name, path_or_fileobj=str(f))
-        for f in sorted(folder.iterdir())
-        if f.name not in skip
-    ]
-    return api.create_commit(repo_id, ops, commit_message="add lens", repo_type=repo_type).oid
 
 
 def _sha(path: Path) -> str:

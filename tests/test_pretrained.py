@@ -41,14 +41,16 @@ def model():
     return m
 
 
-def _upload(folder: Path, repo_id: str, subfolder: str = "", repo_type: str = "model") -> str:
-    """Publish every file of a folder in one commit with plain huggingface_hub calls; returns the commit."""
+def _upload(folder: Path, repo_id: str, subfolder: str = "", repo_type: str = "model", skip=()) -> str:
+    """Publish every file of a folder (but ``skip``) in one commit with plain huggingface_hub calls; returns the
+    commit."""
     api = HfApi()
     sdk = "static" if repo_type == "space" else None
     api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, space_sdk=sdk)
     ops = [
         CommitOperationAdd(path_in_repo=f"{subfolder}/{f.name}" if subfolder else f.name, path_or_fileobj=str(f))
         for f in sorted(folder.iterdir())
+        if f.name not in skip
     ]
     return api.create_commit(repo_id, ops, commit_message="add lens", repo_type=repo_type).oid
 
