@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .adapters import ModelParts
 from .config import LensConfig
 from .errors import IncompatibleLensError, LensCompatibilityWarning
 from .fingerprint import compare_fingerprints
 
-if TYPE_CHECKING:
-    from .registry_schema import ModelFacts
+
+class RecordedFacts(Protocol):
+    """What a lens records about its model: a `LensConfig`, or a registry entry's facts (``None``: unknown)."""
+
+    model_type: str | None
+    hidden_size: int | None
+    num_layers: int | None
+    vocab_size: int | None
+    fingerprint: str | None
 
 
-def find_mismatches(config: LensConfig | ModelFacts, parts: ModelParts) -> tuple[list[str], list[str]]:
+def find_mismatches(config: RecordedFacts, parts: ModelParts) -> tuple[list[str], list[str]]:
     """Compare what a lens records (its config, or its registry entry's facts) with a model.
 
     Facts recorded as ``None`` are not known, so they are not compared.
