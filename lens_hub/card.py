@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import yaml
 
-from .config import LayerMetrics, LensConfig
+from .config import LayerMetrics, LensConfig, TrainingInfo
 
 CARD_NAME = "README.md"
 PLOT_NAME = "eval.png"
@@ -131,6 +131,7 @@ def _training(config: LensConfig) -> str:
         return "## Training\n\nNo training provenance is recorded in `config.json`.\n"
     rows = [
         ("dataset", dataset_label(t.dataset, t.num_tokens)),
+        ("initialisation", _initialisation(t)),
         ("tokens", f"{t.num_tokens:,}" if t.num_tokens is not None else None),
         ("steps", t.steps),
         ("objective", t.loss),
@@ -161,6 +162,20 @@ def _training(config: LensConfig) -> str:
     lines = ["## Training\n", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in rows if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _initialisation(t: TrainingInfo) -> str | None:
+    """How the translators started, in words: the closed-form fit (tokens, ridge), zero, or another lens."""
+    if t.init == "fit":
+        tokens = f" on {t.fit_tokens:,} tokens" if t.fit_tokens is not None else ""
+        ridge = f" (ridge {_number(t.fit_ridge)})" if t.fit_ridge is not None else ""
+        polish = f", then {t.steps} KL steps" if t.steps else ", no KL steps"
+        return f"closed-form fit{tokens}{ridge}{polish}"
+    if t.init == "zero":
+        return "zero (the logit lens), the paper's recipe"
+    if t.init == "lens":
+        return "an existing lens (fine-tuned)"
+    return None
 
 
 # Names older lens-hub versions (and tuned-lens) used in ``hyperparameters`` -> the label of the field they duplicate.

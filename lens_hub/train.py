@@ -1,11 +1,19 @@
-"""Training a tuned lens: the paper's recipe, with the fused step from `lens_hub.losses`.
+"""Training a tuned lens: a closed-form fit (`lens_hub.fit`) polished with the paper's KL loss, or the paper's recipe.
 
-Defaults reproduce the reference recipe: KL(final || lens) per layer without token shift, SGD with Nesterov
-momentum 0.9 and an effective learning rate of 0.1, weight decay 1e-3, gradient clipping at norm 1.0, linear decay
-to zero, 250 steps of 2^18 tokens, bf16 autocast on GPU. Runs on CPU, one GPU, or several with ``torchrun`` (data
-parallel: each rank reads its own shard of every step and gradients are averaged). Only rank 0 writes checkpoints
-and the lens, and only rank 0 reads checkpoints: it sends the resume step and state to the other ranks, so a run
-resumes the same way on node-local disks as on a shared one.
+Two recipes (`TrainSettings`):
+
+* ``init="fit"`` (the default): every translator is solved by ridge regression from hidden-state moments, which
+  costs forward passes only, then polished by a few steps of the KL loss (`POLISH`; measured in bench/RESULTS.md).
+* ``init="zero"``: the paper's recipe, for reproduction: zero translators (the logit lens), KL(final || lens) per
+  layer without token shift, SGD with Nesterov momentum 0.9 and an effective learning rate of 0.1, weight decay
+  1e-3, gradient clipping at norm 1.0, linear decay to zero, 250 steps of 2^18 tokens (`PAPER`).
+
+Both use the fused step of `lens_hub.losses` with bf16 autocast on GPU. Runs on CPU, one GPU, or several with
+``torchrun`` (data parallel: each rank reads its own shard of the fit's data and of every step; moments are summed
+and gradients averaged). Only rank 0 writes checkpoints and the lens, and only rank 0 reads checkpoints: it sends
+the resume step and state to the other ranks, so a run resumes the same way on node-local disks as on a shared one.
+The fitted lens is checkpointed as step 0 as soon as the fit is solved, so resuming never refits; a run stopped
+during the fit starts it again (the fit is forward passes over ``fit_tokens``, a small part of a run).
 """
 
 from __future__ import annotations
@@ -40,11 +48,12 @@ from .checkpoint import (
 from .config import TrainingInfo
 from .data import DataError, TokenData, is_local, shuffled
 from .errors import LensHubError
+from .fit import FitReport, fit_lens
 from .hub_mixin import TunedLens
 from .kernels import triton_usable
 from .losses import fused_lens_losses
 from .models import hidden_states
-from .options import Kernel, Loss, Optimizer
+from .options import DEFAULT_FIT_TOKENS, DEFAULT_RIDGE, PAPER, POLISH, Init, Kernel, Loss, Optimizer
 
 __all__ = [
     "LayerRangeError",
@@ -67,7 +76,7 @@ __all__ = [
 ]
 
 # Settings that do not change the result (the kernel: only in rounding): a run may be resumed with other values.
-_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel"}
+_RESUMABLE = {"checkpoint_every", "keep_checkpoints", "log", "quiet", "kernel", "fit_memory"}
 
 
 class TrainSettingsError(LensHubError):
@@ -85,14 +94,16 @@ class TrainingInterrupted(KeyboardInterrupt):
     handle it still stops as on any Ctrl-C.
 
     Attributes:
-        step: Steps completed and saved (0: none completed, nothing saved).
+        step: Steps completed and saved (0: none completed; the fitted lens may be saved as step 0).
         steps: Steps of the whole run.
         checkpoint: The checkpoint directory holding ``step`` (None when nothing was saved).
+        during_fit: Stopped during the closed-form fit (nothing saved; rerunning fits again).
     """
 
-    def __init__(self, step: int, steps: int, checkpoint: Path | None) -> None:
-        self.step, self.steps, self.checkpoint = step, steps, checkpoint
-        super().__init__(f"interrupted after step {step} of {steps}")
+    def __init__(self, step: int, steps: int, checkpoint: Path | None, *, during_fit: bool = False) -> None:
+        self.step, self.steps, self.checkpoint, self.during_fit = step, steps, checkpoint, during_fit
+        where = "during the closed-form fit" if during_fit else f"after step {step} of {steps}"
+        super().__init__(f"interrupted {where}")
 
 
 def check_layers(layers: list[int] | None, num_layers: int) -> None:
@@ -140,14 +151,22 @@ class NonFiniteLossError(LensHubError):
 
 @dataclass
 class TrainSettings:
-    """Everything that defines a training run (recorded in the lens config and in checkpoints)."""
+    """Everything that defines a training run (recorded in the lens config and in checkpoints).
 
-    steps: int = 250
-    tokens_per_step: int = 1 << 18
+    ``steps``, ``tokens_per_step``, ``optimizer`` and ``lr`` left ``None`` take the recipe's value: `POLISH` after a
+    closed-form fit (the default), `PAPER` with ``init="zero"`` or when fine-tuning a lens given in ``init_from``.
+
+    Raises:
+        TrainSettingsError: ``init`` and ``init_from`` both given (they are alternatives).
+    """
+
+    init: Init | None = None  # "fit" (None: the default, unless init_from names a lens) or "zero" (the paper's)
+    steps: int | None = None  # KL steps (after a fit: polish steps; 0 keeps the fit as it is)
+    tokens_per_step: int | None = None
     seq_len: int = 2048
     batch_size: int = 8  # sequences per forward pass (per process)
-    optimizer: Optimizer = "sgd"
-    lr: float | None = None  # effective learning rate; None: 0.1 for SGD (lr_scale 1 x (1 - momentum)), 1e-3 Adam
+    optimizer: Optimizer | None = None
+    lr: float | None = None  # effective learning rate; None: the recipe's for the optimizer
     momentum: float = 0.9
     weight_decay: float = 1e-3
     warmup_steps: int = 0
@@ -157,6 +176,9 @@ class TrainSettings:
     bias_only: bool = False
     bias: bool = True
     init_from: str | None = None
+    fit_tokens: int | None = None  # None: all the training data, up to DEFAULT_FIT_TOKENS
+    ridge: float = DEFAULT_RIDGE  # the fit's ridge, relative to the mean variance of a layer's states
+    fit_memory: int | None = None  # bytes the fit's moments may use (None: half of what is free)
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -164,9 +186,37 @@ class TrainSettings:
     log: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        if self.init is not None and self.init_from is not None:
+            raise TrainSettingsError(
+                f"init={self.init!r} and init_from={self.init_from!r} are alternatives: a run starts from a fit, from "
+                "zero, or from a lens; pass only one (--init or --init-from)."
+            )
+        recipe = self.recipe
+        for name in ("steps", "tokens_per_step", "optimizer"):
+            if getattr(self, name) is None:
+                setattr(self, name, recipe[name])
+
+    @property
+    def initialisation(self) -> Literal["fit", "zero", "lens"]:
+        """How the translators start: fitted in closed form, zero (the logit lens), or from the lens in init_from."""
+        if self.init_from is not None:
+            return "lens"
+        return self.init or "fit"
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The defaults this run's initialisation implies: `POLISH` after a fit, else `PAPER`."""
+        return POLISH if self.initialisation == "fit" else PAPER
+
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.1 if self.optimizer == "sgd" else 1e-3)
+        """``lr``, or the recipe's for the optimizer (after a fit: scaled down for polishes of few steps)."""
+        if self.lr is not None:
+            return self.lr
+        recipe = self.recipe
+        short = min(1.0, self.steps / recipe["full_lr_steps"]) if "full_lr_steps" in recipe else 1.0
+        return recipe["lr"][self.optimizer] * short
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,13 +247,20 @@ def plan_for(settings: TrainSettings, seq_len: int, world: int) -> Plan:
     rather than rounded, since the run would then not be the one its settings (and its provenance) describe.
 
     Raises:
-        TrainSettingsError: ``steps`` or ``batch_size`` below 1, or ``tokens_per_step`` not a positive multiple of
-            ``batch_size * seq_len * world`` (naming the two nearest valid values).
+        TrainSettingsError: ``batch_size`` below 1, ``steps`` below 1 (0 is allowed after a fit: the fit alone), or
+            ``tokens_per_step`` not a positive multiple of ``batch_size * seq_len * world`` (naming the two nearest
+            valid values).
     """
-    if settings.steps < 1:
-        raise TrainSettingsError(f"--steps must be at least 1, not {settings.steps}: a run needs a step to train.")
+    if settings.steps < 0 or (settings.steps == 0 and settings.initialisation != "fit"):
+        start = "a lens given by --init-from" if settings.initialisation == "lens" else "zero translators"
+        raise TrainSettingsError(
+            f"--steps must be at least 1, not {settings.steps}: a run that starts from {start} needs a step to "
+            "train (--steps 0 is for --init fit: the closed-form fit alone)."
+        )
     if settings.batch_size < 1:
         raise TrainSettingsError(f"--batch-size must be at least 1, not {settings.batch_size}.")
+    if settings.steps == 0:  # the fit alone: the step size does not matter
+        return Plan(1, world, settings.batch_size)
     per_pass = settings.batch_size * seq_len * world  # tokens of one forward pass on every process
     accum, rest = divmod(settings.tokens_per_step, per_pass)
     if accum < 1 or rest:
@@ -233,7 +290,36 @@ def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
             f"{data.seq_len} tokens ({needed * data.seq_len:,} tokens), but {data.source} gives "
             f"{len(data.sequences)}. Add data, or lower --steps / --tokens-per-step / --seq-len."
         )
+    if settings.initialisation == "fit":
+        fit_sequences(settings, data)
     return plan
+
+
+def fit_sequences(settings: TrainSettings, data: TokenData) -> int:
+    """How many sequences (the first of the run's data order) the closed-form fit reads.
+
+    ``fit_tokens`` is rounded down to whole sequences; left None, the fit reads all the data up to
+    `DEFAULT_FIT_TOKENS`.
+
+    Raises:
+        TrainSettingsError: ``fit_tokens`` below one sequence.
+        DataError: ``fit_tokens`` beyond the data.
+    """
+    available, seq_len = len(data.sequences), data.seq_len
+    if settings.fit_tokens is None:
+        return min(available, max(1, DEFAULT_FIT_TOKENS // seq_len))
+    wanted = settings.fit_tokens // seq_len
+    if wanted < 1:
+        raise TrainSettingsError(
+            f"--fit-tokens {settings.fit_tokens} is less than one sequence of {seq_len} tokens (--seq-len); fit on at "
+            "least that many."
+        )
+    if wanted > available:
+        raise DataError(
+            f"--fit-tokens {settings.fit_tokens:,} needs {wanted} sequences of {seq_len} tokens, but {data.source} "
+            f"gives {available} ({available * seq_len:,} tokens). Add data, or lower --fit-tokens."
+        )
+    return wanted
 
 
 def _schedule(settings: TrainSettings) -> Callable[[int], float]:
@@ -351,6 +437,7 @@ class _Run:
     device: torch.device
     rank: int
     world: int
+    fit: FitReport | None = None  # the closed-form fit of this session (None: none ran, or resumed after it)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -505,8 +592,10 @@ def _share_checkpoint(
     return Checkpoint(head["step"], lens, optimizer, head["scheduler"], head["settings"]), None
 
 
-def _resume(run: _Run, out: Path) -> int:
-    """Load the newest checkpoint in ``out/checkpoints`` into the run; return the step to continue from (0: none).
+def _resume(run: _Run, out: Path) -> int | None:
+    """Load the newest checkpoint in ``out/checkpoints`` into the run; return its step (None: there is none).
+
+    Step 0 is the fitted lens, checkpointed before the first KL step.
 
     Only rank 0 writes checkpoints, so only rank 0's directory is read: on node-local disks the other ranks have
     none (or stale ones), and a rank that started at another step would wait forever in the gradient all-reduce.
@@ -532,9 +621,40 @@ def _resume(run: _Run, out: Path) -> int:
     if problem is not None:
         raise CheckpointError(problem)
     if ckpt is None:
-        return 0
+        return None
     _load_into_run(run, ckpt)
     return ckpt.step
+
+
+def _fit(run: _Run, console: Any) -> FitReport:
+    """Fit the run's translators in closed form on the first `fit_sequences` of the data order (this rank's share)."""
+    count = fit_sequences(run.settings, run.data)
+    mine = run.order[:count][run.rank :: run.world]
+    progress = _FitProgress(run, count, console) if run.rank == 0 and not run.settings.quiet else None
+    try:
+        report = fit_lens(
+            run.lens,
+            run.model,
+            run.data,
+            mine,
+            run.layers,
+            batch_size=run.settings.batch_size,
+            ridge=run.settings.ridge,
+            memory=run.settings.fit_memory,
+            bias_only=run.settings.bias_only,
+            progress=progress.update if progress else None,
+        )
+    finally:
+        if progress:
+            progress.close()
+    if run.rank == 0 and console is not None and not run.settings.quiet:
+        passes = f" in {report.passes} passes (memory)" if report.passes > 1 else ""
+        console.print(
+            f"fitted {len(run.layers)} translators in closed form on {report.tokens:,} tokens{passes}: forward passes "
+            f"{report.forward_seconds:.1f} s, moments and solve {report.fit_seconds:.1f} s (ridge {report.ridge:g})",
+            highlight=False,
+        )
+    return report
 
 
 def _train_step(run: _Run, step: int) -> list[float]:
@@ -618,12 +738,10 @@ def _hub_init_from(init_from: str | None) -> str | None:
 def _provenance(run: _Run, dataset_name: str | None) -> TrainingInfo:
     """The run's `TrainingInfo`: every hyperparameter in its own field (none in the legacy mapping)."""
     s, data = run.settings, run.data
-    return TrainingInfo(
-        dataset=dataset_name or data.source,
-        num_tokens=s.steps * s.tokens_per_step,
-        steps=s.steps,
+    fitted, stepped = s.initialisation == "fit", s.steps > 0
+    # A fit without steps used no optimizer: its settings would describe nothing that happened.
+    steps_only = dict(
         loss=s.loss,
-        layers=None if s.layers is None else run.layers,
         optimizer=s.optimizer,
         learning_rate=s.learning_rate,
         momentum=s.momentum if s.optimizer == "sgd" else None,  # AdamW does not use it
@@ -631,16 +749,26 @@ def _provenance(run: _Run, dataset_name: str | None) -> TrainingInfo:
         warmup_steps=s.warmup_steps,
         grad_clip=s.clip,
         tokens_per_step=s.tokens_per_step,
+        # The kernel may change on resuming (it only changes rounding): this is the one of the last session.
+        kernel=run.kernel,
+    )
+    return TrainingInfo(
+        dataset=dataset_name or data.source,
+        init=s.initialisation,
+        fit_tokens=fit_sequences(s, data) * data.seq_len if fitted else None,
+        fit_ridge=s.ridge if fitted else None,
+        num_tokens=s.steps * s.tokens_per_step,
+        steps=s.steps,
+        layers=None if s.layers is None else run.layers,
         seq_len=data.seq_len,
         batch_size=s.batch_size,
         world_size=run.world,
         seed=s.seed,
         bias_only=s.bias_only,
         init_from=_hub_init_from(s.init_from),
-        # The kernel may change on resuming (it only changes rounding): this is the one of the last session.
-        kernel=run.kernel,
         tokens_per_byte=data.tokens_per_byte,
         lens_hub_version=__version__,
+        **(steps_only if stepped else {}),
     )
 
 
@@ -700,11 +828,19 @@ def train_lens(
     rank, world = _distributed()
     out = Path(out)
     run = _build_run(model, data, settings, lens, rank, world)
-    start = _resume(run, out)
-    if rank == 0 and console is not None:
+    resumed = _resume(run, out)
+    start = resumed or 0
+    if rank == 0 and console is not None and resumed is not None:
         _say_start(console, start, settings.steps, out)
+    if resumed is None and settings.initialisation == "fit":
+        try:
+            run.fit = _fit(run, console)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(0, settings.steps, None, during_fit=True) from None
+        if rank == 0:
+            _save_checkpoint(run, out, 0)  # resuming starts from the fitted lens, never refits
     loggers = _loggers(settings.log, out) if rank == 0 else []
-    progress = _Progress(run, start, console) if rank == 0 and not settings.quiet else None
+    progress = _Progress(run, start, console) if rank == 0 and not settings.quiet and settings.steps else None
     done, saved = start, start
     try:
         for step in range(start, settings.steps):
@@ -724,7 +860,7 @@ def train_lens(
         checkpoint = None
         if rank == 0 and done > saved:
             _save_checkpoint(run, out, done)
-        if done > 0:
+        if done > 0 or settings.initialisation == "fit":  # step 0 of a fitted run is the fitted lens
             checkpoint = out / "checkpoints" / f"step-{done:06d}"
         raise TrainingInterrupted(done, settings.steps, checkpoint) from None
     finally:
@@ -750,6 +886,10 @@ def _say_start(console: Any, start: int, steps: int, out: Path) -> None:
         )
     elif start > 0:
         console.print(f"resuming from step {start} of {steps} ({out / 'checkpoints'})", highlight=False)
+    else:
+        console.print(
+            f"resuming from the fitted lens, before step 1 of {steps} ({out / 'checkpoints'})", highlight=False
+        )
 
 
 def restart(out: str | os.PathLike[str]) -> None:
@@ -789,6 +929,23 @@ def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float
     return loggers
 
 
+def _bar(label: str, console: Any) -> Any:
+    """A started rich progress bar: label, bar, done/total, time left, and a free ``info`` field."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    bar.start()
+    return bar
+
+
 class _Progress:
     """Rich progress bar: step, tokens/s, the lens loss in bits per byte (as ``lens-hub eval``), ETA.
 
@@ -797,21 +954,10 @@ class _Progress:
     """
 
     def __init__(self, run: _Run, start: int, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.layers = run.layers
         self.data = run.data
         self.name = "KL" if run.settings.loss == "kl" else "CE"
-        self.bar = Progress(
-            TextColumn("[bold]training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-            transient=False,
-        )
-        self.bar.start()
+        self.bar = _bar("polishing" if run.settings.initialisation == "fit" else "training", console)
         self.task = self.bar.add_task("train", total=run.settings.steps, completed=start, info="")
 
     def describe(self, losses: list[float]) -> str:
@@ -832,6 +978,23 @@ class _Progress:
 
     def update(self, step: int, losses: list[float], rate: float) -> None:
         self.bar.update(self.task, completed=step, info=f"{rate:,.0f} tok/s  {self.describe(losses)}")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+class _FitProgress:
+    """Rich progress bar of the closed-form fit: forward passes done (of all passes over the data), tokens/s, ETA."""
+
+    def __init__(self, run: _Run, sequences: int, console: Any) -> None:
+        self.tokens_per_batch = run.settings.batch_size * run.data.seq_len * run.world
+        self.start = time.perf_counter()
+        self.bar = _bar("fitting", console)
+        self.task = self.bar.add_task("fit", total=None, info=f"{len(run.layers)} layers, {sequences} sequences")
+
+    def update(self, done: int, total: int) -> None:
+        rate = done * self.tokens_per_batch / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, completed=done, total=total, info=f"{rate:,.0f} tok/s (forward passes)")
 
     def close(self) -> None:
         self.bar.stop()

@@ -56,7 +56,16 @@ def _lens(model, seed=0, *, metrics=True, base_model=BASE):
         for p in lens.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     update = {
-        "training": TrainingInfo(dataset="notes.txt", num_tokens=4096, steps=20, loss="kl", hyperparameters={"lr": 1.0})
+        "training": TrainingInfo(
+            dataset="notes.txt",
+            init="fit",
+            fit_tokens=8192,
+            fit_ridge=1e-4,
+            num_tokens=4096,
+            steps=20,
+            loss="kl",
+            hyperparameters={"lr": 1.0},
+        )
     }
     if metrics:
         update["evaluation"] = EvaluationInfo(
@@ -119,6 +128,8 @@ def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopba
     assert (loc.repo_id, loc.subfolder, loc.revision) == (REPO, "", result.commit)
     assert version.license == "mit"
     assert version.training.dataset == "notes.txt" and version.training.steps == 20
+    t = version.training  # the init and the fit are part of the provenance the registry carries
+    assert (t.init, t.fit_tokens, t.fit_ridge) == ("fit", 8192, 1e-4)
     assert version.evaluation.tuned.kl == [0.5, 0.3, 0.1]
     files = {f.path: f for f in version.files}
     assert set(files) == {"config.json", "lens.safetensors"}
@@ -145,6 +156,7 @@ def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopba
     assert f'TunedLens.from_pretrained("hf://{REPO}@v1.0.0", model=model)' in text
     assert "one learned affine *translator* per layer" in text
     assert "| notes.txt |" in text and "| 20 |" in text  # training provenance
+    assert "| initialisation | closed-form fit on 8,192 tokens (ridge 0.0001), then 20 KL steps |" in text
     assert "| 0 | 0.500 | 3.000 | 2.000 | 5.000 |" in text  # KL / cross-entropy, tuned vs logit
     assert "](eval.png)" in text
     assert loopback_hub.read_file(REPO, "eval.png").startswith(b"\x89PNG")

@@ -97,7 +97,7 @@ def test_the_paper_recipe_lowers_heldout_kl_at_every_layer(tmp_path, tokens):
     model = gpt2_real_vocab()
     train, held = tokens.split(16)
     before = evaluate(model, held).logit["kl"]
-    settings = TrainSettings(steps=15, tokens_per_step=256, seq_len=32, batch_size=8, quiet=True)
+    settings = TrainSettings(init="zero", steps=15, tokens_per_step=256, seq_len=32, batch_size=8, quiet=True)
     lens = train_lens(model, train, settings, tmp_path / "lens")
     after = evaluate(model, held, lens).tuned["kl"]
     assert all(a < 0.8 * b for a, b in zip(after, before, strict=True)), (before, after)
@@ -107,6 +107,7 @@ def test_the_paper_recipe_lowers_heldout_kl_at_every_layer(tmp_path, tokens):
     assert cfg["training"]["learning_rate"] == 0.1
     assert cfg["training"]["optimizer"] == "sgd"
     assert cfg["training"]["dataset"] == str(SAMPLE)
+    assert cfg["training"]["init"] == "zero" and cfg["training"]["fit_tokens"] is None
 
 
 def _small(**kw):
@@ -129,9 +130,9 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, tokens):
     with pytest.raises(_Crash):
         train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=crash)
     kept = list_checkpoints(tmp_path / "resumed" / "checkpoints")
-    assert [p.name for p in kept] == ["step-000002"]
+    assert [p.name for p in kept] == ["step-000000", "step-000002"]  # step 0: the fitted lens
     # Checkpoints of earlier versions also hold RNG states, which resuming ignores (nothing in a run is random).
-    save_file({"cpu": torch.zeros(8, dtype=torch.uint8)}, kept[0] / "rng.safetensors")
+    save_file({"cpu": torch.zeros(8, dtype=torch.uint8)}, kept[-1] / "rng.safetensors")
     seen = []
     resumed = train_lens(model, tokens, _small(), tmp_path / "resumed", on_step=lambda s, _: seen.append(s))
     assert seen == [3, 4, 5, 6]
@@ -147,7 +148,8 @@ def test_checkpoints_are_safe_small_and_rotated(tmp_path, tokens):
     files = sorted(f.name for f in kept[-1].iterdir())
     assert files == ["lens.safetensors", "optimizer.safetensors", "state.json"]  # no RNG states: nothing is random
     lens_bytes = (tmp_path / "lens.safetensors").stat().st_size
-    assert sum(f.stat().st_size for f in kept[-1].iterdir()) < 3 * lens_bytes  # no frozen model weights inside
+    # The lens and AdamW's two moments, no frozen model weights (the embedding alone is 6 MB here).
+    assert sum(f.stat().st_size for f in kept[-1].iterdir()) < 4 * lens_bytes
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, tokens):
@@ -212,12 +214,15 @@ def test_provenance_fills_the_typed_fields_and_the_kernel_that_ran(tmp_path):
     training = json.loads((tmp_path / "auto" / "config.json").read_text())["training"]
     assert training == {
         "dataset": "corpus",
+        "init": "fit",
+        "fit_tokens": 128,  # all 8 sequences of 16
+        "fit_ridge": 1e-3,
         "num_tokens": 128,
         "steps": 2,
         "loss": "kl",
         "layers": [0, 2],
         "optimizer": "adam",
-        "learning_rate": 1e-3,
+        "learning_rate": pytest.approx(2e-4),  # the polish's AdamW default 1e-3, x 2/10 for a 2-step polish
         "momentum": None,  # AdamW has none
         "weight_decay": 1e-3,
         "warmup_steps": 0,
@@ -257,10 +262,13 @@ def test_tokens_per_step_must_be_a_multiple_of_one_forward_pass(tmp_path, tokens
     assert not (tmp_path / "out").exists()
 
 
-def test_zero_steps_are_refused(tmp_path, tokens):
-    with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not 0"):
-        train_lens(gpt2_real_vocab(), tokens, _small(steps=0), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def test_zero_steps_are_refused_unless_the_fit_trains(tmp_path, tokens):
+    for start in (dict(init="zero"), dict(init_from=str(tmp_path))):
+        with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not 0.*--steps 0 is for --init fit"):
+            train_lens(gpt2_real_vocab(), tokens, _small(steps=0, **start), tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not -1"):
+        plan_for(_small(steps=-1), 32, 1)
 
 
 def test_data_sources_and_bits_per_byte(tmp_path, tokenizer):

@@ -92,7 +92,8 @@ def uninterrupted(tmp_path_factory):
     _save_model(root)
     results = _two_nodes(root / "model", [root / "node0", root / "node1"])
     assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
-    assert [p.name for p in list_checkpoints(root / "node0" / "lens" / "checkpoints")] == ["step-000002", "step-000004"]
+    kept = [p.name for p in list_checkpoints(root / "node0" / "lens" / "checkpoints")]
+    assert kept == ["step-000000", "step-000002", "step-000004"]  # step 0: the fitted lens
     assert not (root / "node1" / "lens").exists()  # rank 1 writes nothing
     return root
 

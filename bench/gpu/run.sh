@@ -3,7 +3,8 @@
 #   bash bench/gpu/prepare_wheels.sh            # here, once
 #   device run: bash bench/gpu/run.sh            # carry [".whl"], timeout_s 540
 # It checks the image, times the reference step against lens-hub's fused step (eager and Triton kernels) for the
-# SmolLM2-135M and GPT-2 configs, sweeps the chunk size, and trains a lens end to end with `lens-hub train` on CUDA.
+# SmolLM2-135M and GPT-2 configs, sweeps the chunk size, trains a lens end to end with `lens-hub train` on CUDA, and
+# runs the closed-form fit + polish against the paper's recipe for the same wall time (bench/gpu/fit_check.py).
 # Everything lands in $OUT (JSON lines and logs); the last lines printed are a summary table.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -32,6 +33,8 @@ if [ "${DRY_RUN:-0}" = 1 ]; then  # the same script, tiny, on this machine's CPU
   bench tiny --config tiny-gpt2 --batch 1 --seq 64 --steps 1
   timeout 300 python3 bench/gpu/train_check.py "$OUT/train" --cpu >"$OUT/train.log" 2>&1 || echo "FAILED ($?)"
   tail -3 "$OUT/train.log"
+  timeout 300 python3 bench/gpu/fit_check.py --cpu >"$OUT/fit.log" 2>&1 || echo "FAILED ($?)"
+  grep '^{' "$OUT/fit.log"
 else
   bench smollm2 --config smollm2 --batch 8 --seq 1024 --steps 10
   bench gpt2 --config gpt2 --batch 8 --seq 1024 --steps 10
@@ -40,5 +43,8 @@ else
   echo "== lens-hub train on CUDA (random GPT-2 weights, real tokenizer, bf16 autocast)"
   timeout 200 python3 bench/gpu/train_check.py "$OUT/train" >"$OUT/train.log" 2>&1 || echo "FAILED ($?)"
   tail -25 "$OUT/train.log"
+  echo "== the closed-form fit + polish on 1M tokens vs the paper's recipe for the same wall time (SmolLM2 config)"
+  timeout 240 python3 bench/gpu/fit_check.py >"$OUT/fit.log" 2>&1 || echo "FAILED ($?)"
+  grep '^{' "$OUT/fit.log" || tail -20 "$OUT/fit.log"
 fi
 python3 bench/gpu/summary.py "$OUT"/*.json
