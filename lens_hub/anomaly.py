@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from .errors import LensHubError
+from .format import text_lines
 from .lens import Lens, LogitLens, TunedLens
 from .models import hidden_states, max_positions
 
@@ -91,6 +92,9 @@ class MissingExtraError(AnomalyError):
 # --------------------------------------------------------------------------------------------------- prompts
 
 
+MAX_PROMPT_FILE_BYTES = 64 * 2**20  # a prompt set of thousands of prompts is a few MB
+
+
 def read_prompts(path: str | os.PathLike[str], *, field: str = "text") -> list[str]:
     """Read prompts from a ``.jsonl`` file (one JSON object per line, the prompt in ``field``) or a text file
     (one prompt per non-empty line).
@@ -109,23 +113,21 @@ def read_prompts(path: str | os.PathLike[str], *, field: str = "text") -> list[s
     file = Path(path)
     if not file.is_file():
         raise PromptFileError(f"prompt file {file} does not exist: pass a .jsonl file with a {field!r} field per line")
+    if file.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(
+            f"prompt file {file} is {file.stat().st_size:,} bytes, more than the {MAX_PROMPT_FILE_BYTES:,} a prompt "
+            "set may have; split it or sample from it"
+        )
     prompts: list[str] = []
-    with file.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if file.suffix != ".jsonl":
-                prompts.append(line.rstrip("\n"))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                message = f"{file}:{n} is not valid JSON ({exc.msg}): write one JSON object per line"
-                raise PromptFileError(message) from exc
-            text = record.get(field) if isinstance(record, dict) else None
+    jsonl = file.suffix == ".jsonl"
+    try:
+        for n, line in text_lines(file, records=jsonl):
+            text = line.get(field) if isinstance(line, dict) else None if jsonl else line
             if not isinstance(text, str) or not text.strip():
                 raise PromptFileError(f"{file}:{n} has no non-empty string field {field!r}: add it, or pick the field")
             prompts.append(text)
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise PromptFileError(f"{exc}: write one prompt per line, or one JSON object per line in a .jsonl") from None
     if not prompts:
         raise PromptFileError(f"{file} holds no prompts: write one JSON object with a {field!r} field per line")
     return prompts

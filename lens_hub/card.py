@@ -7,6 +7,7 @@ The metadata block is written with ``yaml.safe_dump``, which quotes whatever nee
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from dataclasses import dataclass
@@ -64,21 +65,21 @@ def build_card(config: LensConfig, info: CardInfo) -> str:
 
 
 def _intro(config: LensConfig, info: CardInfo) -> str:
-    where = f"`{info.repo_id}`" + (f", folder `{info.subfolder}`" if info.subfolder else "")
-    revision = f" at revision `{config.base_revision}`" if config.base_revision else ""
+    where = _code(info.repo_id) + (f", folder {_code(info.subfolder)}" if info.subfolder else "")
+    revision = f" at revision {_code(config.base_revision)}" if config.base_revision else ""
     bias = "a weight matrix and a bias" if config.bias else "a weight matrix (no bias)"
     return (
         f"# Tuned lens for {info.base_model}\n\n"
         f"A **tuned lens** (Belrose et al. 2023, [arXiv 2303.08112](https://arxiv.org/abs/2303.08112)) for "
         f"[{info.base_model}](https://huggingface.co/{info.base_model}){revision}, version **{info.version}** "
-        f"(tag `{info.tag}` in {where}), published with [lens-hub](https://pypi.org/project/lens-hub/).\n\n"
+        f"(tag {_code(info.tag)} in {where}), published with [lens-hub](https://pypi.org/project/lens-hub/).\n\n"
         "A lens reads what the model predicts after each layer. The tuned lens applies one learned affine "
         f"*translator* per layer ({bias}, here {_translators(config)}), then the model's "
         "own final norm and unembedding: `unembed(final_norm(h + W h + b))`. It is trained to minimise "
         "KL(final-layer distribution ‖ lens distribution); with `W = b = 0` it is exactly the logit lens.\n\n"
         "| file | content |\n|---|---|\n"
-        f"| `config.json` | what the lens fits: model type `{config.model_type}`, {config.num_layers} layers, hidden "
-        f"size {config.hidden_size}, vocabulary {config.vocab_size}, unembedding fingerprint; provenance |\n"
+        f"| `config.json` | what the lens fits: model type {_cell(config.model_type)}, {config.num_layers} layers, "
+        f"hidden size {config.hidden_size}, vocabulary {config.vocab_size}, unembedding fingerprint; provenance |\n"
         f"| `lens.safetensors` | the translators (`translators.{{i}}.weight`, `translators.{{i}}.bias`), "
         f"{config.dtype}, safetensors (no pickle) |\n"
     )
@@ -155,7 +156,7 @@ def _training(config: LensConfig) -> str:
     # name: show each under the field's label, once, and only where the field itself is empty.
     shown = {label for label, value in rows if value is not None}
     for key, value in sorted(t.hyperparameters.items()):
-        label = _SYNONYMS.get(key.lower().replace("-", "_"), f"`{key}`")
+        label = _SYNONYMS.get(key.lower().replace("-", "_"), _key_label(key))
         if label not in shown:
             rows.append((label, _value(value)))
             shown.add(label)
@@ -255,8 +256,29 @@ def dataset_label(dataset: str | None, num_tokens: int | None = None) -> str | N
     return f"{name or 'local text'}{rest}"
 
 
+# Markdown that could turn recorded text into a link, an image, emphasis or a table column; HTML is escaped first.
+_MARKDOWN = re.compile(r"([\\`*_\[\]|])")
+
+
 def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Recorded text as inert Markdown: HTML escaped, link/image/emphasis/table syntax backslash-escaped, one line.
+
+    Config values come from strangers (a converted legacy lens, an adopted repo): ``<script>``, ``<img onerror>``
+    or ``[x](javascript:...)`` must reach a card as text, never as markup.
+    """
+    return _MARKDOWN.sub(r"\\\1", html.escape(str(value), quote=False).replace("\n", " ").replace("\r", " "))
+
+
+def _key_label(key: str) -> str:
+    """A hyperparameter's name: code when it is a plain identifier, escaped text otherwise (no markup either way)."""
+    return f"`{key}`" if re.fullmatch(r"[A-Za-z0-9_.-]+", key) else _cell(key)
+
+
+def _code(value: object) -> str:
+    """Recorded text as an inline code span (which shows HTML as text): backticks and line breaks replaced, pipes
+    escaped (a table cell ends at a pipe even inside code)."""
+    text = str(value).replace("`", "'").replace("\n", " ").replace("\r", " ").replace("|", "\\|")
+    return f"`{text}`"
 
 
 def _fmt(metrics: LayerMetrics, key: str, i: int) -> str:
@@ -268,7 +290,7 @@ def _evaluation(config: LensConfig, info: CardInfo) -> str:
     ev = config.evaluation
     if ev is None or not has_metrics(config):
         return "## Evaluation\n\nNo evaluation is recorded in `config.json`; run `lens-hub eval LENS --store`.\n"
-    where = f" on {dataset_label(ev.dataset, ev.num_tokens)}" if ev.dataset else ""
+    where = f" on {_cell(dataset_label(ev.dataset, ev.num_tokens))}" if ev.dataset else ""
     tokens = f" ({ev.num_tokens:,} tokens)" if ev.num_tokens else ""
     n = max(len(getattr(m, k) or []) for m in (ev.tuned, ev.logit) for k in ("kl", "cross_entropy"))
     lines = [

@@ -32,11 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import LensHubError
-from .format import nonfinite_tensors
+from .format import nonfinite_tensors, parse_json, read_text_capped
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _STATE_NAME = re.compile(r"(\d+)\.([A-Za-z_]\w*)")  # optimizer state entries: "{param_index}.{key}"
 _FIX = "delete it to resume from the previous checkpoint, or pass --restart to start afresh"
+MAX_STATE_BYTES = 16 * 2**20  # state.json holds settings, step counts and optimizer scalars: a few kB
 
 
 class CheckpointError(LensHubError):
@@ -137,10 +138,11 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
 def _read_state(path: Path) -> dict[str, Any]:
     """``state.json``, checked for the fields and types every checkpoint has."""
     file = path / "state.json"
-    try:
-        state = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint file {file} is unreadable ({exc}); {_FIX}.") from None
+    try:  # capped like any file lens-hub did not just write: size, nesting depth, duplicate keys
+        state = parse_json(read_text_capped(file, MAX_STATE_BYTES))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint file {file} is unreadable ({why}); {_FIX}.") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint file {file} must hold a JSON object, not {type(state).__name__}; {_FIX}.")
     missing = [k for k in ("step", "optimizer", "scheduler", "settings") if k not in state]

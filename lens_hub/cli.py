@@ -87,7 +87,7 @@ def convert(
 
     loaded = load_model(model, revision=revision) if model else None
     config = convert_legacy(src, dst, model=loaded, base_model=base_model)
-    console.print(f"[green]Converted[/] {src} -> {dst}")
+    console.print(f"[green]Converted[/] {escape(str(src))} -> {escape(str(dst))}")
     _print_config(config)
     if config.fingerprint is None:
         console.print("[yellow]Note:[/] no --model given, so model_type, vocab_size and the fingerprint are unknown.")
@@ -126,8 +126,8 @@ def info(directory: Annotated[Path, typer.Argument(metavar="LENS_DIR", help="A l
 def _print_config(config) -> None:
     table = Table(show_header=False, box=None)
     for key, value in config.model_dump(exclude={"training", "evaluation"}).items():
-        text = str(value)
-        table.add_row(key, text if len(text) < 70 else text[:67] + "...")
+        text = str(value)  # a stranger's text: shown as is, never read as rich markup ("[/]", "[link=...]")
+        table.add_row(key, escape(text if len(text) < 70 else text[:67] + "..."))
     console.print(table)
 
 
@@ -785,11 +785,14 @@ def download(
     from .pretrained import FetchOptions
     from .pretrained import download as fetch_lens
 
-    ref, folder, config = fetch_lens(
-        name, version=version, registry=registry, options=FetchOptions(pinned_only=pinned_only)
+    fetched = fetch_lens(name, version=version, registry=registry, options=FetchOptions(pinned_only=pinned_only))
+    fetched.cleanup()  # a legacy lens is converted again at every load, from the verified files cached here
+    config = fetched.config
+    console.print(
+        f"[green]✓[/] {escape(fetched.ref.describe())}: {config.num_layers} layers, d={config.hidden_size}, verified"
+        + (" (old tuned-lens format: converted when loaded)" if fetched.temporary else "")
     )
-    console.print(f"[green]✓[/] {ref.describe()}: {config.num_layers} layers, d={config.hidden_size}, verified")
-    console.print(str(folder), markup=False, highlight=False)
+    console.print(str(fetched.source), markup=False, highlight=False)
 
 
 @app.command()

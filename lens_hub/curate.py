@@ -28,13 +28,22 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from .config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
-from .errors import LensHubError, LensNotFoundError, RegistryError
-from .format import MAX_CONFIG_BYTES, nonfinite_tensors, parse_json, read_config, read_tensors, read_text_capped
-from .hub import HubFile, fetch_file, hub_errors, resolve_commit, sha256_of
+from .errors import HubResponseError, LensFormatError, LensHubError, LensNotFoundError, RegistryError
+from .format import (
+    MAX_CONFIG_BYTES,
+    declared_shape,
+    max_weights_bytes,
+    nonfinite_tensors,
+    parse_json,
+    read_config,
+    read_tensors,
+    read_text_capped,
+)
+from .hub import API_RESPONSE_BYTES, HubFile, evict, fetch_file, guarded, hub_errors, resolve_commit, sha256_of
 from .ids import is_commit, is_semver, semver_key, validate_repo_id
 from .legacy import LEGACY_PARAMS, convert_legacy
 from .pretrained import choose_version, resolve
-from .publish import PushResult, next_version, push
+from .publish import PublishError, PushResult, check_license, next_version, push
 from .registry import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
 from .registry_schema import REQUIRED_FILES, HubLocation, LensFile, LensVersion, ModelFacts, RegistryEntry
 
@@ -100,17 +109,21 @@ def _join(subfolder: str, name: str) -> str:
     return f"{subfolder}/{name}" if subfolder else name
 
 
-def _remote_files(repo_id: str, repo_type: str, subfolder: str, commit: str, token: str | bool | None) -> set[str]:
-    """Which of the files any lens format uses exist at ``commit`` in the subfolder (one request)."""
+def _remote_files(
+    repo_id: str, repo_type: str, subfolder: str, commit: str, token: str | bool | None
+) -> dict[str, int]:
+    """Which of the files any lens format uses exist at ``commit`` in the subfolder, with the sizes the Hub announces
+    (one request)."""
     from huggingface_hub import HfApi
 
     names = sorted({n for files in REQUIRED_FILES.values() for n in files})
-    with hub_errors(f"{repo_id}@{commit[:12]}"):
+    where = f"{repo_id}@{commit[:12]}"
+    with hub_errors(where), guarded(where, API_RESPONSE_BYTES):
         infos = HfApi().get_paths_info(
             repo_id, [_join(subfolder, n) for n in names], revision=commit, repo_type=repo_type, token=token
         )
     # get_paths_info also answers for folders; a lens file must be a file (it has a size)
-    return {i.path.rpartition("/")[2] for i in infos if hasattr(i, "size")}
+    return {i.path.rpartition("/")[2]: int(i.size) for i in infos if isinstance(getattr(i, "size", None), int)}
 
 
 def _detect_format(present: set[str], where: str) -> str:
@@ -168,11 +181,13 @@ def _inspect(
     base_model: str | None,
     model: nn.Module | None,
     token: str | bool | None,
+    recorded: dict[str, int] | None = None,
 ) -> tuple[_Inspected, str]:
-    """Read the lens at ``commit``; returns what was read and the base model id."""
-    from .adapters import find_model_parts
-    from .compat import check_compatibility
+    """Read the lens at ``commit``; returns what was read and the base model id.
 
+    ``recorded``: sizes an entry already records; a file announced or sent larger is refused before it is read.
+    """
+    recorded = recorded or {}
     where = f"hf://{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}@{commit[:12]}" + (
         f"/{subfolder}" if subfolder else ""
     )
@@ -184,11 +199,67 @@ def _inspect(
             f"{where} lacks {', '.join(missing)}, which a {fmt} lens needs ({', '.join(REQUIRED_FILES[fmt])}); "
             "nothing was written. Upload the file or fix the location."
         )
-    # Through the cache (verified against the Hub's ETag), so a later load at this commit needs no download.
+    # Through the cache (verified against the Hub's ETag), so a later load at this commit needs no download. Each
+    # download is bounded: the config by the format's cap, the weights by the shape the config declares.
+    config_name, weights_name = REQUIRED_FILES[fmt]
+    config_bound = min(MAX_CONFIG_BYTES, recorded.get(config_name, MAX_CONFIG_BYTES))
     local = {
-        name: fetch_file(HubFile(repo_id, repo_type, commit, _join(subfolder, name)), token=token)
-        for name in REQUIRED_FILES[fmt]
+        config_name: _fetch_bounded(repo_id, repo_type, subfolder, commit, config_name, config_bound, present, token)
     }
+    try:
+        raw = parse_json(read_text_capped(local[config_name], MAX_CONFIG_BYTES))
+        if not isinstance(raw, dict):
+            raise LensFormatError(f"{CONFIG_NAME} holds a JSON {type(raw).__name__}, not an object")
+        bound = max_weights_bytes(*declared_shape(raw, f"{where}/{CONFIG_NAME}"))
+    except (LensHubError, ValueError) as exc:
+        evict(local[config_name])  # a file that does not parse stays in nobody's cache
+        raise LensContentError(f"{where} was not adopted: {exc}") from None
+    bound = min(bound, recorded.get(weights_name, bound))
+    local[weights_name] = _fetch_bounded(repo_id, repo_type, subfolder, commit, weights_name, bound, present, token)
+    try:
+        return _read_fetched(local, fmt, where, workdir, base_model=base_model, model=model)
+    except LensContentError:
+        for path in local.values():
+            evict(path)
+        raise
+
+
+def _fetch_bounded(
+    repo_id: str,
+    repo_type: str,
+    subfolder: str,
+    commit: str,
+    name: str,
+    bound: int,
+    announced: dict[str, int],
+    token: str | bool | None,
+) -> Path:
+    """Fetch one lens file, refusing it before the download when the Hub announces more than ``bound`` bytes."""
+    file = HubFile(repo_id, repo_type, commit, _join(subfolder, name))
+    if announced.get(name, 0) > bound:
+        raise LensContentError(
+            f"{file.url}: the Hub announces {announced[name]:,} bytes, more than the {bound:,} such a file may have; "
+            "nothing was downloaded and nothing was adopted."
+        )
+    try:
+        return fetch_file(file, limit=bound, token=token)
+    except HubResponseError as exc:
+        raise LensContentError(f"{exc} Nothing was adopted.") from None
+
+
+def _read_fetched(
+    local: dict[str, Path],
+    fmt: str,
+    where: str,
+    workdir: Path,
+    *,
+    base_model: str | None,
+    model: nn.Module | None,
+) -> tuple[_Inspected, str]:
+    """Parse the fetched lens files; a failure is a `LensContentError` (the caller evicts the files)."""
+    from .adapters import find_model_parts
+    from .compat import check_compatibility
+
     records = [LensFile(path=n, size=p.stat().st_size, sha256=sha256_of(p)) for n, p in local.items()]
     folder = local[CONFIG_NAME].parent
     parts = find_model_parts(model) if model is not None else None
@@ -372,6 +443,10 @@ def adopt(
     """
     repo_id, repo_type, subfolder, revision = _parse_location(location)
     wanted = _check_version(version)
+    try:
+        license = check_license(license)
+    except PublishError as exc:
+        raise CurateError(str(exc)) from None
     if base_model is not None:
         _base_model_id(None, base_model, "--base-model")
     commit = resolve_commit(repo_id, repo_type, revision, token=token)
@@ -512,6 +587,7 @@ def pin(
                 base_model=base,  # the entry names the base model, whatever an old config says
                 model=loaded,
                 token=token,
+                recorded={f.path: f.size for f in chosen.files if f.size is not None},
             )
         except LensNotFoundError as exc:
             raise MissingLensFileError(f"{entry.model} v{chosen.version}: {exc}") from None

@@ -7,7 +7,7 @@ of the text behind the tokens are counted so losses in nats per token convert to
 
 from __future__ import annotations
 
-import json
+import codecs
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import LensHubError
+from .format import text_lines
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -32,8 +33,11 @@ def is_local(source: str | Path) -> bool:
 
 def iter_documents(
     source: str | Path, *, text_column: str = "text", split: str = "train", revision: str | None = None
-) -> Iterator[str]:
+) -> Iterator[Document]:
     """Yield documents from a text file, a folder of them, a ``.jsonl`` file, or a Hugging Face dataset.
+
+    A text file is one document, yielded as an iterator of pieces (read lazily: see `tokenize`); the others as
+    strings.
 
     Args:
         source: A ``.txt``/``.md`` file (one document), a ``.jsonl`` file (one document per line, in
@@ -56,21 +60,53 @@ def iter_documents(
         for file in files:
             yield from iter_documents(file, text_column=text_column)
     elif path.suffix == ".jsonl" and path.is_file():
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        try:
+            for n, record in text_lines(path, records=True):
                 if not isinstance(record, dict) or not isinstance(record.get(text_column), str):
                     raise DataError(f"{path}:{n}: no text field {text_column!r}; pass --text-column NAME")
                 yield record[text_column]
+        except ValueError as exc:
+            raise DataError(f"{exc}: write one JSON object per line") from None
     elif path.is_file():
-        yield path.read_text(encoding="utf-8")
+        yield _file_pieces(path)
     else:
         raise DataError(f"{source} does not exist.")
+
+
+PIECE_CHARS = 1 << 20  # text tokenized at once: a huge document is read and tokenized in pieces of this size
+
+
+def _file_pieces(path: Path) -> Iterator[str]:
+    """A text file as pieces of at most `PIECE_CHARS` characters, read lazily (one document, never whole).
+
+    Raises:
+        DataError: The file is not UTF-8 text.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        while True:
+            block = f.read(PIECE_CHARS)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: not UTF-8 text ({exc.reason}); give a .txt or .md file of text.") from None
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of at most `PIECE_CHARS` characters, cut after a newline or a space where there is one (a
+    cut elsewhere would split a word into other tokens)."""
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        window = start + PIECE_CHARS
+        cut = max(text.rfind("\n", start, window), text.rfind(" ", start, window))
+        cut = cut + 1 if cut > start else window
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 @dataclass(frozen=True)
@@ -177,8 +213,11 @@ class TokenData:
         )
 
 
+Document = str | Iterator[str]  # a text, or a text read in pieces (`iter_documents` reads text files so)
+
+
 def tokenize(
-    documents: Iterator[str] | list[str],
+    documents: Iterator[Document] | list[Document],
     tokenizer: object,
     *,
     seq_len: int,
@@ -188,7 +227,8 @@ def tokenize(
 ) -> TokenData:
     """Tokenize documents into ``[n, seq_len]`` sequences, joined with the tokenizer's EOS.
 
-    Stops once ``max_sequences`` full sequences exist (so a huge streamed dataset is read only as far as needed).
+    Long documents are tokenized in pieces of at most `PIECE_CHARS` characters, and reading stops once
+    ``max_sequences`` full sequences exist: a huge record or a one-line 40 MiB file costs only what the run reads.
     """
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
@@ -196,24 +236,33 @@ def tokenize(
     stream: list[int] = []
     num_bytes = 0
     limit = None if max_sequences is None else max_sequences * seq_len
+    batch: list[tuple[bool, str]] = []  # (starts a document, text)
 
-    def flush(batch: list[str]) -> None:
+    def flush() -> None:
         nonlocal num_bytes
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:  # type: ignore[operator]
-            stream.append(eos)
+        texts = [text for _, text in batch]
+        for (first, _), ids in zip(batch, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):  # type: ignore[operator]
+            if first:
+                stream.append(eos)
             stream.extend(ids)
-        num_bytes += sum(len(d.encode("utf-8")) for d in batch)
+        num_bytes += sum(len(t.encode("utf-8")) for t in texts)
+        batch.clear()
 
-    batch: list[str] = []
+    def enough() -> bool:
+        return limit is not None and len(stream) >= limit
+
     for doc in documents:
-        batch.append(doc)
-        if len(batch) == batch_docs:
-            flush(batch)
-            batch = []
-            if limit is not None and len(stream) >= limit:
-                break
-    if batch and (limit is None or len(stream) < limit):
-        flush(batch)
+        pieces = _pieces(doc) if isinstance(doc, str) else (p for whole in doc for p in _pieces(whole))
+        for k, piece in enumerate(pieces):
+            batch.append((k == 0, piece))
+            if len(batch) >= batch_docs or sum(len(t) for _, t in batch) >= PIECE_CHARS:
+                flush()
+                if enough():
+                    break
+        if enough():
+            break
+    if batch and not enough():
+        flush()
     n = len(stream) // seq_len
     if max_sequences is not None:
         n = min(n, max_sequences)

@@ -73,6 +73,12 @@ class ChecksumMismatchError(LensHubError):
     """A downloaded file's size or sha256 differs from the registry; the bad file was removed from the cache."""
 
 
+class HubResponseError(LensHubError):
+    """The Hub (or a mirror) answered something lens-hub refuses before using it: a commit id or ETag of the wrong
+    form, a file larger than recorded or announced, or a transfer that overran its deadline. Nothing of the answer
+    was kept."""
+
+
 class OfflineNotCachedError(LensHubError):
     """Offline mode is on (``HF_HUB_OFFLINE=1``) and the lens is not in the local cache."""
 

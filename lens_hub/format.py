@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -101,15 +101,53 @@ def parse_json(text: str) -> object:
     return value
 
 
+def text_lines(file: Path, *, records: bool) -> Iterator[tuple[int, object]]:
+    """The non-blank lines of a stranger's text file, read one at a time, with their line numbers (from 1).
+
+    Args:
+        file: The file.
+        records: Parse each line with `parse_json` (a JSON-lines file) instead of yielding its text.
+
+    Raises:
+        ValueError: ``"{file}:{n} is not UTF-8 text (...)"`` or ``"{file}:{n} is not a JSON record (...)"``; the
+            caller adds how to fix it and raises its own error class.
+    """
+    with file.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{file}:{n} is not UTF-8 text ({exc.reason})") from None
+            if not line.strip():
+                continue
+            if not records:
+                yield n, line.rstrip("\n")
+                continue
+            try:
+                yield n, parse_json(line)
+            except ValueError as exc:
+                raise ValueError(f"{file}:{n} is not a JSON record ({' '.join(str(exc).split())[:200]})") from None
+
+
 def validation_problems(exc: ValidationError) -> str:
     """A pydantic error as ``field: message (got value)`` items, ``;``-separated (long values are cut short)."""
     problems = []
     for e in exc.errors():
         where = ".".join(map(str, e["loc"])) or "<root>"
         got = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(got, dict | list) else f" (got {short_repr(got)})"
+        hidden = e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict | list)
+        shown = "" if hidden else f" (got {echo_value(got)})"
         problems.append(f"{where}: {e['msg']}{shown}")
     return "; ".join(problems)
+
+
+def echo_value(value: object) -> str:
+    """A hostile value as an error message may quote it: short numbers and words as they are, anything longer by
+    its type and length only (a registry or config file may hold a pasted token; messages end up in CI logs)."""
+    text = repr(value)
+    if len(text) <= 24:
+        return text
+    return f"a {type(value).__name__} of {len(value) if isinstance(value, str | bytes) else len(text)} characters"
 
 
 def short_repr(value: object, limit: int = 60) -> str:
@@ -271,6 +309,32 @@ def read_tensors(directory: str | os.PathLike[str], config: LensConfig) -> dict[
     except SafetensorError as exc:
         raise LensFormatError(f"{file} is not a readable safetensors file: {exc}") from None
     return tensors
+
+
+def declared_shape(raw: dict, where: str) -> tuple[int, int]:
+    """The hidden size and layer count a config declares (lens-hub's or tuned-lens's keys), checked and capped.
+
+    Raises:
+        LensFormatError: Missing, not positive integers, or beyond lens-hub's caps.
+    """
+    shape = []
+    for keys, cap in ((("hidden_size", "d_model"), MAX_HIDDEN_SIZE), (("num_layers", "num_hidden_layers"), MAX_LAYERS)):
+        value = next((raw[k] for k in keys if k in raw), None)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= cap:
+            raise LensFormatError(
+                f"{where}: {keys[0]} must be a positive integer of at most {cap:,}, not {short_repr(value, 30)}."
+            )
+        shape.append(value)
+    return shape[0], shape[1]
+
+
+def max_weights_bytes(hidden_size: int, num_layers: int) -> int:
+    """The most bytes a lens's weights file may have for this shape, in either format (for bounding downloads).
+
+    ``num_layers`` translators of ``d x d + d`` values in the widest dtype a file could claim (8 bytes), plus the
+    largest header lens-hub reads (`MAX_HEADER_BYTES`; a ``params.pt`` needs far less around its tensors).
+    """
+    return num_layers * (hidden_size * hidden_size + hidden_size) * 8 + MAX_HEADER_BYTES + 8
 
 
 # The dtype names of a safetensors header, as torch dtypes (for the messages).

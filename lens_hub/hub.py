@@ -5,7 +5,13 @@ tokens all apply, and a file cached at a 40-hex commit is served without any HTT
 only sizes; every file is therefore hashed here before use, against the recorded sha256 or, when none is recorded,
 against the Hub's own ETag (the name huggingface_hub gives the cached blob: the sha256 of an LFS file, the git blob
 oid of a regular one). A file that fails is deleted from the cache (blob and snapshot link) so no later call can
-trust it.
+trust it; nothing outside the cache is ever followed or deleted.
+
+Every answer of the Hub is a stranger's until checked, headers included (`guarded`): while lens-hub talks to the
+Hub, a response hook on huggingface_hub's HTTP client refuses a commit id or ETag of the wrong form *before* the
+client uses it (huggingface_hub 2.4 names cache files after them: ``blobs/<ETag>``, ``refs/<branch>`` holding
+``X-Repo-Commit``), refuses an announced size above the bound, and stops reading a body at the bound or at the
+deadline, whatever the server claimed.
 """
 
 from __future__ import annotations
@@ -14,22 +20,140 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import (
     ChecksumMismatchError,
+    HubResponseError,
     HubUnreachableError,
     LensHubError,
     LensNotFoundError,
     OfflineNotCachedError,
 )
+from .format import short_repr
 from .ids import is_commit
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+API_RESPONSE_BYTES = 16 * 2**20  # a repo's metadata (repo_info, paths-info, refs) is far smaller
+TRANSFER_SECONDS = 600.0  # a lens file or API answer must arrive within this, however slowly the server drips it
+
+
+@dataclass
+class _Guard:
+    """The bounds of the Hub answers expected now: what is fetched, its largest size, the deadline."""
+
+    what: str
+    limit: int
+    seconds: float
+    deadline: float
+    etag: str | None = None  # the last file ETag seen (its partial download is removed if the transfer is refused)
+
+
+_GUARD: ContextVar[_Guard | None] = ContextVar("lens_hub_hub_guard", default=None)
+
+
+def _hub_etag(value: str) -> str:
+    return value.strip().removeprefix("W/").strip('"')
+
+
+def _check_response(response: Any) -> None:
+    """huggingface_hub's response hook while `guarded`: refuse malformed ids and oversized answers, bound the body."""
+    guard = _GUARD.get()
+    if guard is None:
+        return
+    headers = response.headers
+    commit = headers.get("x-repo-commit")
+    if commit is not None and not _HEX40.match(commit):
+        raise HubResponseError(
+            f"{guard.what}: the server's X-Repo-Commit {short_repr(commit, 50)} is not a 40-hex commit id, so "
+            "nothing it sent was used (a hostile or broken mirror? check HF_ENDPOINT)."
+        )
+    if "/resolve/" in response.request.url.path:
+        for name in ("etag", "x-linked-etag"):  # the linked one (an LFS file's sha256) names the blob: last wins
+            if headers.get(name) is not None:
+                tag = _hub_etag(headers[name])
+                if not (_HEX40.match(tag) or _HEX64.match(tag)):
+                    raise HubResponseError(
+                        f"{guard.what}: the server's {name} {short_repr(headers[name], 50)} is neither a sha256 nor a "
+                        "git blob id, so nothing it sent was used (a hostile or broken mirror? check HF_ENDPOINT)."
+                    )
+                guard.etag = tag
+    for name in ("x-linked-size", "content-length"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        if not value.isdigit() or len(value) > 18:
+            raise HubResponseError(f"{guard.what}: the server's {name} {short_repr(value, 30)} is not a size.")
+        if int(value) > guard.limit:
+            raise HubResponseError(
+                f"{guard.what}: the server announces {int(value):,} bytes, more than the {guard.limit:,} this file "
+                "may have (its record or its format's bound); nothing was downloaded."
+            )
+    response.stream = _bounded_stream(response.stream, guard)
+
+
+def _bounded_stream(inner: Any, guard: _Guard) -> Any:
+    """``inner`` (huggingface_hub's response body) read through the guard's bounds (see `_BoundedStream`)."""
+    import httpx2  # huggingface_hub's HTTP stack since 2.0; its client checks the stream's type
+
+    class _BoundedStream(httpx2.SyncByteStream):
+        """A response body read at most to ``limit`` bytes, and complete by the deadline."""
+
+        def __iter__(self) -> Iterator[bytes]:
+            return _read_bounded(inner, guard)
+
+        def close(self) -> None:
+            inner.close()
+
+    return _BoundedStream()
+
+
+def _read_bounded(inner: Any, guard: _Guard) -> Iterator[bytes]:
+
+    seen = 0
+    for chunk in inner:
+        seen += len(chunk)
+        if seen > guard.limit:
+            raise HubResponseError(
+                f"{guard.what}: the server sent more than the {guard.limit:,} bytes this file may have (whatever it "
+                "announced); reading stopped there and nothing was kept."
+            )
+        if time.monotonic() > guard.deadline:
+            raise HubResponseError(
+                f"{guard.what}: the transfer did not finish within {guard.seconds:.0f} s (the server sends too "
+                "slowly); nothing was kept. Retry later, or check HF_ENDPOINT."
+            )
+        yield chunk
+
+
+@contextmanager
+def guarded(what: str, limit: int, *, seconds: float | None = None) -> Iterator[_Guard]:
+    """Hold the Hub's answers inside this block to ``limit`` bytes each and ``seconds`` in all (see the module doc).
+
+    Raises:
+        HubResponseError: From inside the block, at the first answer that breaks a bound or a format.
+    """
+    from huggingface_hub import get_session
+
+    client = get_session()  # the client huggingface_hub shares; recreated if someone closes it, so check each time
+    hooks = client.event_hooks
+    if _check_response not in hooks["response"]:
+        client.event_hooks = {"request": hooks["request"], "response": [*hooks["response"], _check_response]}
+    seconds = TRANSFER_SECONDS if seconds is None else seconds
+    guard = _Guard(what, limit, seconds, time.monotonic() + seconds)
+    token = _GUARD.set(guard)
+    try:
+        yield guard
+    finally:
+        _GUARD.reset(token)
 
 
 class LensAccessError(LensNotFoundError):
@@ -156,12 +280,35 @@ def git_blob_oid(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _cache_repo_dir(local: Path) -> Path | None:
+    """The huggingface_hub cache folder of the repo a snapshot path belongs to (``.../models--org--name``)."""
+    parts = local.parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith(("models--", "datasets--", "spaces--")) and parts[i + 1] == "snapshots":
+            return Path(*parts[: i + 1])
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def evict(local: Path) -> None:
-    """Remove a cached file: the snapshot entry and, if it is a link, the blob it points to."""
-    blob = local.resolve()
-    local.unlink(missing_ok=True)
-    if blob != local:
-        blob.unlink(missing_ok=True)
+    """Remove a cached file: the snapshot entry and the blob it links to, never anything outside the cache.
+
+    A link whose target lies outside the repo's ``blobs`` folder (planted, or named by a hostile ETag) is removed
+    itself; its target is left alone. A path outside any huggingface_hub cache is not touched.
+    """
+    repo = _cache_repo_dir(local)
+    if repo is None:
+        return
+    if local.is_symlink():
+        target = local.resolve()
+        local.unlink(missing_ok=True)
+        if _inside(target, (repo / "blobs").resolve()):
+            target.unlink(missing_ok=True)
+    elif _inside(local.resolve(), repo.resolve()):  # a copy instead of a link (Windows without symlinks)
+        local.unlink(missing_ok=True)
 
 
 def verify_file(local: Path, file: HubFile) -> None:
@@ -174,23 +321,33 @@ def verify_file(local: Path, file: HubFile) -> None:
     Raises:
         ChecksumMismatchError: After evicting the file from the cache.
     """
-    size = local.stat().st_size
-    address = local.resolve().name
+    repo = _cache_repo_dir(local)
+    blob = local.resolve()
+    if repo is not None and local.is_symlink() and not _inside(blob, (repo / "blobs").resolve()):
+        evict(local)
+        raise ChecksumMismatchError(
+            f"{file.url}: the cache entry {local} links outside the cache ({blob}); the link was removed and its "
+            "target left alone. A new call downloads the file again."
+        )
+    size = blob.stat().st_size
+    address = blob.name
     problem = None
     if file.size is not None and size != file.size:
         problem = f"size {size} bytes, expected {file.size}"
     elif file.sha256 is not None:
-        actual = sha256_of(local)
+        actual = sha256_of(blob)
         if actual != file.sha256:
             problem = f"sha256 {actual}, expected {file.sha256}"
     elif _HEX64.match(address):
-        actual = sha256_of(local)
+        actual = sha256_of(blob)
         if actual != address:
             problem = f"sha256 {actual}, but the Hub announced {address}"
     elif _HEX40.match(address):
-        actual = git_blob_oid(local)
+        actual = git_blob_oid(blob)
         if actual != address:
             problem = f"git blob id {actual}, but the Hub announced {address}"
+    else:  # no record and no checkable name: fail closed
+        problem = f"no recorded checksum, and its cache name {short_repr(address, 50)} is not one to check it by"
     if problem:
         evict(local)
         raise ChecksumMismatchError(
@@ -203,12 +360,22 @@ def verify_file(local: Path, file: HubFile) -> None:
 def fetch_file(
     file: HubFile,
     *,
+    limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """Download (or find in the cache) one file and verify it; returns its local path."""
-    path = _download(file, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    """Download (or find in the cache) one file and verify it; returns its local path.
+
+    Args:
+        file: What to fetch; its recorded size, when there is one, bounds the download.
+        limit: The most bytes the file may have when no size is recorded (its format's bound).
+
+    Raises:
+        HubResponseError: The server's answer breaks a bound or a format (nothing of it is kept).
+        ChecksumMismatchError: The file fails verification (it is removed from the cache).
+    """
+    path = _download(file, limit=limit, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
     verify_file(path, file)
     return path
 
@@ -216,24 +383,53 @@ def fetch_file(
 def _download(
     file: HubFile,
     *,
+    limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """Download (or find in the cache) one file, unverified; `fetch_file` is the verified way."""
+    """Download (or find in the cache) one file, unverified but bounded; `fetch_file` is the verified way."""
     from huggingface_hub import hf_hub_download
 
-    with hub_errors(file.url, local_files_only=local_files_only):
-        local = hf_hub_download(
-            file.repo_id,
-            file.path,
-            repo_type=file.repo_type,
-            revision=file.revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-        )
+    bound = file.size if file.size is not None else limit
+    if bound is None:
+        raise ValueError(f"{file.url}: a download needs a recorded size or a limit")
+    with hub_errors(file.url, local_files_only=local_files_only), guarded(file.url, bound) as guard:
+        try:
+            local = hf_hub_download(
+                file.repo_id,
+                file.path,
+                repo_type=file.repo_type,
+                revision=file.revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        except HubResponseError:
+            _drop_partial(file, guard.etag, cache_dir)
+            raise
+        except OSError as exc:  # huggingface_hub's own size check ("Consistency check failed") on a lying server
+            _drop_partial(file, guard.etag, cache_dir)
+            if "onsistency" not in str(exc):
+                raise
+            raise HubResponseError(
+                f"{file.url}: the server sent another number of bytes than it announced; nothing was kept."
+            ) from None
     return Path(local)
+
+
+def _drop_partial(file: HubFile, etag: str | None, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Remove the partial download of a refused transfer, which huggingface_hub would otherwise resume."""
+    if etag is None:
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE)
+    blobs = root / repo_folder_name(repo_id=file.repo_id, repo_type=file.repo_type) / "blobs"
+    for leftover in (blobs / etag, blobs / f"{etag}.incomplete"):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
 
 
 def commit_of(local: Path) -> str | None:
@@ -252,10 +448,15 @@ def resolve_commit(repo_id: str, repo_type: str, revision: str, *, token: str | 
         return revision
     from huggingface_hub import HfApi
 
-    with hub_errors(f"{repo_id}@{revision}"):
+    what = f"{repo_id}@{revision}"
+    with hub_errors(what), guarded(what, API_RESPONSE_BYTES):
         info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, token=token)
-    if not info.sha:
-        raise LensHubError(f"the Hub did not report a commit for {repo_id}@{revision}")
+    if not isinstance(info.sha, str) or not is_commit(info.sha):
+        # A server's value becomes a cache path (refs/, snapshots/) and a request URL: only a commit id will do.
+        raise HubResponseError(
+            f"the Hub did not report a commit for {what}: it answered {short_repr(info.sha, 50)}, not a 40-hex "
+            "commit id (a hostile or broken mirror? check HF_ENDPOINT)."
+        )
     return info.sha
 
 
@@ -295,7 +496,7 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
     if loc.revision is None:
         report.notes.append(f"unpinned; {where} main is at {commit} (pin it to verify this entry)")
     paths = [f"{loc.subfolder}/{f.path}" if loc.subfolder else f.path for f in version.files]  # type: ignore[attr-defined]
-    with hub_errors(where):
+    with hub_errors(where), guarded(where, API_RESPONSE_BYTES):
         infos = {
             i.path: i
             for i in api.get_paths_info(loc.repo_id, paths, revision=commit, repo_type=loc.repo_type, token=token)
@@ -311,7 +512,9 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
         if remote_sha is None:  # a regular (non-LFS) file: the Hub gives only a git oid, so hash the live bytes
             with tempfile.TemporaryDirectory() as fresh:  # never the cache: it may hold an older, good copy
                 # Unverified on purpose: the audit reports what the bytes are, and whether they match the ETag.
-                live = _download(HubFile(loc.repo_id, loc.repo_type, commit, path), token=token, cache_dir=fresh)
+                live = _download(  # bounded by the size the Hub itself announced for it
+                    HubFile(loc.repo_id, loc.repo_type, commit, path), limit=info.size, token=token, cache_dir=fresh
+                )
                 remote_sha = sha256_of(live)
                 address = live.resolve().name
                 if _HEX40.match(address) and git_blob_oid(live) != address:
@@ -329,7 +532,7 @@ def _audit_shapes(
     api: object, loc: object, commit: str, path: str, facts: object, token: str | bool | None
 ) -> list[str]:
     d, layers = getattr(facts, "hidden_size", None), getattr(facts, "num_layers", None)
-    with hub_errors(path):
+    with hub_errors(path), guarded(path, API_RESPONSE_BYTES):
         meta = api.parse_safetensors_file_metadata(  # type: ignore[attr-defined]
             loc.repo_id,
             path,

@@ -83,6 +83,7 @@ class LensHubMixin:
             UnknownVersionError: The registry entry has no such version.
             NotPinnedError: ``pinned_only=True`` and the lens is not pinned to a commit.
             ChecksumMismatchError: A downloaded file differs from its recorded size or sha256.
+            HubResponseError: The Hub's answers break a bound or a format (nothing of them is kept).
             IncompatibleLensError: The lens contradicts its registry entry or does not fit ``model`` (a registry entry
                 whose facts rule ``model`` out is refused before anything is downloaded).
             OfflineNotCachedError: Offline, and the lens is not in the cache.
@@ -95,10 +96,13 @@ class LensHubMixin:
         if model is not None and ref.entry is not None:
             # The registry's facts may rule the model out already: refuse before any request or download.
             check_entry_fits_model(ref.entry, model, allow_mismatch=allow_mismatch, architecture=architecture)
-        ref, folder, config = download(name, version=version, registry=registry, options=options, ref=ref)
-        if model is None:
-            model = load_base_model(ref, config, dtype=dtype)
-        return cls.load(folder, model, allow_mismatch=allow_mismatch, architecture=architecture)
+        fetched = download(name, version=version, registry=registry, options=options, ref=ref)
+        try:
+            if model is None:
+                model = load_base_model(fetched.ref, fetched.config, dtype=dtype)
+            return cls.load(fetched.folder, model, allow_mismatch=allow_mismatch, architecture=architecture)
+        finally:
+            fetched.cleanup()  # a legacy lens's conversion is read into memory by now
 
     @classmethod
     def from_model_and_pretrained(cls: type[L], model: nn.Module, *, version: str | None = None, **kwargs: Any) -> L:

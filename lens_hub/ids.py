@@ -154,9 +154,9 @@ def check_revision(value: str) -> str:
     """Return ``value`` if it is a safe git revision for ``hf://REPO@REVISION``, else raise `InvalidNameError`.
 
     A revision is a branch, a tag (``sub/v1.0.0``), ``refs/pr/N`` or a commit SHA. It is put into Hub URLs and cache
-    paths, so it must be a well-formed git ref name: at most 256 ASCII characters, no control characters or
-    whitespace, no leading or trailing ``/``, no empty, ``.`` or ``..`` components, no component starting with
-    ``.`` or ending with ``.lock``, and none of ``..``, ``@{``, ``~``, ``^``, ``:``, ``?``, ``*``, ``[``, ``\\``.
+    paths (and from there into model cards and pages), so it must be a well-formed git ref name of the characters
+    Hub refs use: at most 256 ASCII letters, digits and ``. _ - / +``, no leading or trailing ``/``, no empty,
+    ``.`` or ``..`` components, no component starting with ``.`` or ending with ``.lock``, no ``..``.
 
     Example:
         ``check_revision("main")``, ``check_revision("lens/gpt2/v1.0.0")``; ``check_revision("../../x")`` raises.
@@ -174,6 +174,10 @@ def check_revision(value: str) -> str:
         bad = next((s for s in _REVISION_FORBIDDEN if s in value), None)
         if bad is not None:
             why = f"contains {bad!r}"
+    if why is None:  # git allows more, but a Hub branch or tag never needs it, and it would reach cards and pages
+        odd = next((c for c in value if not (c.isalnum() or c in "._-/+")), None)
+        if odd is not None:
+            why = f"contains {odd!r} (a revision is letters, digits and . _ - / +)"
     if why is None:
         for part in value.split("/"):
             if part == "" or part.startswith(".") or part.endswith(".lock"):

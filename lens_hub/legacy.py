@@ -37,6 +37,7 @@ from .format import (
     dtype_name,
     parse_json,
     read_text_capped,
+    short_repr,
     validation_problems,
     write_lens_dir,
 )
@@ -164,6 +165,13 @@ def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, t
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise LegacyFormatError(f"{file} must hold a dict of tensors, got {type(state).__name__}.")
+    for key, tensor in state.items():
+        problem = _unbacked(tensor)
+        if problem:
+            raise LegacyFormatError(
+                f"{file}: tensor {short_repr(key, 40)} {problem}; only plain dense tensors that hold their own values "
+                "are read (nothing was converted)."
+            )
     # Some versions prefixed the keys with the ModuleList's name.
     state = {k.removeprefix("layer_translators."): v for k, v in state.items()}
     has_bias = any(k.endswith(".bias") for k in state)
@@ -181,6 +189,30 @@ def _read_legacy_params(src: Path, d: int, num_layers: int) -> tuple[dict[str, t
         if state[key].dtype not in TORCH_DTYPES.values():
             raise LegacyFormatError(f"{file}: {key} has unsupported dtype {state[key].dtype}.")
     return state, has_bias
+
+
+def _unbacked(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` is not a plain dense tensor backed by its own values (None: it is), checked before any copy.
+
+    ``torch.load(weights_only=True)`` accepts views: a 3 kB file can hold ``zeros(1).expand(8192, 8192)``, whose
+    storage is one value but whose copy (any conversion) is 256 MiB; and meta, sparse or quantized tensors, which
+    are not weights at all.
+    """
+    if tensor.is_meta or tensor.device.type == "meta":
+        return "is a meta tensor (no values)"
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor, not a dense one"
+    if tensor.is_quantized:
+        return "is a quantized tensor"
+    needed = tensor.numel() * tensor.element_size()
+    available = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    repeated = any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True))
+    if available < needed or repeated:
+        return (
+            f"is a view of {max(available, 0):,} bytes presenting {needed:,} bytes (strides {list(tensor.stride())}): "
+            "it would be inflated on conversion"
+        )
+    return None
 
 
 def _describe_keys(state: Mapping[str, torch.Tensor], num_layers: int) -> str:
@@ -213,6 +245,13 @@ def _convert(
     path = Path(src)
     raw = _read_legacy_config(path)
     d, num_layers = raw["d_model"], raw["num_hidden_layers"]
+    for key, value in (("hidden_size", d), ("num_layers", num_layers)):  # before params.pt is read at all
+        known = (known_facts or {}).get(key)
+        if known is not None and known != value:
+            raise LegacyFormatError(
+                f"{path / LEGACY_CONFIG}: declares {key} {value}, but the registry entry says {known}; params.pt was "
+                "not read. The files do not belong to this entry: report it."
+            )
     params, has_bias = _read_legacy_params(path, d, num_layers)
     if raw.get("bias") is not None and bool(raw["bias"]) != has_bias:
         logger.warning(

@@ -32,8 +32,17 @@ from .errors import (
     UnknownVersionError,
     UnverifiedLensWarning,
 )
-from .format import MAX_CONFIG_BYTES, nonfinite_tensors, parse_json, read_config, read_tensors, read_text_capped
-from .hub import HubFile, commit_of, evict, fetch_file, is_offline, resolve_commit
+from .format import (
+    MAX_CONFIG_BYTES,
+    declared_shape,
+    max_weights_bytes,
+    nonfinite_tensors,
+    parse_json,
+    read_config,
+    read_tensors,
+    read_text_capped,
+)
+from .hub import HubFile, evict, fetch_file, is_offline, resolve_commit
 from .ids import check_revision, check_subfolder, is_commit, semver_key, validate_repo_id
 from .registry import Registry
 from .registry_schema import REQUIRED_FILES, LensFile, LensVersion, ModelFacts, RegistryEntry
@@ -185,26 +194,49 @@ def _join(subfolder: str, path: str) -> str:
     return f"{subfolder}/{path}" if subfolder else path
 
 
-def converted_cache_dir(repo_type: str, repo_id: str, commit: str, subfolder: str) -> Path:
-    """Where a legacy lens fetched at ``commit`` is kept after conversion to the lens-hub format."""
-    from .models import cache_dir
+def _hub_file(ref: LensRef, revision: str, record: LensFile) -> HubFile:
+    """The Hub file of a registry record, at ``revision`` in the ref's subfolder."""
+    assert ref.repo_id is not None
+    return HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, record.path), record.size, record.sha256)
 
-    return cache_dir() / "converted" / f"{repo_type}s--{repo_id.replace('/', '--')}" / commit / (subfolder or "_root")
+
+def _check_shape_against_facts(shape: tuple[int, int], facts: ModelFacts | None, ref: LensRef) -> None:
+    """Refuse a config whose declared shape contradicts the registry's facts, before its weights are downloaded."""
+    if facts is None:
+        return
+    lines = [
+        f"the registry says {name} {known} but the lens's {CONFIG_NAME} declares {value}"
+        for name, value, known in (
+            ("hidden_size", shape[0], facts.hidden_size),
+            ("num_layers", shape[1], facts.num_layers),
+        )
+        if known is not None and value != known
+    ]
+    if lines:
+        raise IncompatibleLensError(
+            lines, hint=f"{ref.describe()}: the files contradict the registry entry; nothing more was downloaded."
+        )
 
 
-def _convert_into_cache(folder: Path, target: Path, base_model: str | None, facts: ModelFacts | None) -> Path:
+def _convert_into(folder: Path, base_model: str | None, facts: ModelFacts | None) -> Path:
+    """Convert a verified legacy lens into a new private temporary directory (a fresh one per load).
+
+    Nothing converted is cached: a planted converted copy can never be picked up, and loads in parallel never
+    share a directory. Converting costs one ``torch.load`` of the verified ``params.pt``.
+    """
     from .legacy import convert_legacy
 
-    if (target / CONFIG_NAME).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    known = facts.model_dump(include={"model_type", "vocab_size", "fingerprint"}) if facts else None
+    known = (
+        facts.model_dump(include={"model_type", "vocab_size", "fingerprint", "hidden_size", "num_layers"})
+        if facts
+        else None
+    )
+    target = Path(tempfile.mkdtemp(prefix="lens-hub-converted-"))
     try:
-        convert_legacy(folder, tmp, base_model=base_model, known_facts=known)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        convert_legacy(folder, target, base_model=base_model, known_facts=known)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     return target
 
 
@@ -224,7 +256,7 @@ class _Fetched:
 
     folder: Path
     downloaded: tuple[Path, ...] = ()  # snapshot paths in the huggingface_hub cache (empty for a local lens)
-    converted: Path | None = None  # lens-hub's conversion of a legacy lens (in lens-hub's own cache)
+    converted: Path | None = None  # a legacy lens's conversion, in a temporary directory of its own
 
 
 def _removal_note(fetched: _Fetched, bad: list[Path]) -> str:
@@ -301,7 +333,8 @@ def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
     """Make the lens available locally in the lens-hub format; returns its directory.
 
     Registry lenses are fetched at their pinned commit and verified (size + sha256); legacy lenses are then
-    converted once into lens-hub's cache. Hub locations are resolved to one commit first so all files agree.
+    converted into a new temporary directory (the caller's to delete). Hub locations are resolved to one commit
+    first so all files agree.
     """
     return _fetch(ref, options or FetchOptions()).folder
 
@@ -335,21 +368,21 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
         records = _required_files(ref)
         if revision is None and online:  # one commit for all files, even if main moves while they download
             revision = resolve_commit(ref.repo_id, ref.repo_type, "main", token=opts.token)
-        files = [
-            HubFile(ref.repo_id, ref.repo_type, revision or "main", _join(ref.subfolder, f.path), f.size, f.sha256)
-            for f in records
-        ]
-        local = tuple(fetch_file(f, **kw) for f in files)
-        folder = local[0].parent
-        if any(p.parent != folder for p in local):
+        config_record, weights_record = records
+        config_path = fetch_file(_hub_file(ref, revision or "main", config_record), limit=MAX_CONFIG_BYTES, **kw)
+        # The declared shape bounds the weights' download, and must agree with the entry before it starts.
+        shape = declared_shape(_read_hub_config(config_path, ref), f"{ref.describe()} {CONFIG_NAME}")
+        _check_shape_against_facts(shape, ref.entry.facts, ref)
+        weights = fetch_file(_hub_file(ref, revision or "main", weights_record), limit=max_weights_bytes(*shape), **kw)
+        local = (config_path, weights)
+        folder = config_path.parent
+        if weights.parent != folder:
             raise LensFormatError(
                 f"{ref.describe()}: the files came from different snapshots ({', '.join(str(p) for p in local)}); "
                 "the branch moved while downloading. Retry."
             )
         if version.format == "tuned-lens-legacy":
-            commit = commit_of(local[0]) or (revision or "main")
-            target = converted_cache_dir(ref.repo_type, ref.repo_id, commit, ref.subfolder)
-            return _convert_fetched(_Fetched(folder, local, target), ref.entry.model, ref.entry.facts)
+            return _convert_fetched(_Fetched(folder, local), ref.entry.model, ref.entry.facts)
         return _Fetched(folder, local)
 
     # An explicit Hub location: pin one commit, then fetch config.json and whichever weights it calls for.
@@ -358,21 +391,23 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
     revision = ref.revision or "main"
     if online:
         revision = resolve_commit(ref.repo_id, ref.repo_type, revision, token=opts.token)
-    config_path = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, CONFIG_NAME)), **kw)
+    config_file = HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, CONFIG_NAME))
+    config_path = fetch_file(config_file, limit=MAX_CONFIG_BYTES, **kw)
     raw = _read_hub_config(config_path, ref)
+    if "schema_version" in raw or "d_model" in raw:
+        bound = max_weights_bytes(*declared_shape(raw, f"{ref.describe()} {CONFIG_NAME}"))
     if "schema_version" in raw:
-        weights = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, WEIGHTS_NAME)), **kw)
-        return _Fetched(config_path.parent, (config_path, weights))
+        weights_file = HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, WEIGHTS_NAME))
+        return _Fetched(config_path.parent, (config_path, fetch_file(weights_file, limit=bound, **kw)))
     if "d_model" in raw:
         warnings.warn(
             f"{ref.describe()} is an old tuned-lens lens; it is read with torch.load(weights_only=True) and converted.",
             UnverifiedLensWarning,
             stacklevel=4,
         )
-        params = fetch_file(HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, "params.pt")), **kw)
-        commit = commit_of(config_path) or revision
-        target = converted_cache_dir(ref.repo_type, ref.repo_id, commit, ref.subfolder)
-        return _convert_fetched(_Fetched(config_path.parent, (config_path, params), target), None, None)
+        params_file = HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, "params.pt"))
+        params = fetch_file(params_file, limit=bound, **kw)
+        return _convert_fetched(_Fetched(config_path.parent, (config_path, params)), None, None)
     raise LensNotFoundError(
         f"{ref.describe()} holds no lens: its {CONFIG_NAME} is not a lens config (is it a model "
         "repo? lenses are listed by `lens-hub registry list`)."
@@ -380,17 +415,16 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
 
 
 def _convert_fetched(fetched: _Fetched, base_model: str | None, facts: ModelFacts | None) -> _Fetched:
-    """Convert a downloaded legacy lens into lens-hub's cache; the lens is then read from the converted copy.
+    """Convert a downloaded legacy lens into a temporary directory; the lens is then read from the converted copy.
 
     Raises:
         LegacyFormatError: The old files do not parse (they are removed from the cache, so a retry refetches).
     """
-    assert fetched.converted is not None
     try:
-        folder = _convert_into_cache(fetched.folder, fetched.converted, base_model, facts)
+        folder = _convert_into(fetched.folder, base_model, facts)
     except LensFormatError as exc:  # LegacyFormatError included: a damaged download must not stay cached
         raise type(exc)(f"{exc}{_removal_note(fetched, list(fetched.downloaded))}") from None
-    return _Fetched(folder, fetched.downloaded, fetched.converted)
+    return _Fetched(folder, fetched.downloaded, folder)
 
 
 def _check_lens_files(fetched: _Fetched) -> LensConfig:
@@ -466,6 +500,31 @@ def check_against_entry(config: LensConfig, facts: ModelFacts, model_id: str) ->
         )
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    """A fetched, verified lens.
+
+    Attributes:
+        ref: What the name resolved to.
+        folder: The lens in lens-hub's format: the Hub cache's snapshot, a local directory, or, for a legacy lens,
+            a fresh conversion in a temporary directory (``temporary``), which the caller should delete when done.
+        config: Its parsed config.
+        source: Where the files came from (the Hub cache's snapshot folder, or the local directory).
+        temporary: ``folder`` is a temporary conversion.
+    """
+
+    ref: LensRef
+    folder: Path
+    config: LensConfig
+    source: Path
+    temporary: bool = False
+
+    def cleanup(self) -> None:
+        """Delete a temporary conversion (nothing else)."""
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def download(
     name: str,
     *,
@@ -473,24 +532,35 @@ def download(
     registry: Registry | str | os.PathLike[str] | None = None,
     options: FetchOptions | None = None,
     ref: LensRef | None = None,
-) -> tuple[LensRef, Path, LensConfig]:
-    """Resolve, fetch and verify a lens without loading a model; returns the ref, local directory and config.
+) -> Downloaded:
+    """Resolve, fetch and verify a lens without loading a model.
 
     ``ref``: an already resolved ``name`` (`resolve`), so a caller that checked it first does not resolve twice.
 
     Besides the checksums, the config and every tensor are parsed here, before any lens is built: a downloaded file
     that does not parse is removed from the cache (a retry downloads it again), and a lens holding NaN or infinite
-    weights is refused.
+    weights is refused. Downloads are bounded by the recorded sizes, or by the config's declared shape.
 
     Raises:
         LensFormatError: The files do not parse, do not match each other, or hold non-finite weights.
+        HubResponseError: The Hub's answers break a bound or a format (nothing of them is kept).
     """
     ref = resolve(name, version=version, registry=registry) if ref is None else ref
     fetched = _fetch(ref, options or FetchOptions())
-    config = _check_lens_files(fetched)
-    if ref.entry is not None:
-        check_against_entry(config, ref.entry.facts, ref.entry.model)
-    return ref, fetched.folder, config
+    done = Downloaded(
+        ref,
+        fetched.folder,
+        _check_lens_files(fetched),
+        fetched.downloaded[0].parent if fetched.downloaded else fetched.folder,
+        temporary=fetched.converted is not None,
+    )
+    try:
+        if ref.entry is not None:
+            check_against_entry(done.config, ref.entry.facts, ref.entry.model)
+    except BaseException:
+        done.cleanup()
+        raise
+    return done
 
 
 def load_base_model(ref: LensRef, config: LensConfig, *, dtype: torch.dtype | None = None) -> nn.Module:

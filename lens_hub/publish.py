@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -427,6 +428,7 @@ def plan_push(
     repo_id = _check_repo_id(repo_id)
     sub = _check_subfolder(subfolder)
     wanted = _check_version(version)
+    license = check_license(license)
     alias_list = [a.strip() for a in (aliases.split(",") if isinstance(aliases, str) else aliases or []) if a.strip()]
 
     config = _lens_config(lens_dir, base_model)
@@ -524,6 +526,23 @@ def _files(lens_dir: Path, config: LensConfig, sub: str, info: CardInfo) -> list
     return files
 
 
+_LICENSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
+
+
+def check_license(license: str | None) -> str | None:
+    """``license`` if it is a license id like the Hub's (``mit``, ``apache-2.0``, ``cc-by-4.0``, ``other``).
+
+    Raises:
+        PublishError: Anything else, before anything is built or uploaded.
+    """
+    if license is None or _LICENSE_ID.fullmatch(license):
+        return license
+    raise PublishError(
+        f"--license {license[:40]!r}{'...' if len(license) > 40 else ''} is not a license id: use one like mit, "
+        "apache-2.0 or cc-by-4.0 (letters, digits, '.', '+' and '-', at most 64 characters); nothing was uploaded."
+    )
+
+
 def execute(plan: PushPlan) -> PushResult:
     """Carry out a plan: create the repo if needed, one commit, one tag, then the registry entry.
 
@@ -544,6 +563,13 @@ def execute(plan: PushPlan) -> PushResult:
         parent = refs.head
         if plan.tag in refs.tags:
             raise VersionExistsError(f"{repo_id} got the tag {plan.tag} meanwhile; nothing was uploaded.")
+    else:  # the tag may have appeared since the plan read the refs: a commit now would be left untagged
+        refs = _read_refs(api, repo_id, token)
+        if plan.tag in refs.tags:
+            raise VersionExistsError(
+                f"{repo_id} got the tag {plan.tag} (commit {refs.tags[plan.tag][:12]}) since the plan was made; "
+                "nothing was uploaded. Plan again to pick the next free version."
+            )
     operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.source) for f in plan.files]
     try:
         with _hub(f"committing to {repo_id}"):

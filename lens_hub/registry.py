@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import LensNotFoundError, RegistryError
-from .format import MAX_NESTING, atomic_write, nesting_depth, parse_json, read_text_capped, short_repr
+from .format import MAX_NESTING, atomic_write, echo_value, nesting_depth, parse_json, read_text_capped
 from .registry_schema import RegistryEntry
 
 REGISTRY_ENV = "LENS_HUB_REGISTRY"
@@ -116,6 +116,8 @@ def _read_raw(path: Path) -> object:
     Raises:
         ValueError, OSError, UnicodeDecodeError, yaml.YAMLError: Naming what is wrong.
     """
+    if path.is_symlink():  # a link could point at any file of the reader's (a token, a key) and echo its content
+        raise ValueError("is a symbolic link; a registry holds regular files only (copy the file in instead)")
     if not path.is_file():
         raise ValueError("is not a regular file")
     text = read_text_capped(path, MAX_FILE_BYTES)
@@ -142,8 +144,8 @@ def parse_entry_file(path: Path) -> tuple[RegistryEntry | None, list[str]]:
         entry = RegistryEntry.model_validate(raw)
     except ValidationError as exc:
         return None, [
-            f"{path}: {_format_loc(e['loc'])}: {e['msg']} (got {short_repr(e['input'])})"
-            if e["type"] not in ("missing", "model_type") and not isinstance(e["input"], (dict, list))
+            f"{path}: {_format_loc(e['loc'])}: {e['msg']} (got {echo_value(e['input'])})"
+            if e["type"] not in ("missing", "model_type", "extra_forbidden") and not isinstance(e["input"], dict | list)
             else f"{path}: {_format_loc(e['loc'])}: {e['msg']}"
             for e in exc.errors()
         ]

@@ -32,6 +32,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -436,6 +437,8 @@ async def _read_json(request: "Request", fields: tuple[str, ...]) -> dict[str, A
         raise ExplorerRequestError(
             400, f"the request body is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from exc
+    except ValueError as exc:  # valid JSON Python will not convert: a number of more than 4,300 digits
+        raise ExplorerRequestError(400, f"the request body holds a value that cannot be read ({exc})"[:300]) from exc
     except RecursionError as exc:  # "[[[[...", deep enough to exhaust the parser's stack
         raise ExplorerRequestError(400, "the request body nests too deeply: send a flat JSON object") from exc
     if not isinstance(data, dict):
@@ -690,6 +693,7 @@ def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server"
         app,
         host=HOST,
         port=port,
+        http=_header_deadline_protocol(),
         log_level="warning",
         access_log=False,
         server_header=False,
@@ -698,6 +702,58 @@ def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server"
         lifespan="off",
     )
     return uvicorn.Server(config)
+
+
+HEADER_SECONDS = 10.0  # a connection must send a whole request head within this, or it is closed
+
+
+def _header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within `HEADER_SECONDS`.
+
+    uvicorn times out idle keep-alive connections only after a first response, and counts every open connection
+    against ``limit_concurrency``: without this, a few hundred connections that never finish their headers
+    (slowloris) would hold every slot and leave real requests with 503s.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._restart_head_timer()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before and self._head_timer is not None:  # a whole request head arrived
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _restart_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                if self.conn.our_state != h11.ERROR:
+                    with suppress(h11.LocalProtocolError):
+                        self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def serve(app: "FastAPI", *, port: int = DEFAULT_PORT, sock: socket.socket | None = None) -> None:

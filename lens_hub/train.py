@@ -19,6 +19,7 @@ during the fit starts it again (the fit is forward passes over ``fit_tokens``, a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from .config import TrainingInfo
 from .data import DataError, TokenData, is_local, shuffled
 from .errors import LensHubError
 from .fit import FitReport, fit_lens
+from .format import short_repr
 from .hub_mixin import TunedLens
 from .kernels import triton_usable
 from .losses import fused_lens_losses
@@ -437,13 +439,23 @@ class _Run:
     device: torch.device
     rank: int
     world: int
+    model_digest: str = ""  # of the unembedding's fingerprint
+    data_digest: str = ""  # of the training tokens
     fit: FitReport | None = None  # the closed-form fit of this session (None: none ran, or resumed after it)
 
     @property
     def identity(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the checkpoints it resumes from (recorded in them)."""
+        """What a resumed run must share with the checkpoints it resumes from (recorded in them): the settings, the
+        model (its unembedding's fingerprint) and the training tokens (a digest), so that another model of the same
+        shapes, or other text of the same length, never continues this run."""
         kept = {k: v for k, v in self.settings.to_dict().items() if k not in _RESUMABLE}
-        return kept | {"seq_len": self.data.seq_len, "num_sequences": len(self.data.sequences), "world": self.world}
+        return kept | {
+            "seq_len": self.data.seq_len,
+            "num_sequences": len(self.data.sequences),
+            "world": self.world,
+            "model": self.model_digest,
+            "data": self.data_digest,
+        }
 
 
 def _build_run(
@@ -484,7 +496,14 @@ def _build_run(
         device=device,
         rank=rank,
         world=world,
+        model_digest=_digest(lens.unembed.parts.fingerprint.encode()),
+        data_digest=_digest(data.sequences.contiguous().numpy().tobytes()),
     )
+
+
+def _digest(data: bytes) -> str:
+    """A short content digest for a run's identity (16 hex digits of sha256)."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint | None:
@@ -495,9 +514,14 @@ def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint |
     ckpt = load_checkpoint(previous[-1])
     changed = sorted(k for k in set(identity) | set(ckpt.settings) if identity.get(k) != ckpt.settings.get(k))
     if changed:
+        what = {"model": "the model (its unembedding)", "data": "the training tokens"}
+        details = "; ".join(
+            f"{what.get(k, k)}: {short_repr(ckpt.settings.get(k), 40)} then, {short_repr(identity.get(k), 40)} now"
+            for k in changed[:6]
+        )
         raise CheckpointError(
-            f"{ckpt_dir.parent} holds checkpoints of a run with different settings ({', '.join(changed)}); "
-            "use another --out, or --restart to discard them."
+            f"{ckpt_dir.parent} holds checkpoints of a run with different settings ({', '.join(changed)}): "
+            f"{details}. Use another --out, or --restart to discard them."
         )
     return ckpt
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -287,15 +288,23 @@ def _legacy_entry(facts=None):
     )
 
 
-def test_unverified_legacy_lens_is_converted_in_the_cache(loopback_hub, model, tmp_path):
+def test_unverified_legacy_lens_is_converted_at_each_load_and_nothing_converted_is_kept(
+    loopback_hub, model, tmp_path, monkeypatch
+):
     lens = random_lens(model)
     _upload(_write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
     write_entry(tmp_path / "reg", _legacy_entry())
-    with pytest.warns(UnverifiedLensWarning, match="fetched from main"):
-        loaded = TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the conversion happens, to look for leftovers
+    (tmp_path / "tmp").mkdir()
+    tempfile.tempdir = None
+    try:
+        with pytest.warns(UnverifiedLensWarning, match="fetched from main"):
+            loaded = TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg")
+    finally:
+        tempfile.tempdir = None
     assert _same_outputs(lens, loaded, model)
-    converted = list((tmp_path / "lens_hub_cache" / "converted").rglob("lens.safetensors"))
-    assert len(converted) == 1
+    assert not list((tmp_path / "lens_hub_cache").rglob("lens.safetensors"))  # nothing cached to plant into
+    assert not list((tmp_path / "tmp").iterdir())  # the conversion was read into memory and deleted
     with pytest.raises(NotPinnedError, match="not pinned"):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg", pinned_only=True)
     write_entry(tmp_path / "bad", _legacy_entry({"num_layers": 4}))

@@ -190,7 +190,7 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
     ],
     "broken--duplicate-key.yaml": [("cannot parse", "duplicate key 'format'", "first on line 7", "line 9")],
     "broken--bad-sha256.yaml": [
-        ("lenses[0].files[0].sha256", "pattern", "0123456789ABCDEF"),
+        ("lenses[0].files[0].sha256", "pattern", "a str of 64 characters"),  # long values: never echoed
         ("lenses[0].files[1].sha256", "pattern", "'deadbeef'"),
     ],
     "broken--verified-unpinned.yaml": [("lenses[0]", "verified lens must be pinned", "location.revision")],

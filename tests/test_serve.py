@@ -180,6 +180,7 @@ def test_bad_requests_get_a_4xx_and_a_message_never_a_500(server, model, tokeniz
         (b'{"stat": "kl"}', json_type, 400, 'no "prompt"'),
         (b'{"prompt": "\\ud800x"}', json_type, 400, "surrogate"),
         (b'{"prompt": "x", "stat": "loss"}', json_type, 400, "unknown statistic 'loss'"),
+        (b'{"prompt": "x", "stat": ' + b"9" * 5000 + b"}", json_type, 400, "cannot be read"),  # int() refuses
         (b'{"prompt": "x"}', {"Content-Type": "text/plain"}, 415, "application/json"),
         (b'{"prompt": "x"}', {}, 415, "application/json"),
         (b'{"prompt": "' + b"a" * MAX_BODY_BYTES + b'"}', json_type, 413, "at most"),

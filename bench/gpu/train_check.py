@@ -48,7 +48,8 @@ def main() -> None:
         [*evaluate, "--max-sequences", "4", *size[:2], *device, "--json", str(out / "eval.json")], check=True
     )
     config_json = json.loads((out / "lens" / "config.json").read_text())
-    print("training provenance:", json.dumps(config_json["training"]["hyperparameters"]))
+    training = {k: v for k, v in config_json["training"].items() if v not in (None, {}, [])}
+    print("training provenance:", json.dumps(training))
     kl = json.loads((out / "eval.json").read_text())
     print("KL tuned:", kl["tuned"]["kl"], "logit:", kl["logit"]["kl"])
 

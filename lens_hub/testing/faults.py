@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-FaultKind = Literal["status", "truncate", "corrupt", "delay"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("status", "truncate", "corrupt", "delay")
+FaultKind = Literal["status", "truncate", "corrupt", "delay", "headers", "json", "body", "drip"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("status", "truncate", "corrupt", "delay", "headers", "json", "body", "drip")
 
 # Kinds that act on the response body: they only apply to responses that carry one (not HEAD).
-BODY_FAULTS: frozenset[str] = frozenset({"truncate", "corrupt"})
+BODY_FAULTS: frozenset[str] = frozenset({"truncate", "corrupt", "json", "body", "drip"})
 
 
 @dataclass
@@ -26,6 +26,9 @@ class FaultRule:
         kind (`str`): `"status"` answers `status` instead of handling the request; `"truncate"` sends the full
             `Content-Length` but only `keep` (a fraction) of the body, then closes the connection; `"corrupt"`
             flips bytes in the body (same length); `"delay"` sleeps `seconds` before handling the request normally.
+            A lying server: `"headers"` sets response `headers` (an ETag, X-Repo-Commit, X-Linked-Size...);
+            `"json"` sets top-level `fields` of a JSON object answer (a repo's `sha`...); `"body"` sends `body`
+            instead (its true length in `Content-Length`); `"drip"` sends the body one byte every `seconds`.
         method (`str`, *optional*): HTTP method to match (`None`: any).
         path_regex (`re.Pattern`): Searched in the request path (query string excluded, still URL-quoted).
         times (`int`): How many more requests the rule fires on.
@@ -41,6 +44,9 @@ class FaultRule:
     status: int = 500
     seconds: float = 1.0
     keep: float = 0.5
+    headers: dict[str, str | None] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""
 
     def matches(self, method: str, path: str, has_body: bool) -> bool:
         if self.method is not None and self.method != method:
@@ -67,6 +73,9 @@ class FaultInjector:
         status: int = 500,
         seconds: float = 1.0,
         keep: float = 0.5,
+        headers: dict[str, str | None] | None = None,
+        fields: dict[str, Any] | None = None,
+        body: bytes = b"",
     ) -> FaultRule:
         """Register a rule (see [`FaultRule`]) and return it.
 
@@ -91,6 +100,9 @@ class FaultInjector:
             status=status,
             seconds=seconds,
             keep=keep,
+            headers=dict(headers or {}),
+            fields=dict(fields or {}),
+            body=body,
         )
         with self._lock:
             self._rules.append(rule)

@@ -178,6 +178,9 @@ class LoopbackHub:
         times: int = 1,
         seconds: float = 1.0,
         keep: float = 0.5,
+        headers: Mapping[str, str | None] | None = None,
+        fields: Mapping[str, object] | None = None,
+        body: bytes = b"",
     ) -> FaultRule:
         """Make the next `times` matching requests go wrong.
 
@@ -188,8 +191,13 @@ class LoopbackHub:
                 - `"status"`: answer `status` (with an `X-Error-Message`) instead of handling the request;
                 - `"truncate"`: send the full `Content-Length` but only a `keep` fraction of the body, then close;
                 - `"corrupt"`: flip bytes of the body, length unchanged;
-                - `"delay"`: sleep `seconds`, then answer normally.
-                `truncate` and `corrupt` skip requests without a response body (HEAD).
+                - `"delay"`: sleep `seconds`, then answer normally;
+                - `"headers"`: answer normally, with `headers` set (a lying ETag, X-Repo-Commit or X-Linked-Size;
+                  `None` removes one: without `Content-Length` the body runs until the connection closes);
+                - `"json"`: answer normally, with top-level `fields` of a JSON object body replaced;
+                - `"body"`: send `body` instead of the answer's (with its true `Content-Length`);
+                - `"drip"`: send the body one byte every `seconds`.
+                The body kinds skip requests without a response body (HEAD).
             status (`int`, *optional*, defaults to `500`): Status code for `"status"` faults.
             times (`int`, *optional*, defaults to `1`): Number of requests the rule fires on before it disappears.
             seconds (`float`, *optional*, defaults to `1.0`): Sleep for `"delay"` faults.
@@ -206,6 +214,9 @@ class LoopbackHub:
             status=status,
             seconds=seconds,
             keep=keep,
+            headers=dict(headers or {}),
+            fields=dict(fields or {}),
+            body=body,
         )
 
     def clear_faults(self) -> None:

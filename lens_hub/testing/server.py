@@ -950,12 +950,28 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         payload = response.body
+        if "json" in kinds:
+            try:
+                answer = json.loads(payload)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict):
+                payload = json.dumps(answer | kinds["json"].fields).encode()
+        if "body" in kinds:
+            payload = kinds["body"].body
         if "corrupt" in kinds:
             payload = corrupt_bytes(payload)
+        headers = dict(response.headers) | {"Content-Length": str(len(payload))}
+        if "headers" in kinds:  # names are case-insensitive: an override replaces the header whatever its case
+            override = kinds["headers"].headers  # a None value removes the header
+            headers = {k: v for k, v in headers.items() if k.lower() not in {o.lower() for o in override}}
+            headers |= {k: v for k, v in override.items() if v is not None}
+            if "content-length" not in {k.lower() for k in headers}:
+                headers["Connection"] = "close"  # no length: the body ends where the connection does
+                self.close_connection = True
         self.send_response(response.status)
-        for name, value in response.headers.items():
+        for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
         if "truncate" in kinds:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -963,7 +979,13 @@ class _Handler(BaseHTTPRequestHandler):
             if "truncate" in kinds:
                 payload = payload[: int(len(payload) * kinds["truncate"].keep)]
                 self.close_connection = True
-            self.wfile.write(payload)
+            if "drip" in kinds:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(kinds["drip"].seconds)
+            else:
+                self.wfile.write(payload)
         self.wfile.flush()
 
     def _answer(self, request: Request) -> Response:
