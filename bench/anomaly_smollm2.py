@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 
 from lens_hub import TunedLens
-from lens_hub.anomaly import (
+from lens_hub.analysis.anomaly import (
     METHODS,
     DetectionReport,
     DetectionResult,
@@ -37,10 +37,10 @@ from lens_hub.anomaly import (
     roc_curve,
     split_normal,
 )
-from lens_hub.data import load_token_data
+from lens_hub.core.models import load_smollm2, quiet_progress
 from lens_hub.errors import LensHubError
-from lens_hub.models import load_smollm2, quiet_progress
-from lens_hub.train import TrainSettings, train_lens
+from lens_hub.training.data import load_token_data
+from lens_hub.training.train import TrainSettings, train_lens
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import lens_hub
 from lens_hub import TunedLens
-from lens_hub.kernels import triton_usable
-from lens_hub.losses import fused_lens_losses, reference_lens_losses
-from lens_hub.train import hidden_states
+from lens_hub.training.kernels import triton_usable
+from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
+from lens_hub.training.train import hidden_states
 
 CONFIGS = {
     # HuggingFaceTB/SmolLM2-135M(-Instruct)

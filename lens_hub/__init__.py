@@ -9,26 +9,26 @@ from ._version import __version__
 
 # Public names, resolved lazily so `import lens_hub.testing` or `lens-hub --help` do not pay for importing torch.
 _EXPORTS = {
-    "ArchitectureSpec": "adapters",
-    "find_model_parts": "adapters",
-    "LensConfig": "config",
+    "ArchitectureSpec": "core.adapters",
+    "find_model_parts": "core.adapters",
+    "LensConfig": "core.config",
     "IncompatibleLensError": "errors",
     "LegacyFormatError": "errors",
     "LensCompatibilityWarning": "errors",
     "LensFormatError": "errors",
     "LensHubError": "errors",
     "UnsupportedArchitectureError": "errors",
-    "convert_legacy": "legacy",
-    "load_legacy_lens": "legacy",
-    "Lens": "lens",
-    "LogitLens": "lens",
-    "TunedLens": "hub_mixin",  # the core lens + from_pretrained / push_to_hub
-    "Unembed": "lens",
-    "ModelNotFoundError": "models",
-    "list_pretrained": "catalogue",  # every registry lens, filterable; a table in Jupyter and the terminal
-    "registry_entry": "catalogue",
-    "load_model": "models",  # the loader of the CLI, `smollm2-offline` included
-    "load_model_and_tokenizer": "models",
+    "convert_legacy": "core.legacy",
+    "load_legacy_lens": "core.legacy",
+    "Lens": "core.lens",
+    "LogitLens": "core.lens",
+    "TunedLens": "hub.mixin",  # the core lens + from_pretrained / push_to_hub
+    "Unembed": "core.lens",
+    "ModelNotFoundError": "errors",
+    "list_pretrained": "registry.catalogue",  # every registry lens, filterable; a table in Jupyter and the terminal
+    "registry_entry": "registry.catalogue",
+    "load_model": "core.models",  # the loader of the CLI, `smollm2-offline` included
+    "load_model_and_tokenizer": "core.models",
 }
 
 __all__ = [
@@ -56,21 +56,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .adapters import ArchitectureSpec, find_model_parts
-    from .catalogue import list_pretrained, registry_entry
-    from .config import LensConfig
+    from .core.adapters import ArchitectureSpec, find_model_parts
+    from .core.config import LensConfig
+    from .core.legacy import convert_legacy, load_legacy_lens
+    from .core.lens import Lens, LogitLens, Unembed
+    from .core.models import load_model, load_model_and_tokenizer
     from .errors import (
         IncompatibleLensError,
         LegacyFormatError,
         LensCompatibilityWarning,
         LensFormatError,
         LensHubError,
+        ModelNotFoundError,
         UnsupportedArchitectureError,
     )
-    from .hub_mixin import TunedLens
-    from .legacy import convert_legacy, load_legacy_lens
-    from .lens import Lens, LogitLens, Unembed
-    from .models import ModelNotFoundError, load_model, load_model_and_tokenizer
+    from .hub.mixin import TunedLens
+    from .registry.catalogue import list_pretrained, registry_entry
 
 
 def __getattr__(name: str) -> object:

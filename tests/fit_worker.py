@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from lens_hub.fit import Moments
+from lens_hub.training.fit import Moments
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

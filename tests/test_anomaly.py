@@ -14,11 +14,9 @@ from conftest import random_lens
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
-from lens_hub.anomaly import (
+from lens_hub.analysis.anomaly import (
     LENS_STATISTICS,
     METHODS,
-    AnomalyError,
-    PromptFileError,
     auroc,
     bootstrap_auroc,
     evaluate_detection,
@@ -32,8 +30,9 @@ from lens_hub.anomaly import (
     split_normal,
     trajectory_features,
 )
-from lens_hub.lens import LogitLens
-from lens_hub.trajectory import PredictionTrajectory, js_divergence
+from lens_hub.analysis.trajectory import PredictionTrajectory, js_divergence
+from lens_hub.core.lens import LogitLens
+from lens_hub.errors import AnomalyError, PromptFileError
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 SAMPLES = Path(__file__).parent.parent / "lens_hub" / "samples" / "prompt-injection"
@@ -283,11 +282,11 @@ def test_read_prompts_and_split_normal_check_their_inputs(tmp_path):
 
 def test_importing_lens_hub_or_the_module_does_not_import_sklearn_and_its_absence_is_explained():
     code = (
-        "import sys, lens_hub, lens_hub.anomaly\n"
+        "import sys, lens_hub, lens_hub.analysis.anomaly\n"
         "print('sklearn' in sys.modules)\n"
         "sys.modules['sklearn'] = None  # from here on `import sklearn` fails as if it were not installed\n"
         "import numpy as np\n"
-        "from lens_hub.anomaly import MissingExtraError, fit_detector, score\n"
+        "from lens_hub.analysis.anomaly import fit_detector, score\nfrom lens_hub.errors import MissingExtraError\n"
         "x = np.random.default_rng(0).normal(size=(10, 3))\n"
         "print(score(fit_detector(x, 'mahalanobis'), x).shape)\n"
         "try:\n    fit_detector(x, 'iforest')\nexcept MissingExtraError as e:\n    print(e)\n"
@@ -355,6 +354,6 @@ def test_cli_detect_checks_its_arguments_before_loading_the_model(tmp_path):
 
 
 def test_cli_methods_are_the_library_methods():
-    from lens_hub.cli import DetectMethod
+    from lens_hub.cli.explore import DetectMethod
 
     assert tuple(m.value for m in DetectMethod) == METHODS

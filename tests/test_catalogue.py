@@ -1,5 +1,5 @@
-"""Discovery from Python and the command line (``lens_hub.catalogue``, ``lens-hub registry list``): filters, the
-HTML and rich views of hostile registry text, and JSON output equal to the Python records. Real files, no mocks."""
+"""Discovery from Python and the command line (``lens_hub.registry.catalogue``, ``lens-hub registry list``): filters,
+the HTML and rich views of hostile registry text, and JSON output equal to the Python records. Real files, no mocks."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lens_hub.catalogue import LensList, LensRecord, list_pretrained, registry_entry
-from lens_hub.config import EvaluationInfo, LayerMetrics
+from lens_hub.core.config import EvaluationInfo, LayerMetrics
 from lens_hub.errors import LensNotFoundError, RegistryError
-from lens_hub.registry import REGISTRY_ENV, Registry, write_entry
-from lens_hub.registry_schema import RegistryEntry
+from lens_hub.registry.catalogue import LensList, LensRecord, list_pretrained, registry_entry
+from lens_hub.registry.schema import RegistryEntry
+from lens_hub.registry.store import REGISTRY_ENV, Registry, write_entry
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "registry"

@@ -6,8 +6,7 @@ from conftest import random_lens
 from tiny_models import tiny_model
 
 from lens_hub import LogitLens
-from lens_hub.causal import (
-    CausalBasisError,
+from lens_hub.analysis.causal import (
     ablate_subspace,
     derangement,
     extract_causal_bases,
@@ -15,6 +14,7 @@ from lens_hub.causal import (
     remove_subspace,
     subspace_influence,
 )
+from lens_hub.errors import CausalBasisError
 
 VOCAB = 96
 

@@ -20,9 +20,9 @@ from tiny_models import tiny_model
 import lens_hub
 from lens_hub import IncompatibleLensError, TunedLens
 from lens_hub.cli import app
-from lens_hub.config import EvaluationInfo, LayerMetrics
-from lens_hub.registry import write_entry
-from lens_hub.registry_schema import RegistryEntry
+from lens_hub.core.config import EvaluationInfo, LayerMetrics
+from lens_hub.registry.schema import RegistryEntry
+from lens_hub.registry.store import write_entry
 
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
 
@@ -215,7 +215,7 @@ def test_registry_facts_refuse_a_model_before_any_request(loopback_hub, tmp_path
 
 
 def test_info_shows_training_and_evaluation(gpt2_model, tmp_path):
-    from lens_hub.config import TrainingInfo
+    from lens_hub.core.config import TrainingInfo
 
     lens = random_lens(gpt2_model)
     evaluation = EvaluationInfo(
@@ -235,7 +235,7 @@ def test_info_shows_training_and_evaluation(gpt2_model, tmp_path):
 
 
 def test_push_dry_run_needs_no_token(loopback_hub, gpt2_model, tmp_path, monkeypatch):
-    from lens_hub.publish import push
+    from lens_hub.hub.publish import push
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))

@@ -21,10 +21,11 @@ from test_pretrained import BASE, LENS_REPO, _upload
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
-from lens_hub.curate import AdoptResult, CurateError, LensContentError, MissingLensFileError, adopt, pin
-from lens_hub.legacy import export_legacy
-from lens_hub.registry import Registry, write_entry
-from lens_hub.registry_schema import RegistryEntry
+from lens_hub.core.legacy import export_legacy
+from lens_hub.errors import CurateError, LensContentError, MissingLensFileError
+from lens_hub.hub.curate import AdoptResult, adopt, pin
+from lens_hub.registry.schema import RegistryEntry
+from lens_hub.registry.store import Registry, write_entry
 from lens_hub.testing import LOOPBACK_USER
 
 SPACE = f"{LOOPBACK_USER}/tuned-lens"
@@ -278,7 +279,11 @@ def test_pin_refuses_files_that_no_longer_match_the_entry(loopback_hub, model, t
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, encoding="utf-8", timeout=180
+        [sys.executable, "-m", "lens_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=180,
     )
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lens_hub.data import DataError, HubDataset, iter_documents, load_token_data, tokenize
+from lens_hub.errors import DataError
 from lens_hub.testing import hub_environment
+from lens_hub.training.data import HubDataset, iter_documents, load_token_data, tokenize
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"

@@ -8,9 +8,9 @@ CHECK = textwrap.dedent(
     """
     from pathlib import Path
     from rich.console import Console
-    from lens_hub.demo import DemoCheckError, _summarise
-    from lens_hub.evaluate import EvalResult
-    from lens_hub.workflows import WorkflowResult
+    from lens_hub.cli.demo import DemoCheckError, _summarise
+    from lens_hub.analysis.evaluate import EvalResult
+    from lens_hub.cli.workflows import WorkflowResult
 
     def result(tuned_kl):
         evaluation = EvalResult(
@@ -46,7 +46,7 @@ def test_quiet_progress_silences_library_bars_and_restores_them():
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
 
-    from lens_hub.models import quiet_progress
+    from lens_hub.core.models import quiet_progress
 
     before = (are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled())
     with quiet_progress():

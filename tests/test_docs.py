@@ -139,7 +139,7 @@ def _wait(driver, condition, timeout: float = 15):
 def test_catalogue_lists_every_entry_and_filters(site, browser) -> None:
     from selenium.webdriver.common.by import By
 
-    from lens_hub.registry import Registry
+    from lens_hub.registry.store import Registry
 
     registry = Registry.load(site["registry"])
     browser.get(site["url"] + "/catalogue/")
@@ -227,12 +227,12 @@ def test_generated_references(site) -> None:
         assert model in schema
     api = (site["dir"] / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in (
-        "lens_hub.hub_mixin.TunedLens",
-        "lens_hub.lens.TunedLens",
-        "lens_hub.lens.LogitLens",
-        "lens_hub.workflows.train_evaluate_publish",
-        "lens_hub.publish.plan_push",
-        "lens_hub.publish.execute",
+        "lens_hub.hub.mixin.TunedLens",
+        "lens_hub.core.lens.TunedLens",
+        "lens_hub.core.lens.LogitLens",
+        "lens_hub.cli.workflows.train_evaluate_publish",
+        "lens_hub.hub.publish.plan_push",
+        "lens_hub.hub.publish.execute",
         "LoopbackHub",
         "from_pretrained",
     ):

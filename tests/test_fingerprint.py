@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from lens_hub.adapters import find_model_parts
-from lens_hub.fingerprint import TOLERANCE, compare_fingerprints, fingerprint_tensors, parse_fingerprint, sketch
+from lens_hub.core.adapters import find_model_parts
+from lens_hub.core.fingerprint import TOLERANCE, compare_fingerprints, fingerprint_tensors, parse_fingerprint, sketch
 
 # Wide enough that rounding noise averages as it does in real models.
 WIDE = dict(hidden_size=128, vocab_size=2048, intermediate_size=128)

@@ -16,12 +16,13 @@ from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import TunedLens
-from lens_hub.checkpoint import list_checkpoints
-from lens_hub.data import load_token_data
-from lens_hub.evaluate import evaluate
-from lens_hub.fit import FitError, FitWarning, Moments, fit_lens, layer_groups, moment_bytes, states_and_head_input
-from lens_hub.options import DEFAULT_RIDGE
-from lens_hub.train import TrainingInterrupted, TrainSettings, TrainSettingsError, train_lens
+from lens_hub.analysis.evaluate import evaluate
+from lens_hub.core.options import DEFAULT_RIDGE
+from lens_hub.errors import FitError, FitWarning, TrainingInterrupted, TrainSettingsError
+from lens_hub.training.checkpoint import list_checkpoints
+from lens_hub.training.data import load_token_data
+from lens_hub.training.fit import Moments, fit_lens, layer_groups, moment_bytes, states_and_head_input
+from lens_hub.training.train import TrainSettings, train_lens
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 WORKER = Path(__file__).parent / "fit_worker.py"

@@ -23,26 +23,29 @@ from test_pretrained import BASE, LENS_REPO, _legacy_entry, _same_outputs, _uplo
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
-import lens_hub.hub
+import lens_hub.hub.files
 from lens_hub import TunedLens
-from lens_hub.card import CardInfo, build_card
-from lens_hub.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lens_hub.config import LensConfig, TrainingInfo
-from lens_hub.data import PIECE_CHARS, DataError, TokenData, load_token_data
+from lens_hub.core.config import LensConfig, TrainingInfo
+from lens_hub.core.format import MAX_CONFIG_BYTES
+from lens_hub.core.legacy import convert_legacy
 from lens_hub.errors import (
+    CheckpointError,
     ChecksumMismatchError,
+    DataError,
     HubResponseError,
     LegacyFormatError,
     LensHubError,
+    PublishError,
     RegistryError,
     UnverifiedLensWarning,
 )
-from lens_hub.format import MAX_CONFIG_BYTES
-from lens_hub.legacy import convert_legacy
-from lens_hub.publish import PublishError, execute, plan_push
-from lens_hub.registry import Registry, write_entry
-from lens_hub.registry_schema import RegistryEntry
-from lens_hub.train import TrainSettings, train_lens
+from lens_hub.hub.card import CardInfo, build_card
+from lens_hub.hub.publish import execute, plan_push
+from lens_hub.registry.schema import RegistryEntry
+from lens_hub.registry.store import Registry, write_entry
+from lens_hub.training.checkpoint import load_checkpoint, save_checkpoint
+from lens_hub.training.data import PIECE_CHARS, TokenData, load_token_data
+from lens_hub.training.train import TrainSettings, train_lens
 
 __all__ = ["model", "published"]  # fixtures shared with test_pretrained
 
@@ -158,7 +161,7 @@ def test_a_size_announced_smaller_than_sent_is_a_hub_response_error(loopback_hub
 
 def test_a_dripping_server_meets_the_deadline(loopback_hub, model, tmp_path, monkeypatch):
     _lens_repo(tmp_path, model)
-    monkeypatch.setattr(lens_hub.hub, "TRANSFER_SECONDS", 1.0)
+    monkeypatch.setattr(lens_hub.hub.files, "TRANSFER_SECONDS", 1.0)
     loopback_hub.inject("GET", "config.json$", "drip", seconds=0.25)
     start = time.monotonic()
     with pytest.raises(HubResponseError, match=r"did not finish within 1 s"):
@@ -167,7 +170,8 @@ def test_a_dripping_server_meets_the_deadline(loopback_hub, model, tmp_path, mon
 
 
 def test_pin_refuses_a_file_larger_than_its_record_before_downloading(loopback_hub, model, tmp_path):
-    from lens_hub.curate import LensContentError, pin
+    from lens_hub.errors import LensContentError
+    from lens_hub.hub.curate import pin
 
     old = _write_old(tmp_path / "old", random_lens(model))
     _upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
@@ -278,7 +282,8 @@ def test_parallel_loads_of_one_legacy_lens_all_succeed(loopback_hub, model, tmp_
 
 
 def test_adopting_an_unparseable_config_leaves_no_blob_in_the_cache(loopback_hub, model, tmp_path):
-    from lens_hub.curate import LensContentError, adopt
+    from lens_hub.errors import LensContentError
+    from lens_hub.hub.curate import adopt
 
     lens_dir = random_lens(model).save(tmp_path / "lens")
     (lens_dir / "config.json").write_text("{not json")
@@ -336,7 +341,9 @@ def test_a_symlinked_registry_file_is_refused_and_secrets_are_never_echoed(tmp_p
     (reg / "org--name.yaml").unlink()
     shutil.copy(secrets, reg / "org--name.yaml")  # a regular file with an unknown key holding the token
     done = subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", "registry", "validate", str(reg)], capture_output=True, text=True
+        [sys.executable, "-m", "lens_hub.cli", "registry", "validate", str(reg)],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode != 0 and "token" in done.stderr + done.stdout
     assert secret not in done.stderr + done.stdout and secret[:12] not in done.stderr + done.stdout
@@ -379,7 +386,8 @@ def test_one_huge_document_is_tokenized_in_pieces_and_only_as_far_as_needed(tmp_
     ids=["binary", "5000 digits", "deeply nested"],
 )
 def test_bad_eval_and_detect_files_are_one_line_errors(tmp_path, content, why):
-    from lens_hub.anomaly import PromptFileError, read_prompts
+    from lens_hub.analysis.anomaly import read_prompts
+    from lens_hub.errors import PromptFileError
 
     path = tmp_path / "data.jsonl"
     path.write_bytes(content)
@@ -453,7 +461,7 @@ def test_slowloris_connections_do_not_lock_out_the_explorer(monkeypatch):
     pytest.importorskip("uvicorn")
     from test_serve import call, running
 
-    import lens_hub.serve as serve
+    import lens_hub.serve.app as serve
 
     monkeypatch.setattr(serve, "HEADER_SECONDS", 1.0)
     model = tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3)

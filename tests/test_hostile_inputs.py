@@ -27,12 +27,12 @@ import torch
 import yaml
 from tiny_models import LAYERS, tiny_model
 
-import lens_hub.ids as ids
+import lens_hub.core.ids as ids
 from lens_hub import LegacyFormatError, LensConfig, LensFormatError, TunedLens, convert_legacy
+from lens_hub.core.format import expected_shapes, read_config, read_tensors
 from lens_hub.errors import LensHubError, RegistryError
-from lens_hub.format import expected_shapes, read_config, read_tensors
-from lens_hub.registry import REGISTRY_ENV, Registry, parse_entry_file, write_entry
-from lens_hub.registry_schema import HubLocation, LensFile, LensVersion, ModelFacts, RegistryEntry
+from lens_hub.registry.schema import HubLocation, LensFile, LensVersion, ModelFacts, RegistryEntry
+from lens_hub.registry.store import REGISTRY_ENV, Registry, parse_entry_file, write_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 32
@@ -484,7 +484,8 @@ def test_case_only_collision_blames_the_later_file_whatever_the_file_name_case(t
 def test_push_refuses_bad_versions_and_subfolders_before_anything_is_written(
     loopback_hub, tmp_path, own_lens_cache, option, value
 ):
-    from lens_hub.publish import PublishError, plan_push
+    from lens_hub.errors import PublishError
+    from lens_hub.hub.publish import plan_push
 
     lens = _lens_dir(tmp_path)
     registry = tmp_path / "registry"

@@ -17,22 +17,25 @@ from test_pretrained import BASE, LENS_REPO, _entry, _files, _same_outputs, _upl
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
-from lens_hub.checkpoint import CheckpointError, list_checkpoints
-from lens_hub.data import TokenData
 from lens_hub.errors import (
+    CheckpointError,
     ChecksumMismatchError,
     HubUnreachableError,
     LegacyFormatError,
+    LensAccessError,
     LensFormatError,
     LensHubError,
     LensNotFoundError,
+    NonFiniteLossError,
+    PublishError,
 )
-from lens_hub.hub import LensAccessError
-from lens_hub.publish import PublishError, push
-from lens_hub.registry import Registry, write_entry
-from lens_hub.registry_schema import LensFile, RegistryEntry
+from lens_hub.hub.publish import push
+from lens_hub.registry.schema import LensFile, RegistryEntry
+from lens_hub.registry.store import Registry, write_entry
 from lens_hub.testing.faults import corrupt_bytes
-from lens_hub.train import NonFiniteLossError, TrainSettings, train_lens
+from lens_hub.training.checkpoint import list_checkpoints
+from lens_hub.training.data import TokenData
+from lens_hub.training.train import TrainSettings, train_lens
 
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
 WRITES = {"POST", "PUT", "DELETE", "PATCH"}
@@ -234,7 +237,7 @@ def test_a_published_lens_with_nan_is_refused_at_from_pretrained(loopback_hub, m
 
 
 def test_the_core_load_of_a_local_lens_refuses_nan_too(model, tmp_path):
-    from lens_hub.lens import TunedLens as CoreTunedLens
+    from lens_hub.core.lens import TunedLens as CoreTunedLens
 
     lens_dir = _with_nan(random_lens(model).save(tmp_path / "lens"), "translators.0.weight")
     for cls in (TunedLens, CoreTunedLens):

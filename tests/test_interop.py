@@ -23,16 +23,14 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import LogitLens
-from lens_hub.errors import IncompatibleLensError
-from lens_hub.interop import (
+from lens_hub.analysis.interop import (
     RESIDUAL_COMPONENTS,
-    InteropError,
-    ProcessedWeightsError,
     check_saved_hidden_states,
     check_transformer_bridge,
     hidden_states_from_cache,
 )
-from lens_hub.trajectory import PredictionTrajectory, TrajectoryError
+from lens_hub.analysis.trajectory import PredictionTrajectory
+from lens_hub.errors import IncompatibleLensError, InteropError, ProcessedWeightsError, TrajectoryError
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "analysis-activations.md"
@@ -235,7 +233,7 @@ def test_from_hidden_states_and_saved_states_are_checked():
 
 def test_optional_libraries_stay_out_of_the_package_import():
     code = (
-        "import sys, lens_hub, lens_hub.trajectory, lens_hub.interop\n"
+        "import sys, lens_hub, lens_hub.analysis.trajectory, lens_hub.analysis.interop\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformer_lens', 'nnsight'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -305,7 +303,7 @@ ref = PredictionTrajectory.from_ids(lens, model, ids)
 torch.testing.assert_close(traj.kl, ref.kl)
 assert torch.equal(traj.top_ids, ref.top_ids)
 assert any(p.abs().sum() > 0 for p in lens.parameters())  # a trained-like lens, not the identity
-from lens_hub.interop import InteropError
+from lens_hub.analysis.interop import InteropError
 with traced.trace(ids):  # forgetting output_hidden_states=True saves nothing
     forgot = traced.output.hidden_states.save()
 try:

@@ -11,15 +11,16 @@ import torch
 from conftest import run_hidden
 from tiny_models import tiny_model
 
-from lens_hub import TunedLens, losses
-from lens_hub.losses import fused_lens_losses, reference_lens_losses
+from lens_hub import TunedLens
+from lens_hub.training import losses
+from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
 
 pytest.importorskip("triton", reason="Triton is installed with the test extra on Linux x86-64")
 
 
 @pytest.fixture
 def interpreter():
-    from lens_hub import kernels
+    from lens_hub.training import kernels
 
     assert kernels.triton_usable(torch.device("cpu"), interpreter=True)  # conftest set TRITON_INTERPRET=1
     return kernels
@@ -29,7 +30,7 @@ def interpreter():
 def kernel_calls(monkeypatch) -> list[tuple[int, ...]]:
     """The logits shape of every call the fused step makes to the Triton kernel.
 
-    The real kernel runs: the wrapper only records the call and hands it on. `lens_hub.losses` imported the
+    The real kernel runs: the wrapper only records the call and hands it on. `lens_hub.training.losses` imported the
     function by name, so its binding there is the one the step uses.
     """
     calls: list[tuple[int, ...]] = []
@@ -146,7 +147,7 @@ import subprocess, sys
 from pathlib import Path
 import triton
 from triton.backends.compiler import GPUTarget
-from lens_hub.kernels import _kernel
+from lens_hub.training.kernels import _kernel
 
 signature = {"z_ptr": "*bf16", "p_ptr": "*fp32", "out_ptr": "*fp32", "tokens": "i32", "z_stride": "i64",
              "p_stride": "i64", "VOCAB": "constexpr", "BLOCK": "constexpr"}

@@ -21,7 +21,7 @@ from lens_hub import (
     convert_legacy,
     load_legacy_lens,
 )
-from lens_hub.legacy import export_legacy
+from lens_hub.core.legacy import export_legacy
 
 D = 32
 
@@ -102,7 +102,7 @@ def test_convert_without_model_records_unknown_facts(tmp_path, gpt2_model):
 
 def test_local_path_base_model_is_dropped_or_overridden(tmp_path, caplog):
     _write_old(tmp_path / "old", _old_params(), base_model_name_or_path="/home/someone/models/gpt2")
-    with caplog.at_level(logging.WARNING, logger="lens_hub.legacy"):
+    with caplog.at_level(logging.WARNING, logger="lens_hub.core.legacy"):
         assert convert_legacy(tmp_path / "old", tmp_path / "a").base_model is None
     assert "local path" in caplog.text
     assert convert_legacy(tmp_path / "old", tmp_path / "b", base_model="openai-community/gpt2").base_model == (

@@ -24,9 +24,9 @@ from lens_hub.errors import (
     UnknownVersionError,
     UnverifiedLensWarning,
 )
-from lens_hub.pretrained import download
-from lens_hub.registry import Registry, write_entry
-from lens_hub.registry_schema import RegistryEntry
+from lens_hub.hub.pretrained import download
+from lens_hub.registry.schema import RegistryEntry
+from lens_hub.registry.store import Registry, write_entry
 from lens_hub.testing import LOOPBACK_USER
 
 BASE = f"{LOOPBACK_USER}/tiny-llama"
@@ -258,7 +258,7 @@ def test_transient_error_is_retried_by_the_client(loopback_hub, published, model
 
 
 def _write_old(folder: Path, lens: TunedLens):
-    from lens_hub.legacy import export_legacy
+    from lens_hub.core.legacy import export_legacy
 
     return export_legacy(lens, folder)
 

@@ -16,18 +16,11 @@ from rich.console import Console
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
-from lens_hub.config import EvaluationInfo, LayerMetrics, TrainingInfo
-from lens_hub.errors import LensHubError
-from lens_hub.publish import (
-    AuthenticationError,
-    ConcurrentUpdateError,
-    PublishError,
-    VersionExistsError,
-    next_version,
-    push,
-)
-from lens_hub.registry import Registry
-from lens_hub.reports import print_push
+from lens_hub.cli.reports import print_push
+from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
+from lens_hub.errors import AuthenticationError, ConcurrentUpdateError, LensHubError, PublishError, VersionExistsError
+from lens_hub.hub.publish import next_version, push
+from lens_hub.registry.store import Registry
 from lens_hub.testing import LOOPBACK_USER
 
 BASE = f"{LOOPBACK_USER}/tiny-llama"
@@ -365,7 +358,17 @@ def test_next_version():
 
 
 def test_cli_push_end_to_end(loopback_hub, lens_dir, registry):
-    cmd = [sys.executable, "-m", "lens_hub.cli", "push", str(lens_dir), "--repo", REPO, "--registry", str(registry)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lens_hub.cli",
+        "push",
+        str(lens_dir),
+        "--repo",
+        REPO,
+        "--registry",
+        str(registry),
+    ]
     done = subprocess.run([*cmd, "--license", "apache-2.0", "--aliases", "tiny,tl"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "tagged v1.0.0" in done.stdout and "+model: loopback/tiny-llama" in done.stdout
@@ -411,7 +414,11 @@ def test_train_with_push_evaluates_publishes_and_registers(loopback_hub, tmp_pat
         "reg",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        [sys.executable, "-m", "lens_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     entry = Registry.load(tmp_path / "reg").get("loopback/tiny-gpt2")

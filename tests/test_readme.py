@@ -54,7 +54,8 @@ def test_snippets_that_load_the_offline_model_are_marked_to_run():
 def test_readme_command_list_names_every_command():
     text = README.read_text(encoding="utf-8")
     listing = text.split("## Command line", 1)[1].split("```text", 1)[1].split("```", 1)[0]
-    from lens_hub.cli import app, registry_app
+    from lens_hub.cli import app
+    from lens_hub.cli.registry import registry_app
 
     commands = [c.name or c.callback.__name__ for c in app.registered_commands]
     commands += [f"registry {c.name or c.callback.__name__}" for c in registry_app.registered_commands]

@@ -16,8 +16,7 @@ import yaml
 
 import lens_hub
 from lens_hub.errors import LensNotFoundError, RegistryError
-from lens_hub.registry import REGISTRY_ENV, Registry, default_registry_dir, dump_entry, parse_entry_file, write_entry
-from lens_hub.registry_schema import (
+from lens_hub.registry.schema import (
     HubLocation,
     LensFile,
     LensVersion,
@@ -26,6 +25,14 @@ from lens_hub.registry_schema import (
     TrainingInfo,
     registry_json_schema,
     semver_key,
+)
+from lens_hub.registry.store import (
+    REGISTRY_ENV,
+    Registry,
+    default_registry_dir,
+    dump_entry,
+    parse_entry_file,
+    write_entry,
 )
 
 REPO = Path(__file__).resolve().parent.parent

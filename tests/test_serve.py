@@ -1,4 +1,4 @@
-"""The local explorer (`lens_hub.serve`, ``lens-hub serve``): a real uvicorn server on loopback, real HTTP requests
+"""The local explorer (`lens_hub.serve.app`, ``lens-hub serve``): a real uvicorn server on loopback, real HTTP requests
 and a real headless Chromium; every number checked against `PredictionTrajectory` computed directly.
 
 Run as a script (``python tests/test_serve.py --lens DIR``) it regenerates the docs' screenshot
@@ -35,13 +35,14 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import LogitLens
-from lens_hub.render import write_html, write_png
-from lens_hub.trajectory import PredictionTrajectory
+from lens_hub.analysis.trajectory import PredictionTrajectory
+from lens_hub.serve.render import write_html, write_png
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from lens_hub.serve import MAX_BODY_BYTES, ServeError, create_app, make_server, open_socket, url_of
+from lens_hub.errors import ServeError
+from lens_hub.serve.app import MAX_BODY_BYTES, create_app, make_server, open_socket, url_of
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 PROMPT = "The capital of France is <b>Paris</b>."
@@ -479,7 +480,7 @@ def test_cli_serve_checks_its_arguments_before_loading_the_model(tmp_path):
 
 def test_fastapi_is_imported_only_by_the_explorer():
     code = (
-        "import sys, lens_hub, lens_hub.cli, lens_hub.serve\n"
+        "import sys, lens_hub, lens_hub.cli, lens_hub.serve.app\n"
         "sys.argv = ['lens-hub', 'serve', '--help']\n"
         "try:\n    lens_hub.cli.app()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules))"
@@ -491,11 +492,11 @@ def test_fastapi_is_imported_only_by_the_explorer():
     missing = (
         "import sys; sys.modules['fastapi'] = None\n"
         "from lens_hub.errors import LensHubError\n"
-        "from lens_hub.serve import check_serve_extra\n"
+        "from lens_hub.serve.app import check_serve_extra\n"
         "try:\n    check_serve_extra()\nexcept LensHubError as e:\n    print(type(e).__name__, e)"
     )
     done = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.startswith("MissingServeExtraError") and 'pip install "lens-hub[serve]"' in done.stdout
+    assert done.stdout.startswith("MissingExtraError") and 'pip install "lens-hub[serve]"' in done.stdout
 
 
 # ------------------------------------------------------------------------------------------ the docs' screenshot
@@ -511,7 +512,7 @@ def make_screenshot(lens_dir: Path, out: Path, prompt: str, stat: str) -> None:
     from selenium.webdriver.support.ui import Select
 
     from lens_hub import TunedLens
-    from lens_hub.models import load_smollm2
+    from lens_hub.core.models import load_smollm2
 
     net, tok = load_smollm2()
     lens = TunedLens.load(lens_dir, net)

@@ -19,7 +19,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lens_hub.models import load_smollm2
+    from lens_hub.core.models import load_smollm2
 
     return load_smollm2()
 

@@ -13,17 +13,11 @@ import torch
 from conftest import random_lens
 from tiny_models import tiny_model
 
-from lens_hub import stats
-from lens_hub.data import TokenData
-from lens_hub.evaluate import evaluate, logit_stats_table
-from lens_hub.stats import (
-    DirichletFitError,
-    LogitStats,
-    StatsError,
-    dirichlet_log_likelihood,
-    fit_dirichlet,
-    inverse_digamma,
-)
+from lens_hub.analysis import stats
+from lens_hub.analysis.evaluate import evaluate, logit_stats_table
+from lens_hub.analysis.stats import LogitStats, dirichlet_log_likelihood, fit_dirichlet, inverse_digamma
+from lens_hub.errors import DirichletFitError, StatsError
+from lens_hub.training.data import TokenData
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"

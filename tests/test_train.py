@@ -16,12 +16,13 @@ from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import TunedLens
-from lens_hub.checkpoint import CheckpointError, list_checkpoints
-from lens_hub.config import EvaluationInfo, LayerMetrics
-from lens_hub.data import DataError, TokenData, load_token_data, tokenize
-from lens_hub.evaluate import evaluate
-from lens_hub.losses import fused_lens_losses, reference_lens_losses
-from lens_hub.train import TrainSettings, TrainSettingsError, hidden_states, plan_for, train_lens
+from lens_hub.analysis.evaluate import evaluate
+from lens_hub.core.config import EvaluationInfo, LayerMetrics
+from lens_hub.errors import CheckpointError, DataError, TrainSettingsError
+from lens_hub.training.checkpoint import list_checkpoints
+from lens_hub.training.data import TokenData, load_token_data, tokenize
+from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
+from lens_hub.training.train import TrainSettings, hidden_states, plan_for, train_lens
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"

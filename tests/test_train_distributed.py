@@ -17,7 +17,7 @@ import torch
 from test_train import SAMPLE, _save_model, gpt2_real_vocab
 
 from lens_hub import TunedLens
-from lens_hub.checkpoint import list_checkpoints
+from lens_hub.training.checkpoint import list_checkpoints
 
 ARGS = [
     "--data",

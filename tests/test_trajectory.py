@@ -15,16 +15,9 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from lens_hub import LogitLens
-from lens_hub.errors import LensHubError
-from lens_hub.render import terminal_table, write_html, write_png
-from lens_hub.trajectory import (
-    PredictionTrajectory,
-    TrajectoryError,
-    js_divergence,
-    token_label,
-    tv_distance,
-    visible,
-)
+from lens_hub.analysis.trajectory import PredictionTrajectory, js_divergence, token_label, tv_distance, visible
+from lens_hub.errors import LensHubError, TrajectoryError
+from lens_hub.serve.render import terminal_table, write_html, write_png
 
 TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 TEXT = "The capital of France is Paris.\nIt is <b>big</b>"
@@ -305,7 +298,11 @@ def test_cli_show_writes_html_and_png(tmp_path, model, tokenizer):
     args = ["show", "model", "Hello world.\nBye", "--device", "cpu", "--stat", "kl", "--layers", "0,2"]
     args += ["--html", "t.html", "--png", "t.png", "--lens", "./lens", "--compare", "logit", "--top-k", "3"]
     done = subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        [sys.executable, "-m", "lens_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "output" in done.stdout and "Jensen-Shannon" in done.stdout

@@ -17,13 +17,14 @@ import torch
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
-from lens_hub.card import CardInfo, build_card
-from lens_hub.config import EvaluationInfo, LayerMetrics, TrainingInfo
-from lens_hub.data import load_token_data
-from lens_hub.evaluate import evaluate
-from lens_hub.lens import LogitLens
-from lens_hub.render import evaluation_figure, png_figure, write_html
-from lens_hub.trajectory import PredictionTrajectory
+from lens_hub.analysis.evaluate import evaluate
+from lens_hub.analysis.trajectory import PredictionTrajectory
+from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
+from lens_hub.core.lens import LogitLens
+from lens_hub.core.plots import evaluation_figure
+from lens_hub.hub.card import CardInfo, build_card
+from lens_hub.serve.render import png_figure, write_html
+from lens_hub.training.data import load_token_data
 
 DATA = Path(__file__).parent / "data"
 TOKENIZER = DATA / "gpt2-tokenizer"

@@ -2,10 +2,10 @@
 
 - ``catalogue/index.md`` and one ``catalogue/<org>--<name>.md`` per base model, from the lens registry
   (``$LENS_HUB_REGISTRY`` or the registry of this checkout), with a per-layer plot of tuned vs logit lens for every
-  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.render.evaluation_png``) and a
+  version whose registry entry holds evaluation metrics (PNG made by ``lens_hub.core.plots.evaluation_png``) and a
   per-layer table of KL and cross-entropy, tuned vs logit lens (the quality fields of the model card);
 - ``reference/cli.md``, from the Typer app's click commands (their own help texts and parameters);
-- ``reference/registry-schema.md``, from ``lens_hub.registry_schema.registry_json_schema()``.
+- ``reference/registry-schema.md``, from ``lens_hub.registry.schema.registry_json_schema()``.
 
 Nothing here reaches the network: the registry is read from disk and the plots are drawn from its metrics.
 
@@ -78,7 +78,7 @@ def model_slug(model_id: str) -> str:
 
 
 def _load_registry():
-    from lens_hub.registry import Registry, default_registry_dir
+    from lens_hub.registry.store import Registry, default_registry_dir
 
     directory = default_registry_dir()
     return Registry.load(directory), directory
@@ -147,7 +147,7 @@ def _index_page(registry, directory: Path) -> str:
 
 
 def _model_page(entry, plots: dict[str, str]) -> str:
-    from lens_hub.registry import dump_entry
+    from lens_hub.registry.store import dump_entry
 
     facts = entry.facts
     lines = [f"# {_text(entry.model)}", ""]
@@ -236,7 +236,7 @@ def _metric(values: list[float] | None, i: int) -> str:
 
 
 def _evaluation_table(ev) -> list[str]:
-    """The per-layer quality fields of the model card (`lens_hub.card`): KL(final ‖ lens) and cross-entropy, tuned
+    """The per-layer quality fields of the model card (`lens_hub.hub.card`): KL(final ‖ lens) and cross-entropy, tuned
     vs logit lens, in bits per byte; nothing when the evaluation holds no such metric."""
     columns = [(ev.tuned, "kl"), (ev.logit, "kl"), (ev.tuned, "cross_entropy"), (ev.logit, "cross_entropy")]
     n = max((len(getattr(m, k) or []) for m, k in columns), default=0)
@@ -264,7 +264,7 @@ def _py(value: str) -> str:
 
 
 def _catalogue(files: Files, config) -> None:
-    from lens_hub.render import evaluation_png
+    from lens_hub.core.plots import evaluation_png
 
     registry, directory = _load_registry()
     _add(files, config, "catalogue/index.md", _index_page(registry, directory))
@@ -406,15 +406,15 @@ def _schema_table(name: str, schema: dict) -> list[str]:
 
 
 def _schema_page() -> str:
-    from lens_hub.format import MAX_NESTING
-    from lens_hub.registry import MAX_FILE_BYTES
-    from lens_hub.registry_schema import REQUIRED_FILES, registry_json_schema
+    from lens_hub.core.format import MAX_NESTING
+    from lens_hub.registry.schema import REQUIRED_FILES, registry_json_schema
+    from lens_hub.registry.store import MAX_FILE_BYTES
 
     schema = registry_json_schema()
     lines = [
         "# Registry schema",
         "",
-        "Generated at build time from the pydantic models in `lens_hub.registry_schema` "
+        "Generated at build time from the pydantic models in `lens_hub.registry.schema` "
         "(`registry_json_schema()`), the same JSON Schema that `lens-hub registry schema` writes to "
         "`registry/schema.json`. Every model is strict and forbids unknown keys. Besides the field rules below:",
         "",
@@ -455,7 +455,7 @@ def _schema_page() -> str:
 # mkdocs events
 
 
-# lens_hub/lens.py's from_pretrained docstring lists several exceptions on one "Raises:" item, which griffe's
+# lens_hub/core/lens.py's from_pretrained docstring lists several exceptions on one "Raises:" item, which griffe's
 # Google parser reports as a warning (failing --strict). Only that one known message is dropped here; everything
 # else griffe says still counts. Remove this filter once the docstring lists one exception per item.
 def on_files(files: Files, config) -> Files:

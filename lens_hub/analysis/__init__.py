@@ -1,0 +1,1 @@
+"""What a researcher does with a lens: trajectories, evaluation, statistics, causal bases, anomaly detection."""

@@ -1,0 +1,858 @@
+"""Prediction trajectories: what each layer of a model predicts, position by position, read through a lens.
+
+A `PredictionTrajectory` holds, for every row (the lens layers asked for, then the model's own output as the last
+row) and every position, small summaries of the predicted distribution: the top-k tokens and probabilities, the
+entropy, the cross-entropy against the next token, KL(final || layer), and the rank and probability of a target
+token. The full [layers, positions, vocab] logits are never held at once: rows are computed one at a time over
+chunks of positions, and all statistics are computed in float32 whatever the model's dtype.
+
+Comparing two lenses (say the tuned lens with the logit lens) needs both full distributions, so it is done during
+construction: pass ``compare_with=other_lens`` and the trajectory also holds the Jensen-Shannon divergence
+(``.js``, in nats, at most ln 2) and the total-variation distance (``.tv``, in [0, 1]) between the two lenses'
+distributions at every row and position. `js_divergence` and `tv_distance` implement the definitions on explicit
+log-probabilities (e.g. two prompts of the same length, read layer by layer with ``lens(h, i)``).
+
+Targets and anti-targets: ``target`` (default: the next input token) is tracked everywhere by its rank, probability
+and log-probability; an ``anti_target`` adds its log-probability, and `PredictionTrajectory.log_prob_diff` gives
+log p(target) - log p(anti-target) per row and position (optionally as the change from the previous row).
+
+A trajectory can be built from text (`PredictionTrajectory.from_text`), token ids (`PredictionTrajectory.from_ids`),
+hidden states computed elsewhere, for example saved in an nnsight trace (`PredictionTrajectory.from_hidden_states`),
+or a TransformerLens activation cache (`PredictionTrajectory.from_cache`, through `lens_hub.analysis.interop`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.lens import Lens, TunedLens
+from ..core.models import hidden_states
+from ..core.options import STATISTICS
+from ..errors import TrajectoryError
+from .interop import check_transformer_bridge, hidden_states_from_cache
+
+# The statistics every trajectory has (the CLI's --stat choices). log_prob_diff and delta_log_prob_diff need an
+# anti-target, js and tv a compared lens; `PredictionTrajectory.stat` serves those too.
+STAT_LABELS = {
+    "entropy": "entropy (nats)",
+    "kl": "KL(final || layer) (nats)",
+    "ce": "cross-entropy vs next token (nats)",
+    "rank": "rank of the target token (0 = top-1)",
+    "prob": "probability of the target token",
+    "log_prob": "log-probability of the target token (nats)",
+    "log_prob_diff": "log p(target) - log p(anti-target) (nats)",
+    "delta_log_prob_diff": "change of log p(target) - log p(anti-target) from the previous row (nats)",
+}
+# Visible stand-ins for whitespace in token labels.
+_VISIBLE = {" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"}
+_LN2 = math.log(2.0)
+
+
+def visible(text: str) -> str:
+    """``text`` with spaces, newlines, tabs and carriage returns made visible ('·', '⏎', '→', '␍')."""
+    return "".join(_VISIBLE.get(c, c) for c in text) or "∅"
+
+
+def token_label(tokenizer: Any, token_id: int) -> str:
+    """A printable label for one token: its decoded text with whitespace made visible (plain text, not escaped)."""
+    if tokenizer is None:
+        return f"#{int(token_id)}"
+    return visible(tokenizer.decode([int(token_id)]))
+
+
+def _plogq(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """sum_v p (log p - log q), with 0 log 0 = 0 (no NaN where p underflows to zero)."""
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
+def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between distributions given as log-probabilities over the last dimension:
+    JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M) with M = (P + Q) / 2. Symmetric, in [0, ln 2]."""
+    logp, logq = logp.float(), logq.float()
+    logm = torch.logaddexp(logp, logq) - _LN2
+    return (0.5 * _plogq(logp.exp(), logp, logm) + 0.5 * _plogq(logq.exp(), logq, logm)).clamp(0.0, _LN2)
+
+
+def tv_distance(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance 0.5 * sum |P - Q| over the last dimension (inputs are log-probabilities); in [0, 1]."""
+    return (0.5 * (logp.float().exp() - logq.float().exp()).abs().sum(-1)).clamp(0.0, 1.0)
+
+
+# A tracked token: one id for every position, one per sequence ([batch]), or one per position ([batch, positions];
+# -1 where there is none). Token text is accepted by `PredictionTrajectory.from_text` only.
+TokenSpec = int | torch.Tensor
+
+
+@dataclass
+class PredictionTrajectory:
+    """Per-row, per-position prediction statistics of a lens over one batch of sequences.
+
+    Rows are the lens layers in ``layers`` followed by the model's output (``row_labels[-1] == "output"``). All
+    tensors are on the CPU, float32 (ranks and ids int64), with shapes [batch, rows, positions] (``top_ids`` and
+    ``top_probs``: [batch, rows, positions, k]). Positions past a sequence's length (right padding) and positions
+    without a target hold NaN (rank: -1).
+
+    ``log_prob`` is the log-probability of the target token (``prob`` is its exponential); ``anti_target_ids`` and
+    ``anti_log_prob`` are set when the trajectory was built with an ``anti_target`` (see `log_prob_diff`). The
+    constructors always fill ``log_prob``; it is optional only so that trajectories built field by field by older
+    code stay valid.
+    """
+
+    input_ids: torch.Tensor  # [B, T]
+    lengths: list[int]
+    layers: list[int]
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    entropy: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    rank: torch.Tensor
+    prob: torch.Tensor
+    target_ids: torch.Tensor  # [B, T], -1 where there is no target
+    js: torch.Tensor | None = None
+    tv: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
+    anti_target_ids: torch.Tensor | None = None  # [B, T], -1 where there is no anti-target
+    anti_log_prob: torch.Tensor | None = None
+    input_labels: list[list[str]] = field(default_factory=list)
+    top_labels: list[list[list[list[str]]]] = field(default_factory=list)
+    # What was read, for the views' default titles ("tuned lens" / "logit lens"; the model's Hub id or directory).
+    lens_name: str | None = None
+    model_name: str | None = None
+
+    # ----------------------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_text(
+        cls,
+        lens: Lens,
+        model: nn.Module,
+        tokenizer: Any,
+        text: str | Sequence[str],
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+        target: int | str | torch.Tensor | None = None,
+        anti_target: int | str | torch.Tensor | None = None,
+        compare_with: Lens | None = None,
+        chunk_size: int | None = None,
+    ) -> PredictionTrajectory:
+        """Tokenize ``text`` (one string, or a list for a batch; shorter ones are right-padded) and read it.
+
+        Args:
+            lens: The lens to read the model's hidden states with.
+            model: The Hugging Face causal LM the lens belongs to.
+            tokenizer: The model's tokenizer (also used for the labels).
+            text: One text, or a list of texts for a batch.
+            layers: Lens layers to read (default all); the model's output is always added last.
+            top_k: How many top tokens to keep per row and position.
+            target: The token tracked everywhere (rank, probability, log-probability): a token's text (it must be
+                one token, e.g. ``" Paris"``), an id, or ids per sequence or position. Default: the next input token.
+            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
+            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
+            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+
+        Returns:
+            The trajectory of the batch.
+
+        Raises:
+            TrajectoryError: If there is no text, a text tokenizes to nothing, or a target text is not one token.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise TrajectoryError("no text given")
+        encoded = [tokenizer(t, return_tensors="pt")["input_ids"][0] for t in texts]
+        if any(len(e) == 0 for e in encoded):
+            raise TrajectoryError("a text tokenizes to no tokens")
+        lengths = [len(e) for e in encoded]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        ids = torch.full((len(texts), max(lengths)), int(pad), dtype=torch.long)
+        for b, e in enumerate(encoded):
+            ids[b, : len(e)] = e
+        return cls.from_ids(
+            lens,
+            model,
+            ids,
+            layers=layers,
+            top_k=top_k,
+            target=_single_token(tokenizer, target, "target"),
+            anti_target=_single_token(tokenizer, anti_target, "anti_target"),
+            compare_with=compare_with,
+            tokenizer=tokenizer,
+            lengths=lengths,
+            chunk_size=chunk_size,
+        )
+
+    @classmethod
+    @torch.no_grad()
+    def from_ids(
+        cls,
+        lens: Lens,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+        target: TokenSpec | None = None,
+        anti_target: TokenSpec | None = None,
+        compare_with: Lens | None = None,
+        tokenizer: Any = None,
+        lengths: Sequence[int] | None = None,
+        chunk_size: int | None = None,
+    ) -> PredictionTrajectory:
+        """Run the model on ``input_ids`` ([batch, positions] or [positions]) and read its hidden states.
+
+        The model runs once (its base model only, with padding masked out); the hidden states then go to
+        `from_hidden_states`.
+
+        Args:
+            lens: The lens to read the model's hidden states with.
+            model: The Hugging Face causal LM the lens belongs to.
+            input_ids: Token ids, [batch, positions] or [positions].
+            layers: Lens layers to read (default all, 0 .. num_layers - 1); the model's output is always added last.
+            top_k: How many top tokens to keep per row and position.
+            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
+                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
+            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
+            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
+            tokenizer: Used only for labels (without it tokens are labelled by id).
+            lengths: True length of each (right-padded) sequence.
+            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+
+        Returns:
+            The trajectory of the batch.
+
+        Raises:
+            TrajectoryError: If ``lengths`` or a target does not fit ``input_ids``, or ``compare_with`` reads a
+                different number of layers.
+            IndexError: If a layer is out of the lens's range.
+        """
+        input_ids, lengths = _check_ids_and_lengths(input_ids, lengths)
+        _check_rows(lens, layers, compare_with)  # before the forward pass, which may be long
+        valid = _valid_mask(input_ids, lengths)
+        device = next(model.parameters()).device
+        hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
+        traj = cls.from_hidden_states(
+            lens,
+            hidden,
+            input_ids,
+            layers=layers,
+            top_k=top_k,
+            target=target,
+            anti_target=anti_target,
+            compare_with=compare_with,
+            tokenizer=tokenizer,
+            lengths=lengths,
+            chunk_size=chunk_size,
+        )
+        traj.model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        return traj
+
+    @classmethod
+    @torch.no_grad()
+    def from_hidden_states(
+        cls,
+        lens: Lens,
+        hidden_states: Sequence[torch.Tensor],
+        input_ids: torch.Tensor,
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+        target: TokenSpec | None = None,
+        anti_target: TokenSpec | None = None,
+        compare_with: Lens | None = None,
+        tokenizer: Any = None,
+        lengths: Sequence[int] | None = None,
+        chunk_size: int | None = None,
+    ) -> PredictionTrajectory:
+        """Read hidden states computed elsewhere (saved in an nnsight trace, taken from a cache) through ``lens``.
+
+        ``hidden_states`` follows Hugging Face's ``output_hidden_states=True`` convention: ``num_layers + 1``
+        tensors of shape [batch, positions, hidden], where ``hidden_states[i]`` is the residual stream before layer
+        ``i`` (``[0]`` is the embedding output) and the last one is already final-normed. Lens row ``i`` reads
+        ``hidden_states[i]``; the output row is ``lens.unembed.head(hidden_states[-1])``.
+
+        Args:
+            lens: The lens to read the hidden states with.
+            hidden_states: ``num_layers + 1`` tensors [batch, positions, hidden] (or [positions, hidden]).
+            input_ids: The token ids the hidden states were computed from, [batch, positions] or [positions].
+            layers: Lens layers to read (default all, 0 .. num_layers - 1); the model's output is always added last.
+            top_k: How many top tokens to keep per row and position.
+            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
+                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
+            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
+            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
+            tokenizer: Used only for labels (without it tokens are labelled by id).
+            lengths: True length of each (right-padded) sequence.
+            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+
+        Returns:
+            The trajectory of the batch.
+
+        Raises:
+            TrajectoryError: If the hidden states are not ``num_layers + 1`` tensors shaped like ``input_ids``, or
+                ``lengths`` or a target does not fit.
+            IndexError: If a layer is out of the lens's range.
+        """
+        input_ids, lengths = _check_ids_and_lengths(input_ids, lengths)
+        rows = _check_rows(lens, layers, compare_with)
+        hidden = _check_hidden_states(lens, hidden_states, input_ids)
+        batch, seq = input_ids.shape
+        valid = _valid_mask(input_ids, lengths)
+        device = hidden[0].device
+        vocab = lens.unembed.parts.output_embedding.weight.shape[0]
+        next_ids, target_ids = _next_and_target_ids(input_ids, lengths, valid, target, vocab)
+        anti_ids = None if anti_target is None else _tracked_ids(valid, anti_target, vocab, "anti_target")
+
+        k = min(top_k, vocab)
+        chunk = chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
+        acc = _Accumulator.empty(
+            (batch, len(rows) + 1, seq), k, compared=compare_with is not None, anti=anti_ids is not None
+        )
+        for start in range(0, seq, chunk):
+            sl = slice(start, min(seq, start + chunk))
+            chunk_hidden = [h[:, sl] for h in hidden]
+            nxt, tgt = next_ids[:, sl].to(device), target_ids[:, sl].to(device)
+            anti = None if anti_ids is None else anti_ids[:, sl].to(device)
+            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, anti, k)
+        acc.mask_padding(valid)
+
+        traj = cls(
+            input_ids=input_ids.cpu(),
+            lengths=lengths,
+            layers=rows,
+            top_ids=acc.top_ids,
+            top_probs=acc.top_probs,
+            entropy=acc.entropy,
+            ce=acc.ce,
+            kl=acc.kl,
+            rank=acc.rank,
+            prob=acc.prob,
+            target_ids=target_ids,
+            js=acc.js,
+            tv=acc.tv,
+            log_prob=acc.log_prob,
+            anti_target_ids=anti_ids,
+            anti_log_prob=acc.anti_log_prob,
+            lens_name="tuned lens" if isinstance(lens, TunedLens) else "logit lens",
+        )
+        traj.set_labels(tokenizer)
+        return traj
+
+    @classmethod
+    def from_cache(
+        cls,
+        lens: Lens,
+        cache: Any,
+        input_ids: torch.Tensor,
+        *,
+        residual_component: str = "resid_pre",
+        model: Any = None,
+        layers: Sequence[int] | None = None,
+        top_k: int = 5,
+        target: TokenSpec | None = None,
+        anti_target: TokenSpec | None = None,
+        compare_with: Lens | None = None,
+        tokenizer: Any = None,
+        lengths: Sequence[int] | None = None,
+        chunk_size: int | None = None,
+    ) -> PredictionTrajectory:
+        """Read a TransformerLens activation cache through ``lens`` (``pip install "lens-hub[transformer-lens]"``).
+
+        Lens row ``i`` reads ``blocks.{i}.hook_{residual_component}``; with ``"resid_pre"`` (the default) that is
+        exactly the Hugging Face ``hidden_states[i]`` the lens was trained on, and the trajectory equals
+        `from_ids` on the Hugging Face model. The other components (``resid_mid``, ``resid_post``, ``attn_out``,
+        ``mlp_out``) are read with the same layer's translator, as the original tuned-lens does; a tuned lens was
+        not trained on them, the logit lens applies to any of them. The output row is the lens's own unembedding
+        of the last block's ``resid_post``. Before a tensor is used, the bridge that made the cache is checked
+        (`lens_hub.analysis.interop.check_transformer_bridge`): processed weights (fold_ln, centring) are refused.
+
+        Args:
+            lens: The lens to read the activations with (built on the Hugging Face model the bridge wraps; load it
+                before booting the bridge, which replaces the model's modules with wrappers).
+            cache: The ``ActivationCache`` of ``bridge.run_with_cache(input_ids)``, or a mapping of hook names to
+                tensors.
+            input_ids: The token ids the cache was computed from, [batch, positions] or [positions].
+            residual_component: One of ``lens_hub.analysis.interop.RESIDUAL_COMPONENTS``.
+            model: The ``TransformerBridge`` that produced the cache (default: ``cache.model``).
+            layers: Lens layers to read (default all); the model's output is always added last.
+            top_k: How many top tokens to keep per row and position.
+            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
+                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
+            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
+            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
+            tokenizer: For labels (default: the bridge's tokenizer).
+            lengths: True length of each (right-padded) sequence.
+            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+
+        Returns:
+            The trajectory of the batch.
+
+        Raises:
+            lens_hub.errors.MissingExtraError: TransformerLens is not installed.
+            lens_hub.errors.InteropError: No bridge to check (a plain mapping without ``model=``), an unknown
+                component, or a hook missing from the cache.
+            lens_hub.errors.ProcessedWeightsError: The bridge's weights were processed.
+            lens_hub.errors.IncompatibleLensError: The bridge's model does not fit the lens.
+            TrajectoryError: The activations, ids, lengths or targets do not fit together.
+        """
+        bridge = model if model is not None else getattr(cache, "model", None)
+        check_transformer_bridge(bridge, lens)
+        if tokenizer is None:
+            tokenizer = getattr(bridge, "tokenizer", None)
+        hidden = hidden_states_from_cache(cache, lens, component=residual_component)
+        return cls.from_hidden_states(
+            lens,
+            hidden,
+            input_ids,
+            layers=layers,
+            top_k=top_k,
+            target=target,
+            anti_target=anti_target,
+            compare_with=compare_with,
+            tokenizer=tokenizer,
+            lengths=lengths,
+            chunk_size=chunk_size,
+        )
+
+    def set_labels(self, tokenizer) -> None:
+        """(Re)compute the printable labels of the input tokens and top-k tokens.
+
+        Args:
+            tokenizer: Decodes the ids; ``None`` labels tokens by id (``#123``).
+        """
+        cache: dict[int, str] = {}
+
+        def label(i: int) -> str:
+            if i not in cache:
+                cache[i] = token_label(tokenizer, i)
+            return cache[i]
+
+        self.input_labels = [
+            [label(int(i)) for i in row[:n]] for row, n in zip(self.input_ids, self.lengths, strict=True)
+        ]
+        self.top_labels = [
+            [[[label(int(i)) for i in cell] for cell in pos_row[:n]] for pos_row in rows]
+            for rows, n in zip(self.top_ids.tolist(), self.lengths, strict=True)
+        ]
+
+    # --------------------------------------------------------------------------------------------------- access
+
+    @property
+    def row_labels(self) -> list[str]:
+        return [str(i) for i in self.layers] + ["output"]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.layers) + 1
+
+    @property
+    def top_k(self) -> int:
+        return self.top_ids.shape[-1]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    # ------------------------------------------------------------------------------------------------------ repr
+
+    def statistics(self) -> list[str]:
+        """The statistics this trajectory holds (the names `stat` accepts for it)."""
+        names = ["entropy", "kl", "ce", "rank", "prob"]
+        names += ["log_prob"] if self.log_prob is not None else []
+        names += ["log_prob_diff", "delta_log_prob_diff"] if self.anti_log_prob is not None else []
+        return names + [name for name in ("js", "tv") if getattr(self, name) is not None]
+
+    def _summary(self) -> dict[str, str]:
+        """The facts `__repr__` and `_repr_html_` show (never the tensors: they are thousands of numbers)."""
+        rows = self.row_labels
+        shown = rows if len(rows) <= 12 else [*rows[:5], "…", *rows[-5:]]  # a 30-layer model stays one line
+        ragged = len(set(self.lengths)) > 1
+        return {
+            "batch": str(len(self)),
+            "rows": f"{self.num_rows} ({', '.join(shown)})",
+            "positions": str(self.input_ids.shape[1]) + (f" (lengths {self.lengths})" if ragged else ""),
+            "top_k": str(self.top_k),
+            "statistics": ", ".join(self.statistics()),
+        }
+
+    def __repr__(self) -> str:
+        """One short line: batch, rows with their labels, positions, top_k and the statistics present."""
+        return "PredictionTrajectory(" + ", ".join(f"{k}={v}" for k, v in self._summary().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        """A small table for notebooks (Jupyter calls this instead of dumping the tensors)."""
+        import html
+
+        left = "style='text-align:left'"
+        cells = "".join(
+            f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>"
+            for k, v in self._summary().items()
+        )
+        return f"<table><caption>PredictionTrajectory</caption>{cells}</table>"
+
+    def __getitem__(self, b: int) -> PredictionTrajectory:
+        """The trajectory of sequence ``b`` alone, cut to its length."""
+        n = self.lengths[b]
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[b : b + 1, :, :n]
+
+        def cut_ids(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[b : b + 1, :n]
+
+        return replace(
+            self,
+            input_ids=self.input_ids[b : b + 1, :n],
+            lengths=[n],
+            top_ids=cut(self.top_ids),
+            top_probs=cut(self.top_probs),
+            entropy=cut(self.entropy),
+            ce=cut(self.ce),
+            kl=cut(self.kl),
+            rank=cut(self.rank),
+            prob=cut(self.prob),
+            target_ids=cut_ids(self.target_ids),
+            js=cut(self.js),
+            tv=cut(self.tv),
+            log_prob=cut(self.log_prob),
+            anti_target_ids=cut_ids(self.anti_target_ids),
+            anti_log_prob=cut(self.anti_log_prob),
+            input_labels=[self.input_labels[b]],
+            top_labels=[self.top_labels[b]],
+        )
+
+    def log_prob_diff(self, *, delta: bool = False) -> torch.Tensor:
+        """log p(target) - log p(anti-target) at every row and position (the original tuned-lens's statistic).
+
+        Args:
+            delta: Return the change from the previous row instead (row ``r`` minus row ``r - 1``: what the layers
+                between them added); the first row, which has no previous one, is NaN.
+
+        Returns:
+            A float tensor [batch, rows, positions], NaN where a position has no target or no anti-target.
+
+        Raises:
+            TrajectoryError: If the trajectory was built without an ``anti_target``.
+        """
+        if self.anti_log_prob is None or self.log_prob is None:
+            raise TrajectoryError(
+                "no anti-target: build the trajectory with anti_target=<token> (e.g. from_text(..., "
+                'target=" Paris", anti_target=" London")) to compare two tokens'
+            )
+        diff = self.log_prob - self.anti_log_prob
+        if not delta:
+            return diff
+        change = torch.full_like(diff, float("nan"))
+        change[:, 1:] = diff[:, 1:] - diff[:, :-1]
+        return change
+
+    def stat(self, name: str) -> torch.Tensor:
+        """One statistic as a float tensor [batch, rows, positions].
+
+        Args:
+            name: One of `STATISTICS`; also ``js`` and ``tv`` for a compared trajectory, and ``log_prob_diff`` and
+                ``delta_log_prob_diff`` (`log_prob_diff` with ``delta=True``) for one with an anti-target.
+
+        Returns:
+            The statistic, NaN where it is undefined (rank: where there is no target).
+
+        Raises:
+            TrajectoryError: If the name is unknown, or the trajectory was built without what the statistic needs.
+        """
+        if name == "rank":
+            return torch.where(self.rank >= 0, self.rank.float(), torch.tensor(float("nan")))
+        if name in ("entropy", "kl", "ce", "prob"):
+            return getattr(self, name)
+        if name == "log_prob":
+            if self.log_prob is None:
+                raise TrajectoryError("no log_prob: this trajectory was built without it; rebuild it")
+            return self.log_prob
+        if name in ("log_prob_diff", "delta_log_prob_diff"):
+            return self.log_prob_diff(delta=name == "delta_log_prob_diff")
+        if name in ("js", "tv"):
+            value = getattr(self, name)
+            if value is None:
+                raise TrajectoryError(f"no {name}: build the trajectory with compare_with=another lens")
+            return value
+        raise TrajectoryError(
+            f"unknown statistic {name!r}: choose from {', '.join(STATISTICS)}, js, tv, log_prob_diff, "
+            "delta_log_prob_diff"
+        )
+
+    def mean_by_row(self, name: str) -> list[float]:
+        """Per-row mean of a statistic over all (valid) positions of all sequences; NaNs ignored.
+
+        Args:
+            name: A statistic `stat` accepts.
+
+        Returns:
+            One mean per row (layers, then the output).
+        """
+        value = self.stat(name)
+        return [float(value[:, r].nanmean()) for r in range(self.num_rows)]
+
+
+# ------------------------------------------------------------------------------------------ construction pieces
+
+
+def _single_token(tokenizer, token: int | str | torch.Tensor | None, what: str) -> TokenSpec | None:
+    """A target given as text, as its one token id; other forms pass through.
+
+    Raises:
+        TrajectoryError: If the text is not exactly one token.
+    """
+    if not isinstance(token, str):
+        return token
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise TrajectoryError(f"{what} {token!r} is {len(ids)} tokens, not one: pass a token id instead")
+    return int(ids[0])
+
+
+def _check_ids_and_lengths(input_ids: torch.Tensor, lengths: Sequence[int] | None) -> tuple[torch.Tensor, list[int]]:
+    """``input_ids`` as int64 [batch, positions] and the true length of each sequence (default: all of it).
+
+    Raises:
+        TrajectoryError: If a length is not in 1 .. positions, or there is not one length per sequence.
+    """
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    input_ids = input_ids.long()
+    batch, seq = input_ids.shape
+    lengths = [seq] * batch if lengths is None else [int(n) for n in lengths]
+    if len(lengths) != batch or any(not 0 < n <= seq for n in lengths):
+        raise TrajectoryError(f"lengths {lengths} do not fit input_ids of shape {tuple(input_ids.shape)}")
+    return input_ids, lengths
+
+
+def _valid_mask(input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """[batch, positions] bool: True inside each sequence's length, False on right padding."""
+    return torch.arange(input_ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+
+
+def _check_rows(lens: Lens, layers: Sequence[int] | None, compare_with: Lens | None) -> list[int]:
+    """The sorted, distinct lens layers to read (default all of them), each checked against the lens.
+
+    Raises:
+        TrajectoryError: If ``compare_with`` reads a different number of layers than ``lens``.
+        IndexError: If a layer is out of the lens's range.
+    """
+    if compare_with is not None and compare_with.num_layers != lens.num_layers:
+        raise TrajectoryError(
+            f"compare_with reads {compare_with.num_layers} layers but lens reads {lens.num_layers}: compare two "
+            "lenses of the same model"
+        )
+    rows = list(range(lens.num_layers)) if layers is None else sorted({int(i) for i in layers})
+    for i in rows:
+        lens._check_index(i)
+    return rows
+
+
+def _check_hidden_states(
+    lens: Lens, hidden_states: Sequence[torch.Tensor], input_ids: torch.Tensor
+) -> list[torch.Tensor]:
+    """The hidden states as a list of [batch, positions, hidden] tensors, checked against the lens and the ids.
+
+    Raises:
+        TrajectoryError: If there are not ``num_layers + 1`` tensors, or one is not shaped like ``input_ids``.
+    """
+    expected = lens.num_layers + 1
+    if len(hidden_states) != expected:
+        raise TrajectoryError(
+            f"expected {expected} hidden states (the embedding output, then one per layer, the last one "
+            f"final-normed, as Hugging Face's output_hidden_states=True returns them), got {len(hidden_states)}"
+        )
+    shape = tuple(input_ids.shape)
+    hidden = [h[None] if h.dim() == 2 else h for h in hidden_states]
+    for i, h in enumerate(hidden):
+        if h.dim() != 3 or tuple(h.shape[:2]) != shape:
+            raise TrajectoryError(
+                f"hidden_states[{i}] has shape {tuple(h.shape)} but input_ids has shape {shape}: pass "
+                "[batch, positions, hidden] states computed from these input_ids"
+            )
+    return hidden
+
+
+def _run_model(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All hidden states of the model on ``input_ids`` (already on the model's device), padding masked out.
+
+    Only the base model runs: the output row is computed chunk by chunk from the last (final-normed) hidden
+    state, so the model's own [batch, positions, vocab] logits would only cost memory.
+    """
+    return hidden_states(model, input_ids, attention_mask=attention_mask)
+
+
+def _tracked_ids(valid: torch.Tensor, token: TokenSpec, vocab: int, what: str) -> torch.Tensor:
+    """[batch, positions] ids of a tracked token: ``token`` at every valid position, -1 elsewhere.
+
+    Args:
+        valid: [batch, positions] mask of the positions inside each sequence.
+        token: One id, one per sequence ([batch]) or one per position ([batch, positions]; -1 for none).
+        vocab: Size of the lens's vocabulary.
+        what: The argument's name, for messages.
+
+    Raises:
+        TrajectoryError: If the ids are not shaped as above, or one is outside the vocabulary.
+    """
+    batch, seq = valid.shape
+    ids = torch.as_tensor(token).long().cpu()
+    if ids.dim() == 0:
+        ids = ids.expand(batch, seq)
+    elif ids.dim() == 1 and ids.shape[0] == batch:
+        ids = ids[:, None].expand(batch, seq)
+    elif tuple(ids.shape) != (batch, seq):
+        raise TrajectoryError(
+            f"{what} has shape {tuple(ids.shape)}: pass one id, one per sequence ([{batch}]) or one per position "
+            f"([{batch}, {seq}])"
+        )
+    if bool((ids >= vocab).any()):
+        raise TrajectoryError(f"{what} id {int(ids.max())} is outside the lens's vocabulary of {vocab} tokens")
+    return torch.where(valid & (ids >= 0), ids, torch.tensor(-1))
+
+
+def _next_and_target_ids(
+    input_ids: torch.Tensor, lengths: list[int], valid: torch.Tensor, target: TokenSpec | None, vocab: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of every position and the token tracked for rank and probability; -1 where there is none.
+
+    The next token is missing at the last position of each sequence and on padding; a fixed ``target`` applies to
+    every valid position (see `_tracked_ids` for its forms).
+    """
+    batch, seq = input_ids.shape
+    next_ids = torch.full((batch, seq), -1, dtype=torch.long)
+    next_ids[:, :-1] = input_ids[:, 1:]
+    next_ids[~(torch.arange(seq)[None, :] + 1 < torch.tensor(lengths)[:, None])] = -1
+    target_ids = next_ids if target is None else _tracked_ids(valid, target, vocab, "target")
+    return next_ids, target_ids
+
+
+def _row_statistics(
+    logp: torch.Tensor,
+    final: torch.Tensor,
+    other: torch.Tensor | None,
+    nxt: torch.Tensor,
+    tgt: torch.Tensor,
+    anti: torch.Tensor | None,
+    k: int,
+) -> dict[str, torch.Tensor]:
+    """The statistics of one row over one chunk of positions, moved to the CPU.
+
+    Args:
+        logp: The row's float32 log-probabilities, [batch, chunk, vocab].
+        final: The model's own log-probabilities at the same positions (the KL reference).
+        other: The compared lens's log-probabilities (for js and tv), or None.
+        nxt: Next-token ids [batch, chunk], -1 where there is none (ce is NaN there).
+        tgt: Tracked token ids [batch, chunk], -1 where there is none (rank -1, prob and log_prob NaN there).
+        anti: Anti-target ids [batch, chunk] (-1: none, anti_log_prob NaN there), or None without an anti-target.
+        k: How many top tokens to keep.
+    """
+    nan = float("nan")
+    p = logp.exp()
+    vals, idx = logp.topk(k, dim=-1)
+    ce = -logp.gather(-1, nxt.clamp_min(0)[..., None])[..., 0]
+    tgt_logp = logp.gather(-1, tgt.clamp_min(0)[..., None])
+    tgt_rank = (logp > tgt_logp).sum(-1)
+    tp = tgt_logp[..., 0].exp()
+    has_tgt = tgt >= 0
+    stats = {
+        "top_ids": idx,
+        "top_probs": vals.exp(),
+        "entropy": _plogq(p, logp, torch.zeros_like(logp)).neg(),
+        "kl": _plogq(final.exp(), final, logp).clamp_min(0.0),
+        "ce": torch.where(nxt >= 0, ce, torch.full_like(ce, nan)),
+        "rank": torch.where(has_tgt, tgt_rank, torch.full_like(tgt_rank, -1)),
+        "prob": torch.where(has_tgt, tp, torch.full_like(tp, nan)),
+        "log_prob": torch.where(has_tgt, tgt_logp[..., 0], torch.full_like(tp, nan)),
+    }
+    if anti is not None:
+        anti_logp = logp.gather(-1, anti.clamp_min(0)[..., None])[..., 0]
+        stats["anti_log_prob"] = torch.where(anti >= 0, anti_logp, torch.full_like(anti_logp, nan))
+    if other is not None:
+        stats["js"] = js_divergence(logp, other)
+        stats["tv"] = tv_distance(logp, other)
+    return {name: value.cpu() for name, value in stats.items()}
+
+
+def _read_chunk(
+    acc: _Accumulator,
+    positions: slice,
+    lens: Lens,
+    compare_with: Lens | None,
+    hidden: list[torch.Tensor],
+    rows: list[int],
+    nxt: torch.Tensor,
+    tgt: torch.Tensor,
+    anti: torch.Tensor | None,
+    k: int,
+) -> None:
+    """Every row's statistics over one chunk of ``positions`` (``hidden``: all hidden states cut to the chunk).
+
+    The lens rows come first, the model's own output last. One row's [batch, chunk, vocab] log-probabilities
+    (two with ``compare_with``) exist at a time, besides the output row's, which every row's KL needs.
+    """
+    # The model's own distribution: the last hidden state is already final-normed, only the head applies.
+    final = torch.log_softmax(lens.unembed.head(hidden[-1]).float(), dim=-1)
+    for r, i in enumerate(rows):
+        logp = torch.log_softmax(lens(hidden[i], i).float(), dim=-1)
+        other = None if compare_with is None else torch.log_softmax(compare_with(hidden[i], i).float(), dim=-1)
+        acc.write(r, positions, _row_statistics(logp, final, other, nxt, tgt, anti, k))
+        del logp, other
+    # Both lenses share the output row, so with compare_with it is compared with itself (js = tv = 0).
+    other = None if compare_with is None else final
+    acc.write(len(rows), positions, _row_statistics(final, final, other, nxt, tgt, anti, k))
+
+
+@dataclass
+class _Accumulator:
+    """The output tensors of a trajectory ([batch, rows, positions], top-k with a trailing [k]), on the CPU,
+    filled one row and one chunk of positions at a time."""
+
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    entropy: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    rank: torch.Tensor
+    prob: torch.Tensor
+    log_prob: torch.Tensor
+    anti_log_prob: torch.Tensor | None
+    js: torch.Tensor | None
+    tv: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int], k: int, *, compared: bool, anti: bool) -> _Accumulator:
+        """Tensors of ``shape`` = (batch, rows, positions): NaN statistics, rank -1; js and tv only if
+        ``compared``, anti_log_prob only if there is an ``anti``-target."""
+        nan = float("nan")
+        return cls(
+            top_ids=torch.zeros((*shape, k), dtype=torch.long),
+            top_probs=torch.zeros((*shape, k)),
+            entropy=torch.full(shape, nan),
+            ce=torch.full(shape, nan),
+            kl=torch.full(shape, nan),
+            rank=torch.full(shape, -1, dtype=torch.long),
+            prob=torch.full(shape, nan),
+            log_prob=torch.full(shape, nan),
+            anti_log_prob=torch.full(shape, nan) if anti else None,
+            js=torch.zeros(shape) if compared else None,
+            tv=torch.zeros(shape) if compared else None,
+        )
+
+    def write(self, row: int, positions: slice, stats: dict[str, torch.Tensor]) -> None:
+        """Store the `_row_statistics` of one row over one chunk of positions."""
+        for name, value in stats.items():
+            getattr(self, name)[:, row, positions] = value
+
+    def mask_padding(self, valid: torch.Tensor) -> None:
+        """NaN for the distribution statistics at padding positions (ce, rank, prob and the log-probabilities are
+        masked by their ids)."""
+        pad = ~valid[:, None, :].expand(self.entropy.shape)
+        for t in (self.entropy, self.kl, self.js, self.tv):
+            if t is not None:
+                t[pad] = float("nan")

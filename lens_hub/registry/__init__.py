@@ -1,0 +1,1 @@
+"""The registry of published lenses: its schema, its files, and the catalogue built from them."""

@@ -1,0 +1,1 @@
+"""Views: rendering trajectories and evaluations, and the explorer that serves them."""

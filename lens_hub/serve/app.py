@@ -1,0 +1,756 @@
+"""The local explorer behind ``lens-hub serve``: a web page where you type a prompt and see its prediction
+trajectory, what every layer predicts at every position, through a lens and a second lens beside it.
+
+The app is FastAPI on uvicorn, bound to 127.0.0.1 only (``pip install "lens-hub[serve]"``). It loads the model and
+the lenses once; every request reads them. Routes:
+
+``GET /``
+    The page (``lens_hub/serve/static/``: one HTML file, one script, one stylesheet; nothing from other hosts).
+``GET /api/health``
+    Liveness, the configuration the page needs (lens names, statistics, limits) and counters: how many times the
+    model was loaded (always 1: the app never loads one itself) and how many trajectories were computed.
+``POST /api/trajectory``
+    ``{"prompt": str, "stat": str}`` -> the input tokens, the row labels and, for each lens (``panels``), the
+    statistic's value and the top-k tokens with their probabilities at every row and position.
+``POST /api/trajectory.png`` and ``POST /api/trajectory.html``
+    ``{"prompt": str, "stat": str, "lens": "lens" | "compare"}`` -> the file `lens_hub.serve.render.write_png` or
+    `lens_hub.serve.render.write_html` writes for that lens's trajectory, as a download.
+
+Every number comes from `PredictionTrajectory` (the page only maps values to colours). A bad request (an empty
+prompt, one longer than the model's window or ``max_tokens``, a body that is not UTF-8 JSON, an unknown statistic)
+gets a 4xx status and ``{"error": message}``, which the page shows. Forward passes are serialised by one lock and
+run in a worker thread, so the event loop keeps answering (a second request waits for the first, it never loads a
+second model copy).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) as objects; names
+# imported only for type checkers are quoted instead.
+import json
+import math
+import socket
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._version import __version__
+from ..errors import ExplorerRequestError, LensHubError, MissingExtraError, PortInUseError, ServeError
+
+if TYPE_CHECKING:  # the heavy imports wait until an app is built, so `lens-hub serve` checks options in a blink
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from torch import nn
+
+    from ..analysis.trajectory import PredictionTrajectory
+    from ..core.lens import Lens
+
+HOST = "127.0.0.1"  # never another interface: the explorer has no authentication
+DEFAULT_PORT = 8000
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TOP_K = 5
+MAX_BODY_BYTES = 256 * 1024  # a request body past this is refused (413) before it is parsed
+_EXTRA = 'pip install "lens-hub[serve]"'
+_STATIC = "static"
+_COMPARE_LABELS = {
+    "js": "Jensen-Shannon divergence between the two lenses (nats, at most ln 2)",
+    "tv": "total-variation distance between the two lenses (0 to 1)",
+}
+_FIELDS = {"trajectory": ("prompt", "stat"), "download": ("prompt", "stat", "lens")}
+
+
+def check_serve_extra() -> None:
+    """Check that FastAPI and uvicorn can be imported (without importing anything else of the explorer).
+
+    Raises:
+        MissingExtraError: If either is missing, naming the install command.
+    """
+    missing = []
+    for name in ("fastapi", "uvicorn"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingExtraError(f"lens-hub serve needs {' and '.join(missing)}, which are not installed: {_EXTRA}")
+
+
+def open_socket(port: int = DEFAULT_PORT) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1:``port`` (0: any free port), for `serve` or `make_server`.
+
+    Binding first, before the model loads, makes a taken port fail at once, and with ``port=0`` tells the real
+    port (``sock.getsockname()[1]``) before the server starts.
+
+    Raises:
+        PortInUseError: If the port is taken or not allowed, naming another choice.
+    """
+    if not 0 <= port <= 65535:
+        raise PortInUseError(f"port {port} is not a TCP port: pass --port 0 to 65535 (0: any free port)")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As uvicorn does: a restart may rebind at once despite the last run's connections in TIME_WAIT (a port
+    # another process listens on is still refused).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise PortInUseError(
+            f"cannot listen on {HOST}:{port} ({exc.strerror or exc}): pass another --port, or --port 0 for any free one"
+        ) from exc
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The page's address for a socket from `open_socket`."""
+    return f"http://{HOST}:{sock.getsockname()[1]}/"
+
+
+# ------------------------------------------------------------------------------------------------- the explorer
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One prompt read through the explorer's lens(es): built under the lock, then only read (and cached)."""
+
+    prompt: str
+    trajectory: "PredictionTrajectory"
+    compared: "PredictionTrajectory | None"  # the comparison lens's own trajectory (compared with the first lens)
+    targets: list[str | None]  # label of the next token at each position (None at the last one)
+
+
+class Explorer:
+    """The state of one explorer app: the model, tokenizer and lenses (loaded once), limits and counters.
+
+    All model, lens and tokenizer work happens under one lock: torch on the CPU is not re-entrant friendly, one
+    model copy is shared, and Hugging Face's fast tokenizers mutate their settings on every call ("Already
+    borrowed" under concurrent use). Readings of recent prompts are cached, so switching the statistic or
+    downloading a view does not rerun the model.
+
+    Args:
+        model: The Hugging Face causal LM (put in eval mode).
+        tokenizer: Its tokenizer.
+        lens: The lens to explore.
+        compare: A second lens of the same model, or None.
+        lens_name: How the page names ``lens``.
+        compare_name: How the page names ``compare`` (default ``"compare"``).
+        model_name: How the page names the model (default: its ``name_or_path``).
+        layers: Lens layers to show (default: all); the output row is always last.
+        max_tokens: Longest prompt accepted, in tokens (the model's window caps it too).
+        top_k: Top tokens kept per cell.
+        cache_size: Readings of recent prompts kept (0: none).
+        lock_timeout: Seconds a request waits for the model before it is answered 503.
+
+    Raises:
+        ServeError: If ``max_tokens`` or ``top_k`` is below 1, a layer is not the lens's, or the lenses read
+            different numbers of layers.
+
+    Attributes:
+        model_loads: How many times a model was loaded for this explorer (1; a reload would be a bug).
+        trajectories: How many prompts were read (forward passes run), cache hits excluded.
+        in_flight: Trajectory and download requests being served now; ``peak_in_flight`` is the most at once.
+    """
+
+    def __init__(
+        self,
+        model: "nn.Module",
+        tokenizer: Any,
+        lens: "Lens",
+        compare: "Lens | None" = None,
+        *,
+        lens_name: str = "lens",
+        compare_name: str | None = None,
+        model_name: str | None = None,
+        layers: Sequence[int] | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        top_k: int = DEFAULT_TOP_K,
+        cache_size: int = 16,
+        lock_timeout: float = 120.0,
+    ) -> None:
+        from ..analysis.trajectory import STAT_LABELS
+        from ..core.models import max_positions
+
+        if max_tokens < 1:
+            raise ServeError(f"max_tokens must be at least 1, got {max_tokens}")
+        if top_k < 1:
+            raise ServeError(f"top_k must be at least 1, got {top_k}")
+        if compare is not None and compare.num_layers != lens.num_layers:
+            raise ServeError(
+                f"the comparison lens reads {compare.num_layers} layers but the lens reads {lens.num_layers}: "
+                "compare two lenses of the same model"
+            )
+        outside = [i for i in layers or () if not 0 <= int(i) < lens.num_layers]
+        if outside:  # checked now: at request time it would be every request's error
+            raise ServeError(
+                f"layer {outside[0]} is not a layer of the lens, which reads layers 0 to {lens.num_layers - 1}: "
+                "pass --layers within that range"
+            )
+        self.layers = None if layers is None else sorted({int(i) for i in layers})
+        self.model = model.eval()  # dropout off: the same prompt must always give the same trajectory
+        self.tokenizer = tokenizer
+        self.lens = lens.eval()
+        self.compare = None if compare is None else compare.eval()
+        self.lens_name = lens_name
+        self.compare_name = None if compare is None else (compare_name or "compare")
+        self.model_name = model_name or str(getattr(model, "name_or_path", "") or type(model).__name__)
+        self.window = max_positions(model)
+        self.max_tokens = max_tokens
+        self.top_k = top_k
+        self.cache_size = max(0, cache_size)
+        self.lock_timeout = lock_timeout
+        self.statistics = {name: STAT_LABELS[name] for name in ("entropy", "kl", "ce", "rank", "prob", "log_prob")}
+        if compare is not None:
+            self.statistics.update(_COMPARE_LABELS)
+        self.model_loads = 1
+        self.trajectories = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Reading] = OrderedDict()
+
+    @property
+    def limit(self) -> int:
+        """The longest prompt accepted, in tokens: ``max_tokens``, or the model's window if that is shorter."""
+        return self.max_tokens if self.window is None else min(self.max_tokens, self.window)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /api/health`` answers: configuration for the page, limits and counters."""
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": self.model_name,
+            "lens": self.lens_name,
+            "compare": self.compare_name,
+            "layers": self.layers,
+            "statistics": self.statistics,
+            "max_tokens": self.max_tokens,
+            "window": self.window,
+            "limit": self.limit,
+            "top_k": self.top_k,
+            "model_loads": self.model_loads,
+            "trajectories": self.trajectories,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+        }
+
+    def check_stat(self, stat: str) -> str:
+        """``stat`` if this explorer can show it.
+
+        Raises:
+            ExplorerRequestError: 400, naming the statistics there are (js and tv need a comparison lens).
+        """
+        if stat in self.statistics:
+            return stat
+        hint = " (js and tv compare two lenses: start lens-hub serve with --compare)" if stat in _COMPARE_LABELS else ""
+        raise ExplorerRequestError(400, f"unknown statistic {stat!r}{hint}: choose one of {', '.join(self.statistics)}")
+
+    def read(self, prompt: str) -> Reading:
+        """Read ``prompt`` through the lens (and the comparison lens), or take its cached reading.
+
+        Blocks while another request holds the model, at most ``lock_timeout`` seconds.
+
+        Raises:
+            ExplorerRequestError: 422 for an empty prompt or one past `limit` tokens; 503 if the model stayed busy.
+        """
+        if not prompt:  # refused before waiting for the model
+            raise ExplorerRequestError(422, "the prompt is empty: type some text first")
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise ExplorerRequestError(
+                503, f"the explorer was busy for {self.lock_timeout:.0f} s with other prompts: try again"
+            )
+        try:
+            cached = self._cache.get(prompt)
+            if cached is not None:
+                self._cache.move_to_end(prompt)
+                return cached
+            reading = self._compute(prompt, self._encode(prompt))
+            self.trajectories += 1
+            if self.cache_size:
+                self._cache[prompt] = reading
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return reading
+        finally:
+            self._lock.release()
+
+    def _encode(self, prompt: str) -> "torch.Tensor":
+        """The prompt's token ids, as `PredictionTrajectory.from_text` tokenizes it; checked against `limit`."""
+        ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+        if len(ids) == 0:
+            raise ExplorerRequestError(422, "the prompt tokenizes to no tokens: type some other text")
+        if len(ids) > self.limit:
+            if self.window is not None and self.window <= self.max_tokens:
+                why = f"the model reads at most {self.window} tokens"
+            else:
+                why = f"this explorer takes at most {self.max_tokens} (lens-hub serve --max-tokens raises it"
+                why += f" up to the model's window of {self.window})" if self.window else ")"
+            raise ExplorerRequestError(422, f"the prompt is {len(ids)} tokens long and {why}: shorten it")
+        return ids
+
+    def _compute(self, prompt: str, ids: "torch.Tensor") -> Reading:
+        """One forward pass, then both lenses' trajectories from its hidden states (called under the lock)."""
+        import torch
+
+        from ..analysis.trajectory import PredictionTrajectory, token_label
+        from ..core.models import hidden_states
+
+        ids = ids[None]
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            hidden = hidden_states(self.model, ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+        common = {"layers": self.layers, "top_k": self.top_k, "tokenizer": self.tokenizer}
+        traj = PredictionTrajectory.from_hidden_states(self.lens, hidden, ids, compare_with=self.compare, **common)
+        compared = None
+        if self.compare is not None:
+            compared = PredictionTrajectory.from_hidden_states(
+                self.compare, hidden, ids, compare_with=self.lens, **common
+            )
+        targets = [None if i < 0 else token_label(self.tokenizer, i) for i in traj.target_ids[0].tolist()]
+        return Reading(prompt=prompt, trajectory=traj, compared=compared, targets=targets)
+
+    def payload(self, reading: Reading, stat: str) -> dict[str, Any]:
+        """The JSON answer of ``POST /api/trajectory``: labels, and each lens's values and top-k per cell."""
+        panels = [_panel("lens", self.lens_name, reading.trajectory, stat)]
+        if reading.compared is not None:
+            panels.append(_panel("compare", self.compare_name or "compare", reading.compared, stat))
+        traj = reading.trajectory
+        return {
+            "prompt": reading.prompt,
+            "stat": stat,
+            "stat_label": self.statistics[stat],
+            "tokens": traj.input_labels[0],
+            "targets": reading.targets,
+            "rows": traj.row_labels,
+            "top_k": traj.top_k,
+            "panels": panels,
+        }
+
+    def render(self, reading: Reading, stat: str, which: str, kind: str) -> tuple[bytes, str]:
+        """The PNG or HTML view (`lens_hub.serve.render.write_png` / `write_html`) of one lens's trajectory.
+
+        Args:
+            reading: The prompt's reading.
+            stat: The colour statistic.
+            which: ``"lens"`` or ``"compare"``.
+            kind: ``"png"`` or ``"html"``.
+
+        Returns:
+            The file's bytes and a download name.
+
+        Raises:
+            ExplorerRequestError: 400 if ``which`` is neither, or names a comparison lens there is none of.
+        """
+        from .render import write_html, write_png
+
+        if which not in ("lens", "compare"):
+            raise ExplorerRequestError(400, f'"lens" must be "lens" or "compare", not {which!r}')
+        traj = reading.trajectory if which == "lens" else reading.compared
+        if traj is None:
+            raise ExplorerRequestError(400, "there is no comparison lens: start lens-hub serve with --compare")
+        name = self.lens_name if which == "lens" else self.compare_name
+        title = f"Prediction trajectory: {name} lens, coloured by {stat}"
+        filename = f"trajectory-{which}-{stat}.{kind}"
+        # Figures are built outside pyplot (`lens_hub.core.plots`), one per request: no lock needed.
+        with tempfile.TemporaryDirectory(prefix="lens-hub-serve-") as tmp:
+            path = Path(tmp) / filename
+            (write_png if kind == "png" else write_html)(traj, path, stat, title=title)
+            return path.read_bytes(), filename
+
+
+def _finite(rows: list[list[float]]) -> list[list[float | None]]:
+    """NaN and infinities as None (JSON has no NaN): the page shows those cells as undefined."""
+    return [[v if math.isfinite(v) else None for v in row] for row in rows]
+
+
+def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict[str, Any]:
+    """One lens's part of the trajectory answer: values [rows][positions], top-k [rows][positions][k]."""
+    probs = traj.top_probs[0].tolist()
+    labels = traj.top_labels[0]
+    top = [
+        [[[label, p] for label, p in zip(cell_labels, cell_probs, strict=True)] for cell_labels, cell_probs in
+         zip(row_labels, row_probs, strict=True)]
+        for row_labels, row_probs in zip(labels, probs, strict=True)
+    ]  # fmt: skip
+    return {"key": key, "name": name, "values": _finite(traj.stat(stat)[0].tolist()), "top": top}
+
+
+# -------------------------------------------------------------------------------------------------------- HTTP
+
+
+async def _read_json(request: "Request", fields: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object, checked: size, content type, UTF-8, JSON, known fields of the right types.
+
+    Raises:
+        ExplorerRequestError: 413 past `MAX_BODY_BYTES`, 415 for another content type, 400 for anything else.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        # Also what keeps other web sites out: a cross-origin JSON POST needs a CORS preflight, never granted.
+        raise ExplorerRequestError(415, f"send the request as application/json, not {content_type or 'no type'}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ExplorerRequestError(413, f"the request is {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ExplorerRequestError(413, f"the request is over {MAX_BODY_BYTES} bytes: shorten the prompt")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExplorerRequestError(
+            400, f"the request body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}): send UTF-8 JSON"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExplorerRequestError(
+            400, f"the request body is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    except ValueError as exc:  # valid JSON Python will not convert: a number of more than 4,300 digits
+        raise ExplorerRequestError(400, f"the request body holds a value that cannot be read ({exc})"[:300]) from exc
+    except RecursionError as exc:  # "[[[[...", deep enough to exhaust the parser's stack
+        raise ExplorerRequestError(400, "the request body nests too deeply: send a flat JSON object") from exc
+    if not isinstance(data, dict):
+        raise ExplorerRequestError(400, 'send a JSON object such as {"prompt": "The capital of France is"}')
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ExplorerRequestError(400, f"unknown field {unknown[0]!r}: the fields are {', '.join(fields)}")
+    if "prompt" not in data:
+        raise ExplorerRequestError(400, 'the request has no "prompt"')
+    for name in fields:
+        if name in data and not isinstance(data[name], str):
+            raise ExplorerRequestError(400, f'"{name}" must be a string, not {type(data[name]).__name__}')
+    try:
+        data["prompt"].encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" is valid JSON but no text
+        raise ExplorerRequestError(400, "the prompt holds an unpaired UTF-16 surrogate: send valid text") from exc
+    return data
+
+
+def _static(name: str) -> bytes:
+    """A file of the page, shipped in the package."""
+    return resources.files("lens_hub.serve").joinpath(_STATIC, name).read_bytes()
+
+
+_SECURITY_HEADERS = {
+    # The page loads nothing from other hosts and may not be framed by them.
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+def build_app(explorer: Explorer) -> "FastAPI":
+    """The FastAPI app serving ``explorer`` (``app.state.explorer``); see the module's docstring for the routes.
+
+    Raises:
+        MissingExtraError: If FastAPI is not installed.
+    """
+    check_serve_extra()
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+
+    app = FastAPI(title="lens-hub explorer", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.explorer = explorer
+    # A DNS-rebinding page (evil.example resolving to 127.0.0.1) sends its own Host header: refused.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[HOST, "localhost"])
+    page = {name: _static(name) for name in ("index.html", "explorer.js", "explorer.css")}
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(ExplorerRequestError)
+    async def refused(request: Request, exc: ExplorerRequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(LensHubError)
+    async def library_error(request: Request, exc: LensHubError) -> JSONResponse:
+        # A trajectory the library refuses (TrajectoryError and friends) is the request's fault, not the server's.
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        # A bug of ours; uvicorn still logs the traceback. The page shows this line instead of a blank failure.
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}): please report it"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return Response(page["index.html"], media_type="text/html; charset=utf-8")
+
+    @app.get("/explorer.js", include_in_schema=False)
+    async def script() -> Response:
+        return Response(page["explorer.js"], media_type="text/javascript; charset=utf-8")
+
+    @app.get("/explorer.css", include_in_schema=False)
+    async def stylesheet() -> Response:
+        return Response(page["explorer.css"], media_type="text/css; charset=utf-8")
+
+    @app.get("/api/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(explorer.health())
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking model or rendering work in a worker thread, counting the requests in flight."""
+        explorer.in_flight += 1  # only the event loop's thread touches these counters
+        explorer.peak_in_flight = max(explorer.peak_in_flight, explorer.in_flight)
+        try:
+            return await run_in_threadpool(fn, *args)
+        finally:
+            explorer.in_flight -= 1
+
+    @app.post("/api/trajectory")
+    async def trajectory(request: Request) -> JSONResponse:
+        data = await _read_json(request, _FIELDS["trajectory"])
+        stat = explorer.check_stat(data.get("stat", "entropy"))
+        reading = await counted(explorer.read, data["prompt"])
+        return JSONResponse(explorer.payload(reading, stat))
+
+    async def download(request: Request, kind: str) -> Response:
+        data = await _read_json(request, _FIELDS["download"])
+        stat = explorer.check_stat(data.get("stat", "entropy"))
+        reading = await counted(explorer.read, data["prompt"])
+        body, filename = await counted(explorer.render, reading, stat, data.get("lens", "lens"), kind)
+        media = "image/png" if kind == "png" else "text/html; charset=utf-8"
+        return Response(body, media_type=media, headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+    @app.post("/api/trajectory.png")
+    async def trajectory_png(request: Request) -> Response:
+        return await download(request, "png")
+
+    @app.post("/api/trajectory.html")
+    async def trajectory_html(request: Request) -> Response:
+        return await download(request, "html")
+
+    return app
+
+
+def create_app(
+    model: "nn.Module",
+    tokenizer: Any,
+    lens: "Lens",
+    compare: "Lens | None" = None,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    top_k: int = DEFAULT_TOP_K,
+    lens_name: str = "lens",
+    compare_name: str | None = None,
+    model_name: str | None = None,
+    layers: Sequence[int] | None = None,
+    cache_size: int = 16,
+) -> "FastAPI":
+    """The explorer app for a loaded model and lens(es), testable without a port (e.g. with httpx's ASGI transport).
+
+    Args:
+        model: The Hugging Face causal LM (put in eval mode).
+        tokenizer: Its tokenizer.
+        lens: The lens to explore (a `lens_hub.TunedLens` or `lens_hub.LogitLens`).
+        compare: A second lens of the same model, shown beside the first; adds the js and tv statistics.
+        max_tokens: Longest prompt accepted, in tokens (the model's window caps it too).
+        top_k: Top tokens kept per cell (shown on hover).
+        lens_name: How the page names ``lens``.
+        compare_name: How the page names ``compare`` (default ``"compare"``).
+        model_name: How the page names the model (default: its ``name_or_path``).
+        layers: Lens layers to show (default: all); the model's output row is always shown last.
+        cache_size: Readings of recent prompts kept (0: none; every request runs the model).
+
+    Returns:
+        The FastAPI app; its `Explorer` is ``app.state.explorer``.
+
+    Raises:
+        MissingExtraError: If FastAPI is not installed.
+        ServeError: If ``max_tokens`` or ``top_k`` is below 1, a layer is not the lens's, or the lenses read
+            different numbers of layers.
+    """
+    check_serve_extra()
+    explorer = Explorer(
+        model,
+        tokenizer,
+        lens,
+        compare,
+        lens_name=lens_name,
+        compare_name=compare_name,
+        model_name=model_name,
+        layers=layers,
+        max_tokens=max_tokens,
+        top_k=top_k,
+        cache_size=cache_size,
+    )
+    return build_app(explorer)
+
+
+def load_app(
+    model: str,
+    *,
+    lens: str = "logit",
+    compare: str | None = None,
+    revision: str | None = None,
+    dtype: "torch.dtype | None" = None,
+    device: str | None = None,
+    layers: Sequence[int] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    top_k: int = DEFAULT_TOP_K,
+) -> "FastAPI":
+    """Load a model and its lens(es) by name, once, and build the explorer app (what ``lens-hub serve`` does).
+
+    Args:
+        model: Hub id, local directory, or ``smollm2-offline``.
+        lens: Lens directory, registry name, ``hf://...``, or ``"logit"`` for the logit lens.
+        compare: A second lens in the same forms, or None.
+        revision: Model revision.
+        dtype: Model dtype (None: as saved).
+        device: Device to run on (None: the CPU).
+        layers: Lens layers to show (default: all).
+        max_tokens: Longest prompt accepted, in tokens.
+        top_k: Top tokens kept per cell.
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        MissingExtraError: If FastAPI or uvicorn is not installed (checked before loading anything).
+        lens_hub.errors.LensHubError: If the model or a lens cannot be loaded, or a lens does not fit the model.
+    """
+    check_serve_extra()
+    from ..core.lens import LogitLens
+    from ..core.models import load_model_and_tokenizer
+    from ..hub.mixin import TunedLens
+
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=dtype, device=device)
+
+    def load_lens(name: str) -> "Lens":
+        return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
+
+    reader = load_lens(lens)
+    other = None if compare is None else load_lens(compare)
+    return create_app(
+        net,
+        tokenizer,
+        reader,
+        other,
+        max_tokens=max_tokens,
+        top_k=top_k,
+        lens_name=lens,
+        compare_name=compare,
+        model_name=model,
+        layers=layers,
+    )
+
+
+def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server":
+    """A uvicorn server for ``app`` on 127.0.0.1 (run it with ``server.run(sockets=[sock])``, stop it with
+    ``server.should_exit = True``).
+
+    Raises:
+        MissingExtraError: If uvicorn is not installed.
+    """
+    check_serve_extra()
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=HOST,
+        port=port,
+        http=_header_deadline_protocol(),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        limit_concurrency=128,  # past this, new connections get 503 at once instead of piling up
+        timeout_graceful_shutdown=5,  # Ctrl-C waits at most this for requests in flight
+        lifespan="off",
+    )
+    return uvicorn.Server(config)
+
+
+HEADER_SECONDS = 10.0  # a connection must send a whole request head within this, or it is closed
+
+
+def _header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within `HEADER_SECONDS`.
+
+    uvicorn times out idle keep-alive connections only after a first response, and counts every open connection
+    against ``limit_concurrency``: without this, a few hundred connections that never finish their headers
+    (slowloris) would hold every slot and leave real requests with 503s.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._restart_head_timer()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before and self._head_timer is not None:  # a whole request head arrived
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _restart_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                if self.conn.our_state != h11.ERROR:
+                    with suppress(h11.LocalProtocolError):
+                        self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def serve(app: "FastAPI", *, port: int = DEFAULT_PORT, sock: socket.socket | None = None) -> None:
+    """Serve ``app`` on 127.0.0.1 until Ctrl-C (or SIGTERM), then return.
+
+    Args:
+        app: An app from `create_app` or `load_app`.
+        port: Port to bind (0: any free one), unless ``sock`` is given.
+        sock: A listening socket from `open_socket` (bind it before loading the model to fail early).
+
+    Raises:
+        PortInUseError: If the port cannot be bound.
+        MissingExtraError: If uvicorn is not installed.
+    """
+    own = sock is None
+    sock = open_socket(port) if sock is None else sock
+    server = make_server(app, port=sock.getsockname()[1])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down gracefully, then re-raised the Ctrl-C it caught: stopping is what was asked for
+    finally:
+        if own:
+            sock.close()

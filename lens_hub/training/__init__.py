@@ -1,0 +1,1 @@
+"""Training a lens: data, losses and kernels, checkpoints, the closed-form fit and the trainer."""
