@@ -23,8 +23,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lens_hub import LogitLens, TunedLens
 from lens_hub.analysis.causal import extract_causal_bases, model_ablation_kl, subspace_influence
-from lens_hub.core.lens import LogitLens, TunedLens
 from lens_hub.core.models import load_smollm2
 from lens_hub.training.data import load_token_data
 

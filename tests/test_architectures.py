@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_hidden
+from helpers import run_hidden
 from tiny_models import FAMILIES, LAYERS, tiny_model
 from torch import nn
 

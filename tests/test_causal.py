@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_lens
+from helpers import random_lens
 from tiny_models import tiny_model
 
 from lens_hub import LogitLens

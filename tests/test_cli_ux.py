@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,14 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import typer.main
-from conftest import random_lens
-from test_train import SAMPLE, _save_model
+from helpers import SAMPLE, random_lens, save_model
 from tiny_models import tiny_model
+from typer.testing import CliRunner
 
 import lens_hub
 from lens_hub import IncompatibleLensError, TunedLens
 from lens_hub.cli import app
 from lens_hub.core.config import EvaluationInfo, LayerMetrics
+from lens_hub.errors import TrainSettingsError
 from lens_hub.registry.schema import RegistryEntry
 from lens_hub.registry.store import write_entry
 
@@ -53,18 +55,30 @@ def test_the_command_list_covers_groups():
     assert ("download",) in COMMANDS and ("registry", "validate") in COMMANDS
 
 
+def _command(path: tuple[str, ...]) -> object:
+    found = typer.main.get_command(app)
+    for name in path:
+        found = found.commands[name]  # type: ignore[attr-defined]
+    return found
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "root")
-def test_every_help_page_renders(command, tmp_path):
-    done = _cli(*command, "--help", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and "Usage" in done.stdout
+def test_every_help_page_renders_with_whole_option_names_in_80_columns(command):
+    # In-process: --help runs no model, so a subprocess would add only its start-up time.
+    done = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert done.exit_code == 0 and done.exception is None, done.output
+    assert "Usage" in done.output
+    names = [o for p in _command(command).params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    text = done.output.replace("│", " ")
+    cut = [name for name in names if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
+    assert not cut, f"option names cut or missing in 80 columns: {cut}"
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A directory holding ``model/``: a tiny 3-layer GPT-2 with the real GPT-2 tokenizer."""
     root = tmp_path_factory.mktemp("ux")
-    _save_model(root)
+    save_model(root)
     return root
 
 
@@ -114,6 +128,40 @@ def test_cheap_checks_run_before_the_model_loads(workdir, tmp_path):
     _one_line_error(done, "DataError", "empty")
     done = _cli("train", "no-such-model", "--data", str(SAMPLE), "--out", "o", "--optimizer", "lbfgs", cwd=workdir)
     _one_line_error(done, "--optimizer")
+
+
+@pytest.mark.parametrize(
+    ("options", "refused"),
+    [
+        (["--log", "nonsense"], "unknown logger 'nonsense'"),
+        (["--kernel", "triton", "--loss", "ce"], "computes the KL loss only"),
+        (["--kernel", "triton", "--device", "cpu"], "runs on CUDA devices, not cpu"),
+    ],
+    ids=["log", "triton-ce", "triton-cpu"],
+)
+def test_settings_are_refused_before_the_model_loads(options, refused, monkeypatch):
+    # In-process: the settings refuse themselves first, so the missing model is never looked for.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    done = CliRunner().invoke(app, ["train", "no-such-model", "--data", str(SAMPLE), "--out", "o", *options])
+    assert isinstance(done.exception, TrainSettingsError), done.output
+    assert refused in str(done.exception)
+
+
+def test_eval_store_and_registry_status_are_checked_before_any_work(tmp_path):
+    # The model does not exist: a refusal that names --store proves nothing was loaded or evaluated first.
+    (tmp_path / "lens.safetensors").write_bytes(b"")
+    for lens in ("logit", str(tmp_path / "lens.safetensors")):
+        done = CliRunner().invoke(app, ["eval", lens, "--model", "no-such-model", "--data", str(SAMPLE), "--store"])
+        assert done.exit_code == 2 and "--store" in done.output and "is not one" in done.output, done.output
+    done = CliRunner().invoke(app, ["registry", "list", "--status", "verifed"])
+    assert done.exit_code == 2 and "'verifed' is not one of" in done.output.replace("\n", " "), done.output
+
+
+def test_bias_only_with_a_bias_free_lens_is_one_line(workdir, tmp_path):
+    TunedLens.from_model(lens_hub.load_model(str(workdir / "model")), bias=False).save(tmp_path / "nobias")
+    args = ["train", "model", "--data", str(SAMPLE), "--out", str(tmp_path / "o"), *SMALL, "--bias-only"]
+    done = _cli(*args, "--init-from", str(tmp_path / "nobias"), cwd=workdir)
+    _one_line_error(done, "TrainSettingsError", "bias_only (--bias-only)")
 
 
 def test_an_unknown_model_offline_fails_fast_without_network(tmp_path):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_lens, run_hidden
+from helpers import BASE, LENS_REPO, random_lens, run_hidden, upload
 from huggingface_hub import HfApi
-from test_pretrained import BASE, LENS_REPO, _upload
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
@@ -25,7 +24,7 @@ from lens_hub.core.legacy import export_legacy
 from lens_hub.errors import CurateError, LensContentError, MissingLensFileError
 from lens_hub.hub.curate import AdoptResult, adopt, pin
 from lens_hub.registry.schema import RegistryEntry
-from lens_hub.registry.store import Registry, write_entry
+from lens_hub.registry.store import Registry, entry_text, write_entry
 from lens_hub.testing import LOOPBACK_USER
 
 SPACE = f"{LOOPBACK_USER}/tuned-lens"
@@ -63,7 +62,7 @@ def _load(name: str, model, registry: Path):
 def test_adopt_pins_the_commit_of_a_moving_branch(loopback_hub, model, tmp_path):
     lens = random_lens(model)
     lens_dir = lens.save(tmp_path / "lens")
-    commit = _upload(lens_dir, LENS_REPO)
+    commit = upload(lens_dir, LENS_REPO)
     reg = tmp_path / "registry"
 
     result = adopt(f"hf://{LENS_REPO}@main", registry=reg, aliases=["tiny-llama"])
@@ -85,7 +84,7 @@ def test_adopt_pins_the_commit_of_a_moving_branch(loopback_hub, model, tmp_path)
 
     # main moves on: the entry still loads the commit it pinned
     other = random_lens(model, seed=7).save(tmp_path / "other")
-    assert _upload(other, LENS_REPO) != commit
+    assert upload(other, LENS_REPO) != commit
     assert _same(lens, _load("tiny-llama", model, reg), model)
 
     # adopting main again adds the new commit as the next version, the default
@@ -96,16 +95,21 @@ def test_adopt_pins_the_commit_of_a_moving_branch(loopback_hub, model, tmp_path)
     assert _same(lens, TunedLens.from_pretrained("tiny-llama", version="1.0.0", model=model, registry=reg), model)
     with pytest.raises(CurateError, match="already pins this lens"):
         adopt(f"hf://{LENS_REPO}", registry=reg)
-    _upload(random_lens(model, seed=8).save(tmp_path / "third"), LENS_REPO)
+    upload(random_lens(model, seed=8).save(tmp_path / "third"), LENS_REPO)
     with pytest.raises(CurateError, match="already has version 1.0.0"):
         adopt(f"hf://{LENS_REPO}", registry=reg, version="1.0.0")
 
 
 def test_dry_run_writes_nothing(loopback_hub, model, tmp_path):
-    _upload(random_lens(model).save(tmp_path / "lens"), LENS_REPO)
+    upload(random_lens(model).save(tmp_path / "lens"), LENS_REPO)
     result = adopt(f"hf://{LENS_REPO}", registry=tmp_path / "registry", dry_run=True)
     assert not result.written
-    assert "+  status: verified" in result.diff or "status: verified" in result.diff
+    # A new file: every line of the entry is an addition, and the additions are exactly the entry's file.
+    added = [line[1:] for line in result.diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    removed = [line for line in result.diff.splitlines()[2:] if line.startswith("-")]
+    assert result.diff.startswith("--- /dev/null") and not removed
+    assert "\n".join(added) + "\n" == entry_text(result.registry_file, result.entry)
+    assert result.entry.default_version.status == "verified"
     assert not (tmp_path / "registry").exists()
 
 
@@ -114,7 +118,7 @@ def test_a_config_that_lies_about_its_shapes_is_refused(loopback_hub, model, tmp
     config = json.loads((lens_dir / "config.json").read_text())
     config["num_layers"] += 1  # the weights hold one translator fewer
     (lens_dir / "config.json").write_text(json.dumps(config))
-    _upload(lens_dir, LENS_REPO)
+    upload(lens_dir, LENS_REPO)
     with pytest.raises(LensContentError, match="does not match its config"):
         adopt(f"hf://{LENS_REPO}", registry=tmp_path / "registry")
     assert not (tmp_path / "registry").exists()
@@ -125,17 +129,17 @@ def test_a_legacy_config_that_lies_about_its_shapes_is_refused(loopback_hub, mod
     config = json.loads((old / "config.json").read_text())
     config["d_model"] = 64
     (old / "config.json").write_text(json.dumps(config))
-    _upload(old, SPACE, SPACE_DIR, "space")
+    upload(old, SPACE, SPACE_DIR, "space")
     with pytest.raises(LensContentError, match=r"has shape \[32, 32\], expected \[64, 64\]"):
         adopt(f"hf://spaces/{SPACE}/{SPACE_DIR}", registry=tmp_path / "registry")
 
 
 def test_missing_files_are_refused(loopback_hub, model, tmp_path):
     lens_dir = random_lens(model).save(tmp_path / "lens")
-    _upload(lens_dir, LENS_REPO, skip={"lens.safetensors"})
+    upload(lens_dir, LENS_REPO, skip={"lens.safetensors"})
     with pytest.raises(MissingLensFileError, match="neither lens.safetensors .* nor params.pt"):
         adopt(f"hf://{LENS_REPO}", registry=tmp_path / "registry")
-    _upload(lens_dir, LENS_REPO, subfolder="nested", skip={"config.json"})
+    upload(lens_dir, LENS_REPO, subfolder="nested", skip={"config.json"})
     with pytest.raises(MissingLensFileError, match="has no config.json"):
         adopt(f"hf://{LENS_REPO}@main/nested", registry=tmp_path / "registry")
     with pytest.raises(CurateError, match="not a Hub location"):
@@ -147,7 +151,7 @@ def test_missing_files_are_refused(loopback_hub, model, tmp_path):
 
 def test_adopt_a_legacy_lens_with_and_without_the_model(loopback_hub, model, tmp_path):
     lens = random_lens(model)
-    commit = _upload(export_legacy(lens, tmp_path / "old"), SPACE, SPACE_DIR, "space")
+    commit = upload(export_legacy(lens, tmp_path / "old"), SPACE, SPACE_DIR, "space")
     location = f"hf://spaces/{SPACE}@main/{SPACE_DIR}"
 
     bare = adopt(location, registry=tmp_path / "bare")
@@ -177,7 +181,7 @@ def test_a_legacy_lens_naming_a_local_path_needs_base_model(loopback_hub, model,
     config = json.loads((old / "config.json").read_text())
     config["base_model_name_or_path"] = "/home/someone/models/tiny"
     (old / "config.json").write_text(json.dumps(config))
-    _upload(old, SPACE, SPACE_DIR, "space")
+    upload(old, SPACE, SPACE_DIR, "space")
     location = f"hf://spaces/{SPACE}/{SPACE_DIR}"
     with pytest.raises(CurateError, match="local path .*--base-model"):
         adopt(location, registry=tmp_path / "registry")
@@ -189,7 +193,7 @@ def test_a_legacy_lens_naming_a_local_path_needs_base_model(loopback_hub, model,
 
 def test_convert_to_publishes_the_safe_copy_as_the_default(loopback_hub, model, tmp_path):
     lens = random_lens(model)
-    _upload(export_legacy(lens, tmp_path / "old"), SPACE, SPACE_DIR, "space")
+    upload(export_legacy(lens, tmp_path / "old"), SPACE, SPACE_DIR, "space")
     reg = tmp_path / "registry"
     safe_repo = f"{LOOPBACK_USER}/tiny-llama-safe"
     result = adopt(f"hf://spaces/{SPACE}/{SPACE_DIR}", model=model, registry=reg, convert_to=safe_repo)
@@ -232,7 +236,7 @@ def _legacy_entry(files=None, facts=None, revision=None) -> RegistryEntry:
 def test_pin_verifies_an_unverified_legacy_entry(loopback_hub, model, tmp_path):
     lens = random_lens(model)
     old = export_legacy(lens, tmp_path / "old")
-    commit = _upload(old, SPACE, SPACE_DIR, "space")
+    commit = upload(old, SPACE, SPACE_DIR, "space")
     reg = tmp_path / "registry"
     write_entry(reg, _legacy_entry())
 
@@ -254,7 +258,7 @@ def test_pin_verifies_an_unverified_legacy_entry(loopback_hub, model, tmp_path):
 
 def test_pin_refuses_files_that_no_longer_match_the_entry(loopback_hub, model, tmp_path):
     old = export_legacy(random_lens(model), tmp_path / "old")
-    _upload(old, SPACE, SPACE_DIR, "space")
+    upload(old, SPACE, SPACE_DIR, "space")
     stale = [
         {"path": "config.json", "size": (old / "config.json").stat().st_size},
         {"path": "params.pt", "sha256": "0" * 64},
@@ -289,7 +293,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_add_and_pin(loopback_hub, model, tmp_path):
     lens_dir = random_lens(model).save(tmp_path / "lens")
-    commit = _upload(lens_dir, LENS_REPO)
+    commit = upload(lens_dir, LENS_REPO)
     reg = tmp_path / "registry"
     done = _cli("registry", "add", f"hf://{LENS_REPO}@main", "--registry", str(reg), "--aliases", "tiny-llama")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -300,7 +304,7 @@ def test_cli_add_and_pin(loopback_hub, model, tmp_path):
     assert json.loads(listed.stdout)[0]["status"] == "verified"
 
     old = export_legacy(random_lens(model), tmp_path / "old")
-    _upload(old, SPACE, SPACE_DIR, "space")
+    upload(old, SPACE, SPACE_DIR, "space")
     write_entry(tmp_path / "legacy", _legacy_entry())
     pinned = _cli("registry", "pin", "tiny-llama", "--registry", str(tmp_path / "legacy"))
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr

@@ -11,14 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import SAMPLE, TOKENIZER
 from transformers import AutoTokenizer
 
 from lens_hub.errors import DataError
 from lens_hub.testing import hub_environment
 from lens_hub.training.data import HubDataset, iter_documents, load_token_data, tokenize
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
-SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
 REPO = "austen/persuasion"
 
 
@@ -118,9 +117,9 @@ def test_missing_datasets_revisions_and_offline_mode_are_clear_errors(loopback_h
 
 
 def test_cli_trains_on_a_hub_dataset_reading_only_what_it_needs(loopback_hub, tmp_path, paragraphs):
-    from test_train import _save_model
+    from helpers import save_model
 
-    _save_model(tmp_path)
+    save_model(tmp_path)
     commit = loopback_hub.commit_files(
         REPO, {"data/train.jsonl": jsonl({"text": p} for p in paragraphs * 4)}, repo_type="dataset"
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import headless_chromium
+from helpers import headless_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -228,7 +228,7 @@ def test_generated_references(site) -> None:
     api = (site["dir"] / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in (
         "lens_hub.hub.mixin.TunedLens",
-        "lens_hub.core.lens.TunedLens",
+        "lens_hub.core.lens.BaseTunedLens",
         "lens_hub.core.lens.LogitLens",
         "lens_hub.cli.workflows.train_evaluate_publish",
         "lens_hub.hub.publish.plan_push",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE, TOKENIZER, gpt2_real_vocab, run_cli, save_model
 from safetensors.torch import load_file
-from test_train import SAMPLE, _cli, _save_model, gpt2_real_vocab
 from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
 
@@ -24,7 +24,6 @@ from lens_hub.training.data import load_token_data
 from lens_hub.training.fit import Moments, fit_lens, layer_groups, moment_bytes, states_and_head_input
 from lens_hub.training.train import TrainSettings, train_lens
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 WORKER = Path(__file__).parent / "fit_worker.py"
 
 
@@ -124,7 +123,7 @@ def test_a_norm_that_runs_twice_is_refused():
 
     handle = model.model.layers[-1].register_forward_hook(norm_again)
     try:
-        with pytest.raises(FitError, match=r"final norm of LlamaForCausalLM ran 2 times.*--init zero"):
+        with pytest.raises(FitError, match=r"final norm of LlamaForCausalLM ran 2 times.*init='zero' \(--init zero\)"):
             states_and_head_input(lens, model, torch.ones(1, 4, dtype=torch.long))
     finally:
         handle.remove()
@@ -229,16 +228,16 @@ def test_a_resumed_run_starts_from_the_fitted_checkpoint_without_refitting(tmp_p
     assert len(forwards) == 4 * 1  # one forward pass a step (64 tokens = 2 x 32): the polish only, no refit
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(Exception, match=r"different settings \(ridge\)"):
-        train_lens(model, tokens, TrainSettings(**{**settings.to_dict(), "ridge": 0.5}), tmp_path / "resumed")
+    with pytest.raises(Exception, match=r"different settings \(fit_ridge\)"):
+        train_lens(model, tokens, TrainSettings(**{**settings.to_dict(), "fit_ridge": 0.5}), tmp_path / "resumed")
 
 
 def test_fit_settings_are_checked_before_anything_runs(tmp_path, tokens):
     with pytest.raises(TrainSettingsError, match="init='zero' and init_from='x' are alternatives"):
         TrainSettings(init="zero", init_from="x")
-    with pytest.raises(TrainSettingsError, match=r"--fit-tokens 16 is less than one sequence of 32"):
+    with pytest.raises(TrainSettingsError, match=r"fit_tokens 16 \(--fit-tokens\) is less than one sequence of 32"):
         train_lens(gpt2_real_vocab(), tokens, TrainSettings(steps=0, seq_len=32, fit_tokens=16), tmp_path / "a")
-    with pytest.raises(Exception, match=r"--fit-tokens 10,000,000 needs 312500 sequences .* lower --fit-tokens"):
+    with pytest.raises(Exception, match=r"fit_tokens 10,000,000 \(--fit-tokens\) needs 312500 sequences .* lower"):
         train_lens(gpt2_real_vocab(), tokens, TrainSettings(steps=0, seq_len=32, fit_tokens=10**7), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     defaults, paper = TrainSettings(), TrainSettings(init="zero")
@@ -278,25 +277,25 @@ def test_ctrl_c_during_the_fit_saves_nothing_and_says_so(tmp_path, tokens):
 
 
 def test_cli_fit_only_and_the_paper_recipe(tmp_path):
-    _save_model(tmp_path)
+    save_model(tmp_path)
     small = ["--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
-    fit = _cli("train", "model", "--data", str(SAMPLE), "--out", "fit", "--steps", "0", *small, cwd=tmp_path)
+    fit = run_cli("train", "model", "--data", str(SAMPLE), "--out", "fit", "--steps", "0", *small, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     flat = " ".join(fit.stdout.split())
     assert "fitted 3 translators in closed form on" in flat and f"ridge {DEFAULT_RIDGE:g}" in flat
     assert json.loads((tmp_path / "fit" / "config.json").read_text())["training"]["init"] == "fit"
     paper = ["--init", "zero", "--steps", "2", "--tokens-per-step", "64"]
-    zero = _cli("train", "model", "--data", str(SAMPLE), "--out", "zero", *paper, *small, cwd=tmp_path)
+    zero = run_cli("train", "model", "--data", str(SAMPLE), "--out", "zero", *paper, *small, cwd=tmp_path)
     assert zero.returncode == 0, zero.stderr
     assert "fitted" not in zero.stdout
     training = json.loads((tmp_path / "zero" / "config.json").read_text())["training"]
     assert (training["init"], training["optimizer"], training["learning_rate"]) == ("zero", "sgd", 0.1)
-    both = _cli(
+    both = run_cli(
         "train", "model", "--data", str(SAMPLE), "--out", "x", "--init", "fit", "--init-from", "fit", cwd=tmp_path
     )
     assert both.returncode != 0 and "Traceback" not in both.stderr
     assert "are alternatives" in " ".join(both.stderr.split())
-    helped = _cli("train", "--help", cwd=tmp_path)
+    helped = run_cli("train", "--help", cwd=tmp_path)
     assert "--init" in helped.stdout and "--fit-tokens" in helped.stdout and "--ridge" in helped.stdout
 
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 import torch
-from conftest import run_hidden
+from helpers import run_hidden
 
 from lens_hub import LensConfig, LensFormatError, TunedLens
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_lens
+from helpers import BASE, LENS_REPO, SAMPLE, TOKENIZER, legacy_entry, random_lens, same_outputs, upload, write_old
 from huggingface_hub import HfApi, constants
-from test_pretrained import BASE, LENS_REPO, _legacy_entry, _same_outputs, _upload, _write_old, model, published
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
@@ -47,11 +46,7 @@ from lens_hub.training.checkpoint import load_checkpoint, save_checkpoint
 from lens_hub.training.data import PIECE_CHARS, TokenData, load_token_data
 from lens_hub.training.train import TrainSettings, train_lens
 
-__all__ = ["model", "published"]  # fixtures shared with test_pretrained
-
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
-SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
 
 
 def _cache_files(root: Path) -> list[Path]:
@@ -94,11 +89,11 @@ def test_params_that_are_not_plain_dense_tensors_are_refused_before_any_copy(tmp
 def test_a_registry_lens_whose_config_contradicts_the_facts_is_refused_before_its_weights(
     loopback_hub, model, tmp_path
 ):
-    old = _write_old(tmp_path / "old", random_lens(model))
+    old = write_old(tmp_path / "old", random_lens(model))
     raw = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps(raw | {"d_model": 64}))  # the entry says hidden_size 32
-    _upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
-    write_entry(tmp_path / "reg", _legacy_entry())
+    upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
+    write_entry(tmp_path / "reg", legacy_entry())
     loopback_hub.clear_log()
     with (
         pytest.warns(UnverifiedLensWarning),
@@ -119,7 +114,7 @@ def _lens_repo(tmp_path: Path, model, *, pad_config: int = 0, pad_weights: int =
     if pad_weights:
         with (lens_dir / "lens.safetensors").open("ab") as f:
             f.write(b"\0" * pad_weights)
-    _upload(lens_dir, LENS_REPO)
+    upload(lens_dir, LENS_REPO)
     return lens_dir
 
 
@@ -173,9 +168,9 @@ def test_pin_refuses_a_file_larger_than_its_record_before_downloading(loopback_h
     from lens_hub.errors import LensContentError
     from lens_hub.hub.curate import pin
 
-    old = _write_old(tmp_path / "old", random_lens(model))
-    _upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
-    entry = _legacy_entry().model_dump()
+    old = write_old(tmp_path / "old", random_lens(model))
+    upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
+    entry = legacy_entry().model_dump()
     entry["lenses"][0]["files"] = [{"path": "config.json", "size": 15}, {"path": "params.pt"}]
     write_entry(tmp_path / "reg", RegistryEntry.model_validate(entry))
     loopback_hub.clear_log()
@@ -244,21 +239,21 @@ def test_verification_fails_closed_when_nothing_can_check_a_file(loopback_hub, m
 
 def test_a_planted_conversion_in_lens_hubs_cache_is_never_read(loopback_hub, model, tmp_path, own_lens_cache):
     lens = random_lens(model)
-    _upload(_write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
-    write_entry(tmp_path / "reg", _legacy_entry())
+    upload(write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
+    write_entry(tmp_path / "reg", legacy_entry())
     commit = HfApi().repo_info("loopback/tuned-lens", repo_type="space").sha
     # Where earlier versions kept their converted copy, and read it back whenever a config existed there.
     planted = own_lens_cache / "converted" / "spaces--loopback--tuned-lens" / commit / f"lens/{BASE}"
     random_lens(model, seed=7).save(planted)
     with pytest.warns(UnverifiedLensWarning):
         loaded = TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg")
-    assert _same_outputs(lens, loaded, model)
+    assert same_outputs(lens, loaded, model)
 
 
 def test_parallel_loads_of_one_legacy_lens_all_succeed(loopback_hub, model, tmp_path):
     lens = random_lens(model)
-    _upload(_write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
-    write_entry(tmp_path / "reg", _legacy_entry())
+    upload(write_old(tmp_path / "old", lens), "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
+    write_entry(tmp_path / "reg", legacy_entry())
     with pytest.warns(UnverifiedLensWarning):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg")  # cached once
     outcomes: list[object] = []
@@ -287,7 +282,7 @@ def test_adopting_an_unparseable_config_leaves_no_blob_in_the_cache(loopback_hub
 
     lens_dir = random_lens(model).save(tmp_path / "lens")
     (lens_dir / "config.json").write_text("{not json")
-    _upload(lens_dir, LENS_REPO)
+    upload(lens_dir, LENS_REPO)
     with pytest.raises(LensContentError, match="was not adopted"):
         adopt(f"hf://{LENS_REPO}", registry=tmp_path / "reg", base_model=BASE)
     repo = Path(constants.HF_HUB_CACHE) / "models--loopback--tiny-llama-lens"
@@ -318,7 +313,7 @@ def test_model_cards_show_strangers_values_as_text(tmp_path):
 
 
 def test_an_old_config_with_markup_in_its_revision_is_not_converted(tmp_path, gpt2_model):
-    old = _write_old(tmp_path / "old", random_lens(gpt2_model))
+    old = write_old(tmp_path / "old", random_lens(gpt2_model))
     raw = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps(raw | {"base_model_revision": "<script>alert(1)</script>"}))
     with pytest.raises(LegacyFormatError, match="base_revision"):
@@ -459,7 +454,7 @@ def test_info_shows_markup_in_a_config_as_text(tmp_path):
 
 def test_slowloris_connections_do_not_lock_out_the_explorer(monkeypatch):
     pytest.importorskip("uvicorn")
-    from test_serve import call, running
+    from helpers import call, running
 
     import lens_hub.serve.app as serve
 

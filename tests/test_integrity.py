@@ -5,18 +5,19 @@ files; each failed before the fix it guards."""
 import json
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_lens
+from helpers import BASE, LENS_REPO, file_records, lens_entry, random_lens, same_outputs, upload, write_old
 from huggingface_hub import constants
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from test_pretrained import BASE, LENS_REPO, _entry, _files, _same_outputs, _upload, _write_old
+from safetensors.torch import load, load_file, save_file
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
+from lens_hub.core.format import read_config, read_tensors
 from lens_hub.errors import (
     CheckpointError,
     ChecksumMismatchError,
@@ -53,9 +54,9 @@ def published(loopback_hub, tmp_path, model):
     """A lens on the loopback Hub with a verified entry in a temporary registry: (lens, lens_dir, commit, registry)."""
     lens = random_lens(model)
     lens_dir = lens.save(tmp_path / "lens")
-    commit = _upload(lens_dir, LENS_REPO)
+    commit = upload(lens_dir, LENS_REPO)
     registry = tmp_path / "registry"
-    write_entry(registry, _entry(lens_dir, commit))
+    write_entry(registry, lens_entry(lens_dir, commit))
     return lens, lens_dir, commit, registry
 
 
@@ -100,10 +101,10 @@ def _decoy_files(loopback_hub, model, tmp_path) -> tuple[TunedLens, list[LensFil
     """Another lens committed under ``decoy/`` in the lens repo; returns it and its file records."""
     decoy = random_lens(model, seed=7)
     decoy_dir = decoy.save(tmp_path / "decoy")
-    _upload(decoy_dir, LENS_REPO, subfolder="decoy")
+    upload(decoy_dir, LENS_REPO, subfolder="decoy")
     records = [
         LensFile.model_construct(**{**f, "path": f"decoy/{f['path']}"})
-        for f in _files(decoy_dir, ["config.json", "lens.safetensors"])
+        for f in file_records(decoy_dir, ["config.json", "lens.safetensors"])
     ]
     return decoy, records
 
@@ -112,19 +113,19 @@ def test_the_loaded_lens_is_the_declared_one_not_a_decoy_listed_first(loopback_h
     lens, lens_dir, _, _ = published
     decoy, decoy_files = _decoy_files(loopback_hub, model, tmp_path)
     commit = loopback_hub.head(LENS_REPO)  # holds both the lens (root) and the decoy
-    entry = _entry(lens_dir, commit)
+    entry = lens_entry(lens_dir, commit)
     registry = _registry_with_files(entry, [*decoy_files, *entry.lenses[0].files])
 
     loaded = TunedLens.from_pretrained("tiny-llama", model=model, registry=registry)
-    assert _same_outputs(lens, loaded, model)
-    assert not _same_outputs(decoy, loaded, model)
+    assert same_outputs(lens, loaded, model)
+    assert not same_outputs(decoy, loaded, model)
     assert not any("decoy" in r.path for r in loopback_hub.requests if "/resolve/" in r.path)  # not even fetched
 
 
 def test_an_entry_whose_required_files_are_missing_is_refused(loopback_hub, published, model, tmp_path):
     _, lens_dir, _, _ = published
     _, decoy_files = _decoy_files(loopback_hub, model, tmp_path)
-    registry = _registry_with_files(_entry(lens_dir, loopback_hub.head(LENS_REPO)), decoy_files)
+    registry = _registry_with_files(lens_entry(lens_dir, loopback_hub.head(LENS_REPO)), decoy_files)
     with pytest.raises(
         LensFormatError, match=r"registry entry loopback/tiny-llama lens v1\.0\.0 does not list config\.json"
     ):
@@ -162,32 +163,53 @@ def test_a_corrupted_download_of_an_hf_lens_is_refused_evicted_and_a_retry_loads
         assert _snapshots(name, cache) == []
         assert _blobs_holding(corrupt_bytes((lens_dir / name).read_bytes()), cache) == []
         assert loopback_hub.faults == []  # the fault fired: the retry gets the real bytes
-        assert _same_outputs(
+        assert same_outputs(
             lens, TunedLens.from_pretrained(f"hf://{LENS_REPO}@{commit}", model=model, cache_dir=cache), model
         )
 
 
 @pytest.mark.filterwarnings("ignore::lens_hub.errors.UnverifiedLensWarning")
 def test_a_corrupted_download_of_an_unverified_legacy_lens_is_evicted_and_a_retry_loads(loopback_hub, model, tmp_path):
-    from test_pretrained import _legacy_entry
+    from helpers import legacy_entry
 
     lens = random_lens(model)
-    old = _write_old(tmp_path / "old", lens)
-    _upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
-    write_entry(tmp_path / "reg", _legacy_entry())
+    old = write_old(tmp_path / "old", lens)
+    upload(old, "loopback/tuned-lens", subfolder=f"lens/{BASE}", repo_type="space")
+    write_entry(tmp_path / "reg", legacy_entry())
     loopback_hub.inject("GET", r"/resolve/[^/]+/lens/.*/config\.json$", kind="corrupt")
     with pytest.raises(ChecksumMismatchError, match="config.json failed verification .*git blob id"):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg")
     assert _blobs_holding(corrupt_bytes((old / "config.json").read_bytes())) == []
-    assert _same_outputs(lens, TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg"), model)
+    assert same_outputs(lens, TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "reg"), model)
 
 
 def _hub_lens_with(loopback_hub, tmp_path, model, name: str, data: bytes, legacy: bool = False) -> str:
     """Commit a lens (legacy or not) whose file ``name`` holds ``data`` on the Hub itself; returns the commit."""
     lens = random_lens(model)
-    folder = _write_old(tmp_path / "bad", lens) if legacy else lens.save(tmp_path / "bad")
+    folder = write_old(tmp_path / "bad", lens) if legacy else lens.save(tmp_path / "bad")
     (folder / name).write_bytes(data)
-    return _upload(folder, LENS_REPO)
+    return upload(folder, LENS_REPO)
+
+
+@pytest.mark.parametrize("name", ["config.json", "lens.safetensors"])
+def test_a_file_swapped_in_the_cache_of_an_hf_lens_is_caught_at_the_next_load(loopback_hub, published, model, name):
+    """No checksum is recorded for an hf:// lens: the cached blob is checked against the Hub's ETag it is named
+    after, at every load, on the very bytes that are loaded."""
+    lens, _, commit, _ = published
+    where = f"hf://{LENS_REPO}@{commit}"
+    TunedLens.from_pretrained(where, model=model)
+    (cached,) = _snapshots(name)
+    blob = cached.resolve()
+    data = bytearray(blob.read_bytes())
+    data[-2] ^= 1  # one bit: still a lens (a config's whitespace, a weight's mantissa), no longer the one published
+    blob.write_bytes(bytes(data))
+    loopback_hub.clear_log()
+    with pytest.raises(ChecksumMismatchError, match=rf"{re.escape(name)} failed verification .*the Hub announced"):
+        TunedLens.from_pretrained(where, model=model, local_files_only=True)
+    assert loopback_hub.requests == []
+    assert not blob.exists()
+    assert _snapshots(name) == []
+    assert same_outputs(lens, TunedLens.from_pretrained(where, model=model), model)
 
 
 @pytest.mark.filterwarnings("ignore::lens_hub.errors.UnverifiedLensWarning")
@@ -210,6 +232,85 @@ def test_a_downloaded_file_that_does_not_parse_is_removed_from_the_cache(
     assert not list((tmp_path / "lens_hub_cache").rglob("lens.safetensors"))  # no converted copy either
 
 
+def _rewrite_header(file: Path, edit) -> None:
+    """Rewrite a safetensors file's header through ``edit(header, data) -> data`` (no padding added)."""
+    raw = file.read_bytes()
+    n = struct.unpack_from("<Q", raw)[0]
+    header = json.loads(raw[8 : 8 + n])
+    data = edit(header, raw[8 + n :])
+    text = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def _offsets(header: dict, name: str) -> list[int]:
+    return header[name]["data_offsets"]
+
+
+def _shift(header: dict, name: str, by: int) -> None:
+    header[name]["data_offsets"] = [x + by for x in header[name]["data_offsets"]]
+
+
+def _first_two(header: dict) -> tuple[str, str]:
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    return names[0], names[1]
+
+
+UNREADABLE = r"is not a readable safetensors file"
+LAYOUTS = {
+    "two tensors share bytes": (
+        lambda h, d: (h["translators.1.bias"].update(data_offsets=_offsets(h, "translators.0.bias")), d)[1],
+        UNREADABLE,
+    ),
+    "bytes after the last tensor": (lambda h, d: d + b"\0" * 8, UNREADABLE),
+    "a tensor cut short": (lambda h, d: d[:-4], UNREADABLE),
+    "a gap between tensors": (lambda h, d: (_shift(h, _first_two(h)[0], 4), d + b"\0" * 4)[1], UNREADABLE),
+    "reversed offsets": (
+        lambda h, d: (_offsets(h, _first_two(h)[0]).reverse(), d)[1],
+        UNREADABLE,
+    ),
+    "metadata that is not text": (lambda h, d: (h["__metadata__"].update(n=1), d)[1], UNREADABLE),
+    "a shape of booleans": (lambda h, d: (h["translators.0.bias"].update(shape=[True] * 1), d)[1], UNREADABLE),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(LAYOUTS))
+def test_weights_whose_layout_breaks_the_format_are_refused(model, tmp_path, damage):
+    """The weights are parsed by safetensors from the bytes lens-hub verified: a layout that breaks the format (each
+    tensor exactly where its header says, back to back, covering the file) is one clear LensFormatError."""
+    lens_dir = random_lens(model).save(tmp_path / "lens")
+    edit, message = LAYOUTS[damage]
+    _rewrite_header(lens_dir / "lens.safetensors", edit)
+    with pytest.raises(LensFormatError, match=message):
+        read_tensors(lens_dir, read_config(lens_dir))
+    with pytest.raises(LensFormatError, match=message):
+        TunedLens.from_pretrained(str(lens_dir), model=model)
+
+
+def _with_pad(file: Path, n: int) -> dict:
+    raw = file.read_bytes()
+    header = json.loads(raw[8 : 8 + struct.unpack_from("<Q", raw)[0]])
+    header["__metadata__"]["pad"] = "x" * n
+    return header
+
+
+def test_a_header_of_any_length_reads_the_same_tensors_as_safetensors(model, tmp_path):
+    """Without safetensors' padding a tensor may start at an odd byte: it is read (aligned), with the same values."""
+    lens = random_lens(model)
+    lens_dir = lens.save(tmp_path / "lens")
+    file = lens_dir / "lens.safetensors"
+    assert {k: v.tolist() for k, v in read_tensors(lens_dir, lens.config).items()} == {
+        k: v.tolist() for k, v in load_file(file).items()
+    }
+    pad = next(n for n in range(1, 4) if (8 + len(json.dumps(_with_pad(file, n)).encode())) % 4)
+    _rewrite_header(file, lambda h, d: (h["__metadata__"].update(pad="x" * pad), d)[1])
+    assert (struct.unpack_from("<Q", file.read_bytes())[0] + 8) % 4  # misaligned for float32
+    ours = read_tensors(lens_dir, lens.config)
+    theirs = load(file.read_bytes())
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(t.data_ptr() % t.element_size() == 0 for t in ours.values())
+
+
 # ------------------------------------------------------------------------------------- 4. non-finite weights
 
 
@@ -226,8 +327,8 @@ def test_a_lens_with_one_nan_is_refused_at_push_before_any_request(loopback_hub,
 def test_a_published_lens_with_nan_is_refused_at_from_pretrained(loopback_hub, model, tmp_path):
     lens = random_lens(model)
     lens_dir = _with_nan(lens.save(tmp_path / "lens"), "translators.2.bias", float("inf"))
-    commit = _upload(lens_dir, LENS_REPO)
-    write_entry(tmp_path / "registry", _entry(lens_dir, commit))  # a verified entry: the checksums hold
+    commit = upload(lens_dir, LENS_REPO)
+    write_entry(tmp_path / "registry", lens_entry(lens_dir, commit))  # a verified entry: the checksums hold
     with pytest.raises(LensFormatError, match=r"tensor translators\.2\.bias \(0 NaN, 1 inf\) holds non-finite"):
         TunedLens.from_pretrained("tiny-llama", model=model, registry=tmp_path / "registry")
     assert _blobs_holding((lens_dir / "lens.safetensors").read_bytes()) == []
@@ -237,7 +338,7 @@ def test_a_published_lens_with_nan_is_refused_at_from_pretrained(loopback_hub, m
 
 
 def test_the_core_load_of_a_local_lens_refuses_nan_too(model, tmp_path):
-    from lens_hub.core.lens import TunedLens as CoreTunedLens
+    from lens_hub.core.lens import BaseTunedLens as CoreTunedLens
 
     lens_dir = _with_nan(random_lens(model).save(tmp_path / "lens"), "translators.0.weight")
     for cls in (TunedLens, CoreTunedLens):

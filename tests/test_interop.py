@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_lens
+from helpers import TOKENIZER, random_lens
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
@@ -32,7 +32,6 @@ from lens_hub.analysis.interop import (
 from lens_hub.analysis.trajectory import PredictionTrajectory
 from lens_hub.errors import IncompatibleLensError, InteropError, ProcessedWeightsError, TrajectoryError
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "analysis-activations.md"
 GPT2 = dict(vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2)  # the real tokenizer's vocabulary
 # The bridge tests use the 96-token tiny models (ids are labelled through the GPT-2 tokenizer all the same).

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import torch
-from conftest import run_hidden
+from helpers import run_hidden
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
+from lens_hub.errors import TrainSettingsError
 from lens_hub.training import losses
 from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
 
@@ -136,9 +137,11 @@ def test_auto_falls_back_to_eager_where_the_kernel_does_not_apply():
     layers = list(range(lens.num_layers))
     auto = fused_lens_losses(lens, hs, layers, kernel="auto")
     torch.testing.assert_close(auto, fused_lens_losses(lens, hs, layers, kernel="eager"))
-    with pytest.raises(ValueError, match="needs Triton on a CUDA device, the KL loss and no logit post-processing"):
+    with pytest.raises(
+        TrainSettingsError, match="needs Triton on a CUDA device, the KL loss and no logit post-processing"
+    ):
         fused_lens_losses(lens, hs, layers, kernel="triton")
-    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+    with pytest.raises(TrainSettingsError, match="unknown kernel 'cuda'"):
         fused_lens_losses(lens, hs, layers, kernel="cuda")
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_hidden
+from helpers import run_hidden
 from tiny_models import LAYERS, tiny_model
 from torch.nn.functional import linear
 

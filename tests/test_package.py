@@ -94,3 +94,11 @@ def test_top_level_help_shows_runnable_examples():
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
     examples = [part.split()[0] for part in text.split("lens-hub ")[1:] if part.split()]
     assert {"train", "eval", "show"} <= set(examples) and set(examples) - {"registry"} <= commands
+
+
+def test_only_the_hub_enabled_lens_is_named_tuned_lens():
+    import lens_hub.core.lens as core
+
+    # `from lens_hub.core.lens import TunedLens` must fail, not quietly give a lens without from_pretrained.
+    assert not hasattr(core, "TunedLens")
+    assert issubclass(lens_hub.TunedLens, core.BaseTunedLens) and hasattr(lens_hub.TunedLens, "from_pretrained")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import run_hidden
+from helpers import assert_png, run_hidden
 from huggingface_hub import HfApi, ModelCard
 from rich.console import Console
 from tiny_models import tiny_model
@@ -18,7 +18,14 @@ from tiny_models import tiny_model
 from lens_hub import TunedLens
 from lens_hub.cli.reports import print_push
 from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
-from lens_hub.errors import AuthenticationError, ConcurrentUpdateError, LensHubError, PublishError, VersionExistsError
+from lens_hub.errors import (
+    AuthenticationError,
+    ConcurrentUpdateError,
+    InvalidNameError,
+    LensHubError,
+    PublishError,
+    VersionExistsError,
+)
 from lens_hub.hub.publish import next_version, push
 from lens_hub.registry.store import Registry
 from lens_hub.testing import LOOPBACK_USER
@@ -152,7 +159,7 @@ def test_first_push_is_one_commit_tagged_registered_and_loads_identically(loopba
     assert "| initialisation | closed-form fit on 8,192 tokens (ridge 0.0001), then 20 KL steps |" in text
     assert "| 0 | 0.500 | 3.000 | 2.000 | 5.000 |" in text  # KL / cross-entropy, tuned vs logit
     assert "](eval.png)" in text
-    assert loopback_hub.read_file(REPO, "eval.png").startswith(b"\x89PNG")
+    assert_png(loopback_hub.read_file(REPO, "eval.png"))
 
     # Loads through the registry by base model id, with identical outputs; and straight from the tag.
     lens = TunedLens.load(lens_dir, model)
@@ -340,12 +347,12 @@ def test_a_lens_contradicting_the_registry_facts_is_refused_before_upload(loopba
 
 
 def test_bad_arguments_are_refused_without_a_request(loopback_hub, lens_dir, registry):
-    for kwargs, message in [
-        ({"repo": "no-namespace"}, "names no namespace"),
-        ({"version": "1.0"}, "not a semantic version"),
-        ({"subfolder": "a/../b"}, "relative folder"),
+    for kwargs, error, message in [
+        ({"repo": "no-namespace"}, PublishError, "names no namespace"),
+        ({"version": "1.0"}, InvalidNameError, r"version '1.0' \(--version\) is not a semantic version"),
+        ({"subfolder": "a/../b"}, PublishError, "relative folder"),
     ]:
-        with pytest.raises(PublishError, match=message):
+        with pytest.raises(error, match=message):
             _push(lens_dir, registry, **kwargs)
     with pytest.raises(LensHubError, match="does not exist"):
         _push(lens_dir.parent / "nowhere", registry)
@@ -382,9 +389,9 @@ def test_cli_push_end_to_end(loopback_hub, lens_dir, registry):
 
 
 def test_train_with_push_evaluates_publishes_and_registers(loopback_hub, tmp_path):
-    from test_train import SAMPLE, _save_model
+    from helpers import SAMPLE, save_model
 
-    model = _save_model(tmp_path)
+    model = save_model(tmp_path)
     args = [
         "train",
         "model",

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import yaml
 
 import lens_hub
 from lens_hub.errors import LensNotFoundError, RegistryError
+from lens_hub.hub.pretrained import resolve
+from lens_hub.registry import store
+from lens_hub.registry.catalogue import list_pretrained
 from lens_hub.registry.schema import (
     HubLocation,
     LensFile,
@@ -27,6 +31,7 @@ from lens_hub.registry.schema import (
     semver_key,
 )
 from lens_hub.registry.store import (
+    RACY_SECONDS,
     REGISTRY_ENV,
     Registry,
     default_registry_dir,
@@ -514,6 +519,84 @@ def test_write_entry_replaces_an_entry(tmp_path):
     write_entry(tmp_path, newer)
     assert [p.name for p in tmp_path.iterdir()] == ["my-org--tiny.yaml"]
     assert Registry.load(tmp_path).get("tiny") == newer
+
+
+# --- 7. parsed once, until a file changes --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the registry files parsed, in order (the real parser, counted)."""
+    seen: list[str] = []
+    real = store.parse_entry_file
+
+    def counting(path: Path):
+        seen.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(store, "parse_entry_file", counting)
+    return seen
+
+
+def _settle(directory: Path) -> None:
+    """Date every file back beyond RACY_SECONDS, as a registry's files usually are (ctime moves on regardless)."""
+    then = time.time() - 10 * RACY_SECONDS - len(list(directory.iterdir()))
+    for path in directory.iterdir():
+        os.utime(path, (then, then))
+
+
+def test_a_second_resolve_parses_nothing_and_every_kind_of_edit_is_seen(tmp_path, parses):
+    write_entry(tmp_path, _entry())
+    write_entry(tmp_path, _entry("my-org/other", aliases=["other"]))
+    _settle(tmp_path)
+    assert resolve("tiny", registry=tmp_path).entry.model == "my-org/tiny"
+    assert parses == ["my-org--other.yaml", "my-org--tiny.yaml"]
+    parses.clear()
+    assert resolve("TINY", registry=tmp_path).version.version == "1.0.0"
+    assert resolve("other", registry=str(tmp_path)).entry.model == "my-org/other"
+    assert [r.model for r in list_pretrained(registry=tmp_path)] == ["my-org/other", "my-org/tiny"]
+    assert parses == []  # nor the catalogue
+
+    # Each call gets a registry of its own: adding to one changes no other's.
+    mine = Registry.load(tmp_path)
+    assert mine.add(_entry("my-org/third", aliases=["third"])) == []
+    assert Registry.load(tmp_path).find("third") is None
+
+    # Replaced (write_entry renames a new file into place): seen at once, and parsed at each call until it settles.
+    write_entry(tmp_path, _entry(lenses=[_lens("1.0.0"), _lens("1.1.0", default=True)]))
+    assert resolve("tiny", registry=tmp_path).version.version == "1.1.0"
+    assert resolve("tiny", registry=tmp_path).version.version == "1.1.0"
+    assert parses.count("my-org--tiny.yaml") == 2
+    _settle(tmp_path)
+    parses.clear()
+    resolve("tiny", registry=tmp_path)
+    resolve("tiny", registry=tmp_path)
+    assert len(parses) == 2  # once, both files
+
+    # Edited in place, to the same size, and dated back as if long ago: size and mtime alone could miss it.
+    path = tmp_path / "my-org--tiny.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("- tiny\n", "- tinz\n"), encoding="utf-8")
+    assert path.stat().st_size == len(text.encode())
+    _settle(tmp_path)
+    assert resolve("tinz", registry=tmp_path).entry.model == "my-org/tiny"
+    with pytest.raises(LensNotFoundError):
+        resolve("tiny", registry=tmp_path)
+
+    # Added and removed files.
+    write_entry(tmp_path, _entry("my-org/third", aliases=["third"]))
+    assert resolve("third", registry=tmp_path).entry.model == "my-org/third"
+    (tmp_path / "my-org--third.yaml").unlink()
+    with pytest.raises(LensNotFoundError):
+        resolve("third", registry=tmp_path)
+
+    # A file broken in place is reported at the next call, not served from before.
+    _settle(tmp_path)
+    resolve("tinz", registry=tmp_path)
+    path.write_text(text.replace("model: my-org/tiny", "model: [oops"), encoding="utf-8")
+    _settle(tmp_path)
+    with pytest.raises(RegistryError, match="my-org--tiny.yaml: cannot parse"):
+        resolve("tinz", registry=tmp_path)
 
 
 def test_shipped_entries_survive_a_round_trip(shipped, tmp_path):

@@ -19,8 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +26,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # conftest and tiny_models, also when run as a script
+sys.path.insert(0, str(Path(__file__).parent))  # helpers and tiny_models, also when run as a script
 
-from conftest import headless_chromium, random_lens
+from helpers import TOKENIZER, assert_png, call, headless_chromium, random_lens, running
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
@@ -42,9 +40,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from lens_hub.errors import ServeError
-from lens_hub.serve.app import MAX_BODY_BYTES, create_app, make_server, open_socket, url_of
+from lens_hub.serve.app import MAX_BODY_BYTES, create_app
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 PROMPT = "The capital of France is <b>Paris</b>."
 STATS = ("entropy", "kl", "ce", "rank", "prob", "log_prob", "js", "tv")
 TOP_K = 4
@@ -71,26 +68,6 @@ def logit(model):
     return LogitLens.from_model(model)
 
 
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """``app`` served by uvicorn on a free loopback port in a background thread; yields the base URL."""
-    sock = open_socket(0)
-    server = make_server(app, port=sock.getsockname()[1])
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "the server did not stop"
-
-
 @pytest.fixture(scope="module")
 def server(model, tokenizer, tuned, logit) -> Iterator[str]:
     """The explorer of the tuned lens, compared with the logit lens."""
@@ -101,17 +78,15 @@ def server(model, tokenizer, tuned, logit) -> Iterator[str]:
         yield url
 
 
-def call(url: str, path: str, body: bytes | dict | None = None, *, headers: dict | None = None, timeout: float = 30):
-    """One real HTTP request: ``(status, headers, body bytes)``; a dict body is sent as JSON."""
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **(headers or {})}
-    request = urllib.request.Request(url.rstrip("/") + path, data=body, headers=headers or {})
+@contextlib.contextmanager
+def recorded_calls(module: torch.nn.Module) -> Iterator[list[tuple]]:
+    """The positional arguments of every call of ``module``, recorded by a forward hook (the module still runs)."""
+    calls: list[tuple] = []
+    hook = module.register_forward_hook(lambda _module, args, _output: calls.append(args))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
+        yield calls
+    finally:
+        hook.remove()
 
 
 def expected(tuned, logit, model, tokenizer, prompt: str) -> tuple[PredictionTrajectory, PredictionTrajectory]:
@@ -136,7 +111,7 @@ def assert_same_values(got: list[list[float | None]], want: torch.Tensor) -> Non
 def test_trajectory_api_serves_the_prediction_trajectory(server, model, tokenizer, tuned, logit):
     status, _, body = call(server, "/api/health")
     health = json.loads(body)
-    assert status == 200 and health["status"] == "ok" and health["model_loads"] == 1
+    assert status == 200 and health["status"] == "ok"
     assert list(health["statistics"]) == list(STATS) and health["lens"] == "./lens" and health["compare"] == "logit"
     assert health["window"] == 64 and health["limit"] == MAX_TOKENS
 
@@ -177,10 +152,13 @@ def test_bad_requests_get_a_4xx_and_a_message_never_a_500(server, model, tokeniz
         (b"[" * 50_000, json_type, 400, "nests too deeply"),
         (b'["The capital"]', json_type, 400, "JSON object"),
         (b'{"prompt": 3}', json_type, 400, "must be a string"),
+        (b'{"prompt": "x", "stat": true}', json_type, 400, '"stat" must be a string, not a boolean'),
         (b'{"text": "x"}', json_type, 400, "unknown field 'text'"),
+        (b'{"prompt": "x", "lens": "lens"}', json_type, 400, "unknown field 'lens'"),  # a download's field only
         (b'{"stat": "kl"}', json_type, 400, 'no "prompt"'),
         (b'{"prompt": "\\ud800x"}', json_type, 400, "surrogate"),
         (b'{"prompt": "x", "stat": "loss"}', json_type, 400, "unknown statistic 'loss'"),
+        (b'{"prompt": "x", "stat": "' + b"z" * 5000 + b'"}', json_type, 400, "unknown statistic 'zzz"),
         (b'{"prompt": "x", "stat": ' + b"9" * 5000 + b"}", json_type, 400, "cannot be read"),  # int() refuses
         (b'{"prompt": "x"}', {"Content-Type": "text/plain"}, 415, "application/json"),
         (b'{"prompt": "x"}', {}, 415, "application/json"),
@@ -190,9 +168,12 @@ def test_bad_requests_get_a_4xx_and_a_message_never_a_500(server, model, tokeniz
     for body, headers, code, message in cases:
         status, _, answer = call(server, "/api/trajectory", body, headers=headers, timeout=20)
         assert status == code, (body[:40], answer)
-        assert message in json.loads(answer)["error"], (body[:40], answer)
+        error = json.loads(answer)["error"]
+        assert message in error and "\n" not in error and len(error) <= 300, (body[:40], answer)  # one short line
     status, _, answer = call(server, "/api/trajectory.png", {"prompt": "x", "lens": "other"})
     assert status == 400 and '"lens" must be' in json.loads(answer)["error"]
+    status, _, answer = call(server, "/api/trajectory.html", {"prompt": "", "stat": "kl", "lens": "compare"})
+    assert status == 422 and "prompt is empty" in json.loads(answer)["error"]
     status, _, answer = call(server, "/api/trajectory", {"prompt": "x"}, headers={"Host": "evil.example"})
     assert status == 400  # a DNS-rebinding page's Host header
     status, _, answer = call(server, "/api/nothing")
@@ -228,7 +209,8 @@ def test_a_burst_of_parallel_requests_is_served_by_one_model(model, tokenizer, t
     app = create_app(model, tokenizer, tuned, logit, max_tokens=MAX_TOKENS, top_k=TOP_K, cache_size=0)
     explorer = app.state.explorer
     prompts = [f"Request number {i % 4} asks about {('cats', 'dogs', 'birds', 'fish')[i % 4]}" for i in range(20)]
-    with running(app) as url:
+    # Forward passes of the model passed in: every request must run that object, never a copy.
+    with recorded_calls(model.base_model) as forward_passes, running(app) as url:
         gate = threading.Barrier(len(prompts) + 1, timeout=20)
 
         def one(prompt: str):
@@ -256,9 +238,54 @@ def test_a_burst_of_parallel_requests_is_served_by_one_model(model, tokenizer, t
         panels = json.loads(body)["panels"]
         assert_same_values(panels[0]["values"], first.kl[0])
         assert_same_values(panels[1]["values"], second.kl[0])
-    assert explorer.model_loads == final["model_loads"] == 1 and explorer.model is model
-    assert explorer.trajectories == final["trajectories"] == len(prompts)  # one forward pass per request
+    assert explorer.model is model
+    assert len(forward_passes) == explorer.trajectories == final["trajectories"] == len(prompts)  # one per request
     assert final["peak_in_flight"] > 1 and final["in_flight"] == 0  # the requests did overlap
+
+
+def test_each_lens_runs_once_per_layer_for_a_request_with_a_comparison_lens(model, tokenizer, tuned, logit):
+    # Each lens's trajectory used to be built by its own call with the other lens as compare_with, which ran both
+    # lenses twice per layer.
+    app = create_app(model, tokenizer, tuned, logit, max_tokens=MAX_TOKENS, top_k=TOP_K)
+    with recorded_calls(tuned) as tuned_calls, recorded_calls(logit) as logit_calls, running(app) as url:
+        status, _, body = call(url, "/api/trajectory", {"prompt": PROMPT, "stat": "js"})
+        assert status == 200, body
+        assert [i for _, i in tuned_calls] == [i for _, i in logit_calls] == [0, 1, 2]  # once per layer, in order
+        assert all(h.shape[0] == 1 for h, _ in tuned_calls + logit_calls)  # each on the prompt's one copy
+        # A download of that prompt reads the cached trajectories: no lens runs again.
+        status, headers, _ = call(url, "/api/trajectory.png", {"prompt": PROMPT, "stat": "tv", "lens": "compare"})
+        assert status == 200 and headers["Content-Type"] == "image/png"
+        assert len(tuned_calls) == len(logit_calls) == 3 and app.state.explorer.trajectories == 1
+    first, second = expected(tuned, logit, model, tokenizer, PROMPT)
+    lens_panel, compare_panel = json.loads(body)["panels"]
+    assert_same_values(lens_panel["values"], first.js[0])
+    assert_same_values(compare_panel["values"], second.js[0])
+    reading = app.state.explorer.read(PROMPT)  # cached: the trajectories the request was answered from
+    assert (reading.trajectory.lens_name, reading.compared.lens_name) == ("tuned lens", "logit lens")
+    for got, want in ((reading.trajectory, first), (reading.compared, second)):
+        assert got.lens_name == want.lens_name
+        assert got.top_labels == want.top_labels and got.input_labels == want.input_labels
+        torch.testing.assert_close(got.tv, want.tv, equal_nan=True)
+
+
+def test_load_app_loads_the_model_once_and_reads_it_through_both_lenses(tmp_path, monkeypatch, model, tokenizer, tuned):
+    import lens_hub.core.models
+    from lens_hub.serve.app import load_app
+
+    tuned.save(tmp_path / "lens")
+    loads = []
+
+    def load(name: str, **options):
+        loads.append(name)
+        return model, tokenizer
+
+    monkeypatch.setattr(lens_hub.core.models, "load_model_and_tokenizer", load)
+    app = load_app("tiny-gpt2", lens=str(tmp_path / "lens"), compare="logit", max_tokens=MAX_TOKENS, top_k=TOP_K)
+    explorer = app.state.explorer
+    assert loads == ["tiny-gpt2"] and explorer.model is model
+    head = model.get_output_embeddings()  # both lenses unembed with the loaded model's own head, not a copy's
+    assert all(read.unembed.parts.output_embedding is head for read in (explorer.lens, explorer.compare))
+    assert explorer.health()["model"] == "tiny-gpt2" and explorer.health()["compare"] == "logit"
 
 
 def test_downloads_are_the_render_views(server, model, tokenizer, tuned, logit, tmp_path):
@@ -271,7 +298,8 @@ def test_downloads_are_the_render_views(server, model, tokenizer, tuned, logit, 
         assert page == write_html(traj, tmp_path / f"{key}.html", "js", title=title).read_bytes()
         assert page.decode().count('class="cell"') == traj.num_rows * len(traj.input_labels[0])
     status, headers, png = call(server, "/api/trajectory.png", {"prompt": PROMPT, "stat": "rank"})
-    assert status == 200 and headers["Content-Type"] == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert_png(png)
     title = "Prediction trajectory: ./lens lens, coloured by rank"
     reference = write_png(first, tmp_path / "lens.png", "rank", title=title).read_bytes()
     assert png[16:24] == reference[16:24]  # the IHDR's width and height: the same figure as the view draws
@@ -384,7 +412,7 @@ def test_the_page_in_headless_chromium(server, model, tokenizer, tuned, logit, t
         driver.find_element(By.CSS_SELECTOR, 'section[data-lens="compare"] button[data-kind="png"]').click()
         _wait(lambda: "downloaded" in driver.find_element(By.ID, "status").text, what="the download")
         saved = _wait(lambda: list(downloads.glob("trajectory-compare-kl.png")), what="the downloaded file")
-        assert saved[0].read_bytes()[:4] == b"\x89PNG"
+        assert_png(saved[0].read_bytes())
         driver.save_screenshot(str(tmp_path / "explorer.png"))
     finally:
         driver.quit()
@@ -429,7 +457,7 @@ def test_cli_serve_answers_and_stops_on_ctrl_c(tmp_path, model, tuned):
         status, _, body = call(url, "/api/trajectory", {"prompt": "Hello there", "stat": "js"})
         data = json.loads(body)
         assert status == 200 and data["rows"] == ["0", "2", "output"] and len(data["panels"][0]["top"][0][0]) == 3
-        assert json.loads(call(url, "/api/health")[2])["model_loads"] == 1
+        assert json.loads(call(url, "/api/health")[2])["trajectories"] == 1  # one prompt read, by one forward pass
         child.send_signal(signal.SIGINT)  # Ctrl-C
         child.wait(timeout=20)
         stderr = child.stderr.read()

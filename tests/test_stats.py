@@ -6,11 +6,10 @@ import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_lens
+from helpers import SAMPLE, TOKENIZER, assert_png, random_lens
 from tiny_models import tiny_model
 
 from lens_hub.analysis import stats
@@ -18,10 +17,6 @@ from lens_hub.analysis.evaluate import evaluate, logit_stats_table
 from lens_hub.analysis.stats import LogitStats, dirichlet_log_likelihood, fit_dirichlet, inverse_digamma
 from lens_hub.errors import DirichletFitError, StatsError
 from lens_hub.training.data import TokenData
-
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
-SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _hidden(model, seed=0, batch=3, seq=10):
@@ -166,4 +161,4 @@ def test_cli_eval_writes_logit_stats_and_the_transfer_heatmap(tmp_path):
         assert all(a > 0 for a in section["dirichlet_precision"][name])
     assert section["dirichlet_precision"]["model"] > 0
     for name in ("eval.png", "eval-transfer.png", "eval-logit-stats.png"):
-        assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG, name
+        assert_png((tmp_path / "plots" / name).read_bytes())

@@ -2,15 +2,13 @@
 
 import json
 import math
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_lens, run_hidden
+from helpers import SAMPLE, TOKENIZER, assert_png, gpt2_real_vocab, random_lens, run_cli, run_hidden, save_model
 from safetensors.torch import save_file
 from tiny_models import FAMILIES, tiny_model
 from transformers import AutoTokenizer
@@ -24,9 +22,6 @@ from lens_hub.training.data import TokenData, load_token_data, tokenize
 from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
 from lens_hub.training.train import TrainSettings, hidden_states, plan_for, train_lens
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
-SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -36,11 +31,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tokens(tokenizer):
     return load_token_data(SAMPLE, tokenizer, seq_len=32)
-
-
-def gpt2_real_vocab(**kw):
-    # initializer_range 0.2 makes layers differ enough from the output for KL to be far from zero.
-    return tiny_model("gpt2", vocab_size=50257, n_embd=32, n_layer=3, initializer_range=0.2, **kw)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gptj", "opt", "gpt_neox"])
@@ -156,7 +146,7 @@ def test_checkpoints_are_safe_small_and_rotated(tmp_path, tokens):
 def test_resuming_with_other_settings_is_refused(tmp_path, tokens):
     model = gpt2_real_vocab()
     train_lens(model, tokens, _small(), tmp_path)
-    with pytest.raises(CheckpointError, match=r"different settings \(lr\).*--restart"):
+    with pytest.raises(CheckpointError, match=r"different settings \(lr\).*--restart; in Python, restart\(out\)"):
         train_lens(model, tokens, _small(lr=0.5), tmp_path)
 
 
@@ -175,7 +165,7 @@ def test_layer_subset_bias_only_adam_warmup(tmp_path, tokens):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["training"]["layers"] == [1]
     lens = train_lens(model, tokens, _small(bias_only=True), tmp_path / "b")
     assert all(t.weight.abs().sum() == 0 and t.bias.abs().sum() > 0 for t in lens.translators)
-    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+    with pytest.raises(ValueError, match=r"layers \[7\] \(--layers\) do not exist"):
         train_lens(model, tokens, _small(layers=[7]), tmp_path / "c")
 
 
@@ -245,30 +235,31 @@ def test_provenance_fills_the_typed_fields_and_the_kernel_that_ran(tmp_path):
         out = tmp_path / f"{kernel}-{loss}"
         train_lens(model, data, _small(steps=1, tokens_per_step=32, seq_len=16, kernel=kernel, loss=loss), out)
         assert json.loads((out / "config.json").read_text())["training"]["kernel"] == ran
-    with pytest.raises(ValueError, match="kernel='triton' needs"):  # an explicit choice is not quietly replaced
+    with pytest.raises(TrainSettingsError, match="kernel='triton'"):  # an explicit choice is not quietly replaced
         train_lens(model, data, _small(steps=1, tokens_per_step=32, seq_len=16, kernel="triton", loss="ce"), tmp_path)
 
 
 def test_tokens_per_step_must_be_a_multiple_of_one_forward_pass(tmp_path, tokens):
-    flags = r"or change --batch-size / --seq-len"
-    with pytest.raises(TrainSettingsError, match=rf"--tokens-per-step 100 .* use --tokens-per-step 64 or 128, {flags}"):
+    fix = r"use tokens_per_step 64 or 128, or change batch_size / seq_len"
+    with pytest.raises(TrainSettingsError, match=rf"tokens_per_step 100 \(--tokens-per-step\) .* {fix}"):
         plan_for(_small(tokens_per_step=100), 32, 1)
-    with pytest.raises(TrainSettingsError, match=r"--batch-size 2 x --seq-len 32 x 2 processes\); use .* 128 or 256"):
+    with pytest.raises(TrainSettingsError, match=r"batch_size 2 x seq_len 32 x 2 processes\); use .* 128 or 256"):
         plan_for(_small(tokens_per_step=200), 32, 2)
-    with pytest.raises(TrainSettingsError, match=r"--tokens-per-step 16 .* use --tokens-per-step 64 or 128"):
+    with pytest.raises(TrainSettingsError, match=r"tokens_per_step 16 .* use tokens_per_step 64 or 128"):
         plan_for(_small(tokens_per_step=16), 32, 1)  # less than one forward pass is not rounded up either
     assert plan_for(_small(tokens_per_step=192), 32, 1).accum == 3
-    with pytest.raises(TrainSettingsError, match="--tokens-per-step 100"):
+    with pytest.raises(TrainSettingsError, match="tokens_per_step 100"):
         train_lens(gpt2_real_vocab(), tokens, _small(tokens_per_step=100), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_zero_steps_are_refused_unless_the_fit_trains(tmp_path, tokens):
     for start in (dict(init="zero"), dict(init_from=str(tmp_path))):
-        with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not 0.*--steps 0 is for --init fit"):
+        refused = r"steps \(--steps\) must be at least 1, not 0.*steps=0 is for init='fit'"
+        with pytest.raises(TrainSettingsError, match=refused):
             train_lens(gpt2_real_vocab(), tokens, _small(steps=0, **start), tmp_path / "out")
         assert not (tmp_path / "out").exists()
-    with pytest.raises(TrainSettingsError, match=r"--steps must be at least 1, not -1"):
+    with pytest.raises(TrainSettingsError, match=r"steps \(--steps\) must be at least 1, not -1"):
         plan_for(_small(steps=-1), 32, 1)
 
 
@@ -299,29 +290,15 @@ def test_model_cross_entropy_matches_transformers(tokens):
     assert result.tuned == result.logit  # an untrained lens is the logit lens
 
 
-def _save_model(tmp_path):
-    model = gpt2_real_vocab()
-    model.save_pretrained(tmp_path / "model")
-    for f in TOKENIZER.glob("*.json"):
-        shutil.copy(f, tmp_path / "model" / f.name)
-    return model
-
-
-def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-
-
 def test_cli_train_then_eval_with_json_png_and_store(tmp_path):
-    _save_model(tmp_path)
+    save_model(tmp_path)
     small = ["--steps", "4", "--tokens-per-step", "64", "--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
-    done = _cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
+    done = run_cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "saved 3-layer tuned lens" in done.stdout
-    again = _cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
+    again = run_cli("train", "model", "--data", str(SAMPLE), "--out", "lens", *small, cwd=tmp_path)
     assert again.returncode == 0, again.stderr  # resumes at the end: nothing to redo
-    ev = _cli(
+    ev = run_cli(
         "eval",
         "./lens",
         "--model",
@@ -346,7 +323,7 @@ def test_cli_train_then_eval_with_json_png_and_store(tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["schema"] == "lens-hub-eval/1"
     assert len(report["tuned"]["kl"]) == len(report["transfer"]) == 3
-    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_png((tmp_path / "eval.png").read_bytes())
     stored = json.loads((tmp_path / "lens" / "config.json").read_text())["evaluation"]
     assert stored["tuned"]["kl"] == report["tuned"]["kl"]
 
@@ -374,9 +351,9 @@ def _torchrun(cwd, *args):
 
 
 def test_torchrun_two_processes_match_one_with_and_without_fsdp(tmp_path):
-    _save_model(tmp_path)
+    save_model(tmp_path)
     common = ["--data", str(SAMPLE), "--steps", "3", "--tokens-per-step", "128", "--seq-len", "32", "--device", "cpu"]
-    one = _cli("train", "model", "--out", "one", "--batch-size", "4", *common, cwd=tmp_path)
+    one = run_cli("train", "model", "--out", "one", "--batch-size", "4", *common, cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     model = gpt2_real_vocab()
     reference = TunedLens.load(tmp_path / "one", model)
@@ -394,8 +371,8 @@ def test_torchrun_two_processes_match_one_with_and_without_fsdp(tmp_path):
 
 
 def test_fsdp_needs_several_processes(tmp_path):
-    _save_model(tmp_path)
-    done = _cli("train", "model", "--data", str(SAMPLE), "--out", "x", "--fsdp", "--device", "cpu", cwd=tmp_path)
+    save_model(tmp_path)
+    done = run_cli("train", "model", "--data", str(SAMPLE), "--out", "x", "--fsdp", "--device", "cpu", cwd=tmp_path)
     assert done.returncode != 0
     assert "torchrun --nproc-per-node" in done.stderr
     assert "Traceback" not in done.stderr

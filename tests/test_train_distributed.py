@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SAMPLE, _save_model, gpt2_real_vocab
+from helpers import SAMPLE, gpt2_real_vocab, save_model
 
 from lens_hub import TunedLens
 from lens_hub.training.checkpoint import list_checkpoints
@@ -89,7 +89,7 @@ def _two_nodes(model: Path, nodes: list[Path]) -> list[tuple[int, str, str]]:
 def uninterrupted(tmp_path_factory):
     """A full two-rank run; rank 0's directory keeps the checkpoints of steps 2 and 4."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    _save_model(root)
+    save_model(root)
     results = _two_nodes(root / "model", [root / "node0", root / "node1"])
     assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
     kept = [p.name for p in list_checkpoints(root / "node0" / "lens" / "checkpoints")]

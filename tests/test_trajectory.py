@@ -6,11 +6,10 @@ import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import headless_chromium, random_lens
+from helpers import TOKENIZER, assert_png, headless_chromium, random_lens
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
@@ -19,7 +18,6 @@ from lens_hub.analysis.trajectory import PredictionTrajectory, js_divergence, to
 from lens_hub.errors import LensHubError, TrajectoryError
 from lens_hub.serve.render import terminal_table, write_html, write_png
 
-TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 TEXT = "The capital of France is Paris.\nIt is <b>big</b>"
 
 
@@ -223,6 +221,77 @@ def test_batch_of_two_texts(model, tokenizer, tuned):
     assert torch.isnan(traj.entropy[1, :, n:]).all()
 
 
+def test_negative_index_is_counted_from_the_end_and_out_of_range_is_refused(model, tokenizer, tuned):
+    texts = ["Hello world, this is a longer sentence.", "Short one"]
+    traj = PredictionTrajectory.from_text(tuned, model, tokenizer, texts, anti_target=" London")
+    for negative, positive in ((-1, 1), (-2, 0)):
+        got, want = traj[negative], traj[positive]
+        n = traj.lengths[positive]
+        assert got.lengths == [n] and got.input_ids.shape == (1, n) and got.entropy.shape == (1, traj.num_rows, n)
+        assert torch.equal(got.input_ids, want.input_ids) and got.input_labels == want.input_labels
+        assert torch.equal(got.top_ids, want.top_ids) and torch.equal(got.anti_target_ids, want.anti_target_ids)
+        torch.testing.assert_close(got.entropy, want.entropy, equal_nan=True)
+    assert traj[torch.tensor(1)].lengths == traj[-1].lengths  # any integer, as a list accepts
+    for bad in (2, -3, 10):
+        with pytest.raises(IndexError, match=r"index -2 \.\. 1"):
+            traj[bad]
+    with pytest.raises(TypeError, match="one sequence"):
+        traj[0:1]
+
+
+def test_padding_holds_no_prediction(model, tokenizer, tuned, tmp_path):
+    # The shorter sequence's padding holds NaN probabilities and the id -1, as the class docstring says, in the
+    # top-k as in every statistic; its valid positions and the longer sequence are real predictions.
+    texts = ["Hello world, this is a longer sentence.", "Short one"]
+    traj = PredictionTrajectory.from_text(
+        tuned, model, tokenizer, texts, top_k=3, compare_with=LogitLens.from_model(model)
+    )
+    n, seq = traj.lengths[1], traj.input_ids.shape[1]
+    assert n < seq
+    assert torch.isnan(traj.top_probs[1, :, n:]).all() and (traj.top_ids[1, :, n:] == -1).all()
+    for name in ("entropy", "kl", "ce", "prob", "log_prob", "js", "tv"):
+        assert torch.isnan(getattr(traj, name)[1, :, n:]).all(), name
+    assert (traj.rank[1, :, n:] == -1).all()
+    assert torch.isfinite(traj.top_probs[1, :, :n]).all() and (traj.top_ids[1, :, :n] >= 0).all()
+    assert torch.isfinite(traj.top_probs[0]).all() and (traj.top_ids[0] >= 0).all()
+    alone = PredictionTrajectory.from_text(tuned, model, tokenizer, texts[1], top_k=3)
+    assert torch.equal(traj[1].top_ids, alone.top_ids)
+    # the labels and views read each sequence cut to its length: no padding cell, no label of the id -1 (without a
+    # tokenizer a token is labelled by its id)
+    from rich.console import Console
+
+    by_id = PredictionTrajectory.from_ids(tuned, model, traj.input_ids, lengths=traj.lengths, top_k=3)
+    assert torch.equal(by_id.top_ids, traj.top_ids) and [len(r) for r in by_id.top_labels[1]] == [n] * traj.num_rows
+    assert "#-1" not in repr(by_id.top_labels)
+    console = Console(width=400, record=True)
+    console.print(terminal_table(by_id, "prob", batch=-1))
+    page = write_html(by_id, tmp_path / "padded.html", "prob", batch=1).read_text()
+    assert "#-1" not in console.export_text() and "#-1" not in page and page.count('class="cell"') == n * 4
+
+
+def test_options_are_shared_and_checked(model, tokenizer, tuned):
+    # from_ids, from_hidden_states and from_cache take the same keyword options; a text target works wherever there
+    # is a tokenizer to turn it into its id, and a misspelt or misplaced option is named.
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    options = dict(top_k=3, layers=[2, 0], target=" Paris", anti_target=" London", tokenizer=tokenizer)
+    tokens = dict(target=" Paris", anti_target=" London")
+    by_text = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, top_k=3, layers=[0, 2], **tokens)
+    by_ids = PredictionTrajectory.from_ids(tuned, model, ids, **options)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    by_states = PredictionTrajectory.from_hidden_states(tuned, hidden, ids, **options)
+    for traj in (by_ids, by_states):
+        assert traj.layers == [0, 2] and traj.top_k == 3 and traj.input_labels == by_text.input_labels
+        assert torch.equal(traj.target_ids, by_text.target_ids) and torch.equal(traj.top_ids, by_text.top_ids)
+        torch.testing.assert_close(traj.log_prob_diff(), by_text.log_prob_diff(), equal_nan=True)
+    with pytest.raises(TrajectoryError, match="tokenizer="):
+        PredictionTrajectory.from_ids(tuned, model, ids, target=" Paris")
+    with pytest.raises(TypeError, match=r"from_ids\(\) got an unexpected keyword argument 'topk'.*top_k"):
+        PredictionTrajectory.from_ids(tuned, model, ids, topk=3)
+    with pytest.raises(TypeError, match=r"from_text\(\) got an unexpected keyword argument 'lengths'"):
+        PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, lengths=[3])
+
+
 def test_long_input_is_chunked():
     model = tiny_model("llama", vocab_size=2000, max_position_embeddings=2048)
     ids = torch.randint(0, 2000, (1, 1500), generator=torch.Generator().manual_seed(0))
@@ -261,7 +330,7 @@ def test_terminal_view(model, tokenizer):
 def test_png(model, tokenizer, tmp_path):
     traj = PredictionTrajectory.from_text(LogitLens.from_model(model), model, tokenizer, TEXT)
     path = write_png(traj, tmp_path / "t.png", "rank")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_png(path.read_bytes())
 
 
 def test_html_in_headless_chromium(model, tokenizer, tuned, tmp_path):
@@ -306,7 +375,7 @@ def test_cli_show_writes_html_and_png(tmp_path, model, tokenizer):
     )
     assert done.returncode == 0, done.stderr
     assert "output" in done.stdout and "Jensen-Shannon" in done.stdout
-    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert_png((tmp_path / "t.png").read_bytes())
     page = (tmp_path / "t.html").read_text()
     positions = len(tokenizer("Hello world.\nBye")["input_ids"])
     assert page.count('class="cell"') == 3 * positions  # rows 0, 2 and output

@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from helpers import SAMPLE
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
@@ -23,12 +24,11 @@ from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
 from lens_hub.core.lens import LogitLens
 from lens_hub.core.plots import evaluation_figure
 from lens_hub.hub.card import CardInfo, build_card
-from lens_hub.serve.render import png_figure, write_html
+from lens_hub.serve.render import png_figure, transfer_png, write_html
 from lens_hub.training.data import load_token_data
 
 DATA = Path(__file__).parent / "data"
 TOKENIZER = DATA / "gpt2-tokenizer"
-SAMPLE = Path(__file__).parent.parent / "lens_hub" / "samples" / "persuasion-ch1-8.txt"
 
 
 def _model() -> torch.nn.Module:
@@ -126,6 +126,29 @@ def test_evaluation_plot_draws_no_line_across_gaps_and_logs_a_dwarfing_layer_0()
         assert hollow == [21]  # the tuned lens's one untrained layer
     finally:
         plt.close(fig)
+
+
+def test_building_figures_leaves_a_notebooks_backend_and_open_figures_alone(traj):
+    # A notebook on another backend (svg stands in: it needs no display) with a figure open, as in Jupyter.
+    before = plt.get_backend()
+    plt.switch_backend("svg")
+    try:
+        mine = plt.figure()
+        metrics = LayerMetrics(kl=[2.0, 1.0], cross_entropy=[4.0, 3.0])
+        built = [evaluation_figure(EvaluationInfo(layers=[0, 1], tuned=metrics, logit=metrics)), png_figure(traj, "kl")]
+        png = transfer_png([[1.0, 2.0], [2.0, 1.0]], [0, 1])
+        assert plt.get_backend() == "svg" and plt.get_fignums() == [mine.number]  # nothing closed, nothing added
+        assert all(len(fig.axes) >= 1 for fig in built)
+        assert _png_size(png)[0] > 100
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 # ------------------------------------------------------------------------------------------------ 2. card

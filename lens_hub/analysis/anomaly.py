@@ -29,11 +29,12 @@ features standardised with the fitting set's mean and standard deviation:
 
 - ``"iforest"``: scikit-learn's isolation forest;
 - ``"lof"``: scikit-learn's local outlier factor in novelty mode (``novelty=True``, so it scores unseen points);
-- ``"mahalanobis"``: the Mahalanobis distance to the fitting set's mean under a Ledoit-Wolf shrinkage covariance
-  (`ledoit_wolf`, implemented here in NumPy, so this one needs no scikit-learn).
+- ``"mahalanobis"``: the Mahalanobis distance to the fitting set's mean under scikit-learn's Ledoit-Wolf shrinkage
+  covariance.
 
-scikit-learn is an optional extra (``pip install "lens-hub[anomaly]"``) and is imported only when a detector that
-needs it is fitted; importing this module never imports it.
+The AUROC and the ROC curve (`auroc`, `bootstrap_auroc`, `roc_curve`) are scikit-learn's too. scikit-learn is an
+optional extra (``pip install "lens-hub[anomaly]"``) that every detector and metric needs; it is imported only when
+one of them runs, so importing this module (and reading prompts or extracting features) never imports it.
 
 Example:
     >>> from lens_hub import TunedLens
@@ -61,7 +62,7 @@ import torch
 from torch import nn
 
 from ..core.format import text_lines
-from ..core.lens import Lens, LogitLens, TunedLens
+from ..core.lens import BaseTunedLens, Lens, LogitLens
 from ..core.models import hidden_states, max_positions
 from ..errors import AnomalyError, MissingExtraError, PromptFileError
 
@@ -112,7 +113,10 @@ def read_prompts(path: str | os.PathLike[str], *, field: str = "text") -> list[s
         for n, line in text_lines(file, records=jsonl):
             text = line.get(field) if isinstance(line, dict) else None if jsonl else line
             if not isinstance(text, str) or not text.strip():
-                raise PromptFileError(f"{file}:{n} has no non-empty string field {field!r}: add it, or pick the field")
+                raise PromptFileError(
+                    f"{file}:{n} has no non-empty string field {field!r}: add it, or name the key that holds the "
+                    "prompt with field=..."
+                )
             prompts.append(text)
     except ValueError as exc:  # not UTF-8, or not JSON
         raise PromptFileError(f"{exc}: write one prompt per line, or one JSON object per line in a .jsonl") from None
@@ -162,7 +166,7 @@ def source_label(source: FeatureSource) -> str:
                 "(for a tuned lens, TunedLens.from_pretrained(name, model=model))"
             )
         return source
-    if isinstance(source, TunedLens):
+    if isinstance(source, BaseTunedLens):
         return "tuned"
     if isinstance(source, LogitLens):
         return LOGIT
@@ -437,13 +441,12 @@ def _sklearn(what: str) -> Any:
         return importlib.import_module(f"sklearn.{what}")
     except ImportError as exc:
         raise MissingExtraError(
-            f"the isolation forest and local outlier factor detectors need scikit-learn: {INSTALL_HINT} "
-            "(or use method='mahalanobis', which does not)"
+            f"anomaly detection needs scikit-learn (for every detector and for the AUROC): {INSTALL_HINT}"
         ) from exc
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
-    """Check detector names, and that scikit-learn is installed if one of them needs it (before any work).
+    """Check detector names, and that scikit-learn (which every detector needs) is installed, before any work.
 
     Args:
         methods: Detector names.
@@ -453,13 +456,12 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
     Raises:
         AnomalyError: If the list is empty or names an unknown detector.
-        MissingExtraError: If ``iforest`` or ``lof`` is asked for and scikit-learn is not installed.
+        MissingExtraError: If scikit-learn is not installed.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise AnomalyError(f"unknown detection method(s) {unknown or '[]'}: choose from {', '.join(METHODS)}")
-    if {"iforest", "lof"} & set(methods):
-        _sklearn("base")
+    _sklearn("base")
     return list(methods)
 
 
@@ -479,34 +481,16 @@ def _check_features(features: Any, name: str, num_features: int | None = None) -
     return x
 
 
-def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, float]:
-    """The Ledoit-Wolf shrinkage estimate of the covariance of ``features`` [samples, dims].
-
-    The sample covariance ``S`` (divided by n) is shrunk towards ``mu * I`` with ``mu = trace(S) / dims``:
-    ``(1 - s) S + s mu I``, with the shrinkage ``s = min(b, d) / d`` that Ledoit and Wolf (2004) derive, where
-    ``d = ||S - mu I||_F^2`` and ``b = (mean_k ||x_k||^4 - ||S||_F^2) / n`` for the centred samples ``x_k``. The
-    result is well conditioned even with fewer samples than dimensions (the case here: a few dozen prompts).
-
-    Args:
-        features: Samples, at least one row.
-
-    Returns:
-        ``(covariance, shrinkage)``.
-    """
-    x = features - features.mean(axis=0)
-    n, dims = x.shape
-    s = x.T @ x / n
-    mu = float(np.trace(s)) / dims
-    s_norm2 = float((s**2).sum())
-    delta = s_norm2 - 2.0 * mu * float(np.trace(s)) + dims * mu**2  # ||S - mu I||_F^2
-    beta = (float(((x**2).sum(axis=1) ** 2).sum()) / n - s_norm2) / n
-    shrinkage = 0.0 if delta <= 0 else min(max(beta, 0.0), delta) / delta
-    return (1.0 - shrinkage) * s + shrinkage * mu * np.eye(dims), shrinkage
-
-
 @dataclass
 class _Mahalanobis:
-    """Mahalanobis distance to ``mean`` under a covariance given by its eigendecomposition."""
+    """Mahalanobis distance to ``mean`` under a covariance given by its eigendecomposition.
+
+    Attributes:
+        mean: Mean of the fitting samples.
+        eigenvectors: Eigenvectors of the covariance, one per column.
+        inv_sqrt_eigenvalues: One over the square root of each eigenvalue.
+        shrinkage: The Ledoit-Wolf shrinkage of the covariance, in [0, 1].
+    """
 
     mean: np.ndarray
     eigenvectors: np.ndarray
@@ -515,13 +499,21 @@ class _Mahalanobis:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> _Mahalanobis:
-        cov, shrinkage = ledoit_wolf(x)
+        """Fit on samples ``x`` [samples, dims] with scikit-learn's Ledoit-Wolf shrinkage covariance.
+
+        Shrinkage keeps the covariance well conditioned with fewer samples than dimensions (a few dozen prompts).
+
+        Raises:
+            MissingExtraError: If scikit-learn is not installed.
+        """
+        cov, shrinkage = _sklearn("covariance").ledoit_wolf(x)
         # A small ridge keeps constant features (zero variance, e.g. a layer that never changes) invertible.
         cov += 1e-6 * max(float(np.trace(cov)) / cov.shape[0], 1e-12) * np.eye(cov.shape[0])
         values, vectors = np.linalg.eigh(cov)
         return cls(x.mean(axis=0), vectors, 1.0 / np.sqrt(np.clip(values, 1e-300, None)), shrinkage)
 
     def distance(self, x: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row of ``x`` [samples, dims] to the mean."""
         z = (x - self.mean) @ self.eigenvectors * self.inv_sqrt_eigenvalues
         return np.sqrt((z**2).sum(axis=1))
 
@@ -534,7 +526,8 @@ class Detector:
         method: ``"iforest"``, ``"lof"`` or ``"mahalanobis"``.
         center: Per-feature mean of the fitting set (features are standardised with it first).
         scale: Per-feature standard deviation of the fitting set (1 where a feature is constant).
-        estimator: The fitted scikit-learn estimator, or the Mahalanobis model.
+        estimator: The fitted scikit-learn estimator, or the Mahalanobis model (built on scikit-learn's
+            Ledoit-Wolf covariance).
         num_samples: How many normal samples it was fitted on.
     """
 
@@ -571,7 +564,7 @@ def fit_detector(
 
     Raises:
         AnomalyError: An unknown method, fewer than 2 samples, or non-finite features.
-        MissingExtraError: ``iforest`` or ``lof`` without scikit-learn installed.
+        MissingExtraError: If scikit-learn is not installed.
     """
     if method not in METHODS:
         raise AnomalyError(f"unknown detection method {method!r}: choose from {', '.join(METHODS)}")
@@ -634,22 +627,26 @@ def _check_scores(scores_normal: Any, scores_anomalous: Any) -> tuple[np.ndarray
     return out[0], out[1]
 
 
-def _auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
-    """AUROC of checked arrays, from average ranks (the Mann-Whitney U statistic)."""
-    values = np.concatenate([normal, anomalous])
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    # Tied values share the mean of the ranks they span: rank of a group = (ranks below) + (count + 1) / 2.
-    ranks = (np.cumsum(counts) - counts + (counts + 1) / 2.0)[inverse]
-    m = anomalous.size
-    u = ranks[normal.size :].sum() - m * (m + 1) / 2.0
-    return float(u / (normal.size * m))
+def _labelled(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's form of two score sets, stacked along the first axis: ``(labels, scores)``, label 1 for an
+    anomalous score (the positive class) and 0 for a normal one; labels take the scores' shape."""
+    scores = np.concatenate([normal, anomalous])
+    labels = np.zeros(scores.shape, dtype=np.int8)
+    labels[normal.shape[0] :] = 1
+    return labels, scores
+
+
+def _aurocs(normal: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+    """scikit-learn's AUROC of checked score arrays: of each column if they are 2-D, as a 1-D array."""
+    return np.atleast_1d(_sklearn("metrics").roc_auc_score(*_labelled(normal, anomalous), average=None))
 
 
 def auroc(scores_normal: Any, scores_anomalous: Any) -> float:
     """Area under the ROC curve for telling anomalous from normal by score (higher score = more anomalous).
 
-    Computed exactly as the Mann-Whitney U statistic over all (normal, anomalous) pairs: the share of pairs where
-    the anomalous score is higher, ties counted half. 1 is perfect, 0.5 is chance, 0 is perfectly inverted.
+    scikit-learn's ``roc_auc_score``, which equals the Mann-Whitney U statistic over all (normal, anomalous) pairs:
+    the share of pairs where the anomalous score is higher, ties counted half. 1 is perfect, 0.5 is chance, 0 is
+    perfectly inverted.
 
     Args:
         scores_normal: Scores of normal samples.
@@ -660,8 +657,9 @@ def auroc(scores_normal: Any, scores_anomalous: Any) -> float:
 
     Raises:
         AnomalyError: If either set is empty or holds a non-finite score.
+        MissingExtraError: If scikit-learn is not installed.
     """
-    return _auroc(*_check_scores(scores_normal, scores_anomalous))
+    return float(_aurocs(*_check_scores(scores_normal, scores_anomalous))[0])
 
 
 def bootstrap_auroc(
@@ -670,7 +668,7 @@ def bootstrap_auroc(
     """The AUROC with a percentile bootstrap confidence interval.
 
     Each of the ``n`` resamples draws the normal and the anomalous scores separately, with replacement and in their
-    own sizes (a stratified bootstrap, so every resample has both classes), and computes the exact AUROC.
+    own sizes (a stratified bootstrap, so every resample has both classes), and computes its AUROC as `auroc` does.
 
     Args:
         scores_normal: Scores of normal samples.
@@ -684,40 +682,56 @@ def bootstrap_auroc(
 
     Raises:
         AnomalyError: Empty or non-finite scores, ``n`` below 1, or ``confidence`` not strictly between 0 and 1.
+        MissingExtraError: If scikit-learn is not installed.
     """
     normal, anomalous = _check_scores(scores_normal, scores_anomalous)
-    if n < 1:
-        raise AnomalyError(f"bootstrap needs at least 1 resample, not n={n}: try n=1000")
-    if not 0.0 < confidence < 1.0:
-        raise AnomalyError(f"confidence must be strictly between 0 and 1, not {confidence}: try 0.95")
+    _check_bootstrap(n, confidence, "n")
     rng = np.random.default_rng(seed)
-    stats = np.empty(n)
-    for r in range(n):
-        a = normal[rng.integers(0, normal.size, normal.size)]
-        b = anomalous[rng.integers(0, anomalous.size, anomalous.size)]
-        stats[r] = _auroc(a, b)
+    resampled_normal = np.empty((normal.size, n))
+    resampled_anomalous = np.empty((anomalous.size, n))
+    for r in range(n):  # draws in the order of one resample after another, so a seed keeps its interval
+        resampled_normal[:, r] = normal[rng.integers(0, normal.size, normal.size)]
+        resampled_anomalous[:, r] = anomalous[rng.integers(0, anomalous.size, anomalous.size)]
+    # One call for all resamples (a column each): scikit-learn's input checks cost more than the AUROC itself.
+    stats = _aurocs(resampled_normal, resampled_anomalous)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(stats, [tail, 1.0 - tail])
-    return _auroc(normal, anomalous), float(low), float(high)
+    return auroc(normal, anomalous), float(low), float(high)
+
+
+def _check_bootstrap(n: int, confidence: float, name: str) -> None:
+    """Check a number of bootstrap resamples (the argument called ``name``) and a confidence level.
+
+    Raises:
+        AnomalyError: If ``n`` is below 1 or ``confidence`` is not strictly between 0 and 1.
+    """
+    if n < 1:
+        raise AnomalyError(f"bootstrap needs at least 1 resample, not {name}={n}: try {name}=1000")
+    if not 0.0 < confidence < 1.0:
+        raise AnomalyError(f"confidence must be strictly between 0 and 1, not {confidence}: try confidence=0.95")
 
 
 def roc_curve(scores_normal: Any, scores_anomalous: Any) -> tuple[np.ndarray, np.ndarray]:
     """The ROC curve: false- and true-positive rates as the threshold falls through every distinct score.
 
-    Flagging every score >= t as anomalous, the curve starts at (0, 0) (nothing flagged) and ends at (1, 1); tied
-    scores move both rates at once, so the trapezoidal area under it equals `auroc` exactly.
+    scikit-learn's ``roc_curve``, keeping every point (``drop_intermediate=False``). Flagging every score >= t as
+    anomalous, the curve starts at (0, 0) (nothing flagged) and ends at (1, 1); tied scores move both rates at
+    once, so the trapezoidal area under it equals `auroc`.
+
+    Args:
+        scores_normal: Scores of normal samples.
+        scores_anomalous: Scores of anomalous samples.
 
     Returns:
-        ``(fpr, tpr)``, float64 arrays of equal length.
+        ``(fpr, tpr)``, float64 arrays of equal length, one point more than there are distinct scores.
 
     Raises:
         AnomalyError: If either set is empty or holds a non-finite score.
+        MissingExtraError: If scikit-learn is not installed.
     """
-    normal, anomalous = _check_scores(scores_normal, scores_anomalous)
-    thresholds = np.unique(np.concatenate([normal, anomalous]))[::-1]
-    fpr = (normal[None, :] >= thresholds[:, None]).mean(axis=1)
-    tpr = (anomalous[None, :] >= thresholds[:, None]).mean(axis=1)
-    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
+    labels, scores = _labelled(*_check_scores(scores_normal, scores_anomalous))
+    fpr, tpr, _ = _sklearn("metrics").roc_curve(labels, scores, drop_intermediate=False)
+    return np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -730,7 +744,7 @@ class DetectionResult:
     Attributes:
         source: Feature source label (``"tuned"``, ``"logit"``, ``"hidden"``, or the caller's own).
         method: Detector (``"iforest"``, ``"lof"``, ``"mahalanobis"``).
-        auroc: Exact AUROC of anomalous vs held-out normal scores.
+        auroc: AUROC of anomalous vs held-out normal scores (`auroc`).
         ci_low: Lower bound of the bootstrap confidence interval.
         ci_high: Upper bound.
         num_features: Length of the feature vectors.
@@ -847,8 +861,11 @@ def evaluate_features(
         One `DetectionResult` per method.
 
     Raises:
-        AnomalyError: An unknown method, too few samples, or features of different widths.
+        AnomalyError: An unknown method, too few samples, features of different widths, ``n_bootstrap`` below 1,
+            or ``confidence`` not strictly between 0 and 1.
+        MissingExtraError: If scikit-learn is not installed.
     """
+    _check_bootstrap(n_bootstrap, confidence, "n_bootstrap")
     results = []
     for method in methods:
         detector = fit_detector(fit, method, seed=seed)
@@ -865,7 +882,7 @@ def _describe(source: Lens | str) -> str:
     """A one-line description of a feature source for reports."""
     if source == HIDDEN:
         return "final hidden state at the last token(s) (the paper's Mahalanobis baseline input)"
-    if isinstance(source, TunedLens):
+    if isinstance(source, BaseTunedLens):
         return f"tuned lens ({source.config.base_model or 'local model'}, {source.num_layers} layers)"
     if isinstance(source, LogitLens):
         return "logit lens"
@@ -913,10 +930,12 @@ def evaluate_detection(
         A `DetectionReport`.
 
     Raises:
-        AnomalyError: Too few prompts, an unknown method or source, or bad layers (checked before the model runs).
-        MissingExtraError: ``iforest`` or ``lof`` without scikit-learn installed.
+        AnomalyError: Too few prompts, an unknown method or source, bad layers, ``n_bootstrap`` below 1, or
+            ``confidence`` not strictly between 0 and 1 (all checked before the model runs).
+        MissingExtraError: If scikit-learn is not installed.
     """
     methods = check_methods(methods)  # fails before the model runs, not after
+    _check_bootstrap(n_bootstrap, confidence, "n_bootstrap")
     if len(normal_fit) < 2 or not normal_test or not anomalous:
         raise AnomalyError(
             f"need at least 2 normal prompts to fit on and 1 each to test (got {len(normal_fit)} to fit, "

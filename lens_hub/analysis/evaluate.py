@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..core.config import EvaluationInfo, LayerMetrics
-from ..core.lens import Lens, LogitLens, TunedLens
+from ..core.lens import BaseTunedLens, Lens, LogitLens
 from ..core.models import hidden_states
 from ..errors import DirichletFitError, StatsError
 from ..training.data import TokenData
@@ -132,14 +132,14 @@ ROW_ELEMENTS = 1 << 25  # logits per chunk of rows: 128 MiB in fp32
 Progress = Callable[[int, int], None]  # called with (batches done, batches in all) after every batch
 
 
-def trained_layers(lens: TunedLens | None) -> list[int] | None:
+def trained_layers(lens: BaseTunedLens | None) -> list[int] | None:
     """The layers ``lens`` was trained on, sorted; None for all (or unknown provenance, or no lens)."""
     if lens is None or lens.config.training is None or lens.config.training.layers is None:
         return None
     return sorted(set(lens.config.training.layers))
 
 
-def default_layers(lens: TunedLens | None, num_layers: int) -> list[int]:
+def default_layers(lens: BaseTunedLens | None, num_layers: int) -> list[int]:
     """The layers `evaluate` reads by default: the trained ones of ``lens``, else all ``num_layers``.
 
     The others hold identity translators, where the tuned lens equals the logit lens, so evaluating them costs
@@ -176,7 +176,7 @@ def rich_progress(console: Any, description: str = "Evaluating") -> Iterator[Pro
 def evaluate(
     model: nn.Module,
     data: TokenData,
-    lens: TunedLens | None = None,
+    lens: BaseTunedLens | None = None,
     *,
     batch_size: int = 4,
     max_sequences: int | None = None,

@@ -24,14 +24,15 @@ or a TransformerLens activation cache (`PredictionTrajectory.from_cache`, throug
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.lens import Lens, TunedLens
+from ..core.lens import BaseTunedLens, Lens
 from ..core.models import hidden_states
 from ..core.options import STATISTICS
 from ..errors import TrajectoryError
@@ -85,8 +86,73 @@ def tv_distance(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 # A tracked token: one id for every position, one per sequence ([batch]), or one per position ([batch, positions];
-# -1 where there is none). Token text is accepted by `PredictionTrajectory.from_text` only.
+# -1 where there is none). `TrajectoryOptions` also takes a token's text, turned into its id with the tokenizer.
 TokenSpec = int | torch.Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrajectoryOptions:
+    """The keyword options of the `PredictionTrajectory` constructors, each described here once.
+
+    `PredictionTrajectory.from_ids`, `PredictionTrajectory.from_hidden_states` and
+    `PredictionTrajectory.from_cache` take every option as a keyword argument, e.g.
+    ``from_ids(lens, model, ids, layers=[0, 6], top_k=3)``; `PredictionTrajectory.from_text` takes all but
+    ``tokenizer`` (one of its arguments) and ``lengths`` (it measures the texts). A name that is not an option raises
+    TypeError, as for any function.
+
+    Attributes:
+        layers: Lens layers to read, each once, in increasing order whatever the order given (default: all,
+            0 .. num_layers - 1). The model's output is always added as the last row.
+        top_k: How many top tokens (``top_ids``, ``top_probs``) to keep per row and position; at most the vocabulary.
+        target: The token tracked at every position by its rank, probability and log-probability: a token's text
+            (exactly one token, e.g. ``" Paris"``; needs the tokenizer), an id, ids per sequence ([batch]) or per
+            position ([batch, positions], -1 for none). Default: the next input token.
+        anti_target: A second token, compared with ``target`` by `PredictionTrajectory.log_prob_diff` (the same
+            forms as ``target``). Default: none.
+        compare_with: A second lens of the same model; fills ``.js`` and ``.tv`` between the two lenses'
+            distributions.
+        tokenizer: Decodes the token labels (without one, a token is labelled by its id, ``#123``) and turns a
+            text ``target`` or ``anti_target`` into its id.
+        lengths: The true length of each right-padded sequence (default: every sequence fills all positions).
+        chunk_size: Positions read at a time (default: about 64 Mi floats of logits per chunk).
+    """
+
+    layers: Sequence[int] | None = None
+    top_k: int = 5
+    target: TokenSpec | str | None = None
+    anti_target: TokenSpec | str | None = None
+    compare_with: Lens | None = None
+    tokenizer: Any = None
+    lengths: Sequence[int] | None = None
+    chunk_size: int | None = None
+
+    @classmethod
+    def _of_call(cls, caller: str, options: dict[str, Any], *, taken: tuple[str, ...] = ()) -> TrajectoryOptions:
+        """The options of one constructor call, given as keywords; ``taken`` names those ``caller`` does not take.
+
+        Raises:
+            TypeError: If a keyword is not an option of ``caller`` (named with those it takes).
+        """
+        names = [f.name for f in fields(cls) if f.name not in taken]
+        for name in options:
+            if name not in names:
+                raise TypeError(
+                    f"PredictionTrajectory.{caller}() got an unexpected keyword argument {name!r}; its options are "
+                    f"{', '.join(names)} (see TrajectoryOptions)"
+                )
+        return cls(**options)
+
+    def _with_token_ids(self) -> TrajectoryOptions:
+        """These options with a text ``target`` and ``anti_target`` replaced by their token ids.
+
+        Raises:
+            TrajectoryError: If a text is not exactly one token, or there is no tokenizer to encode it.
+        """
+        return replace(
+            self,
+            target=_single_token(self.tokenizer, self.target, "target"),
+            anti_target=_single_token(self.tokenizer, self.anti_target, "anti_target"),
+        )
 
 
 @dataclass
@@ -95,8 +161,11 @@ class PredictionTrajectory:
 
     Rows are the lens layers in ``layers`` followed by the model's output (``row_labels[-1] == "output"``). All
     tensors are on the CPU, float32 (ranks and ids int64), with shapes [batch, rows, positions] (``top_ids`` and
-    ``top_probs``: [batch, rows, positions, k]). Positions past a sequence's length (right padding) and positions
-    without a target hold NaN (rank: -1).
+    ``top_probs``: [batch, rows, positions, k]). Positions past a sequence's length (right padding) hold no
+    prediction: NaN in every float tensor (``top_probs`` included) and the id -1, which is no token, in ``top_ids``,
+    ``rank``, ``target_ids`` and ``anti_target_ids`` (``input_ids`` keeps the padding token). Positions without a
+    target hold NaN in ``prob`` and ``log_prob`` and -1 in ``rank``, and positions without a next token NaN in
+    ``ce``. ``traj[b]`` is sequence ``b`` alone, cut to its length (``traj[-1]``: the last sequence).
 
     ``log_prob`` is the log-probability of the target token (``prob`` is its exponential); ``anti_target_ids`` and
     ``anti_log_prob`` are set when the trajectory was built with an ``anti_target`` (see `log_prob_diff`). The
@@ -130,40 +199,28 @@ class PredictionTrajectory:
 
     @classmethod
     def from_text(
-        cls,
-        lens: Lens,
-        model: nn.Module,
-        tokenizer: Any,
-        text: str | Sequence[str],
-        *,
-        layers: Sequence[int] | None = None,
-        top_k: int = 5,
-        target: int | str | torch.Tensor | None = None,
-        anti_target: int | str | torch.Tensor | None = None,
-        compare_with: Lens | None = None,
-        chunk_size: int | None = None,
+        cls, lens: Lens, model: nn.Module, tokenizer: Any, text: str | Sequence[str], **options: Any
     ) -> PredictionTrajectory:
         """Tokenize ``text`` (one string, or a list for a batch; shorter ones are right-padded) and read it.
 
         Args:
             lens: The lens to read the model's hidden states with.
             model: The Hugging Face causal LM the lens belongs to.
-            tokenizer: The model's tokenizer (also used for the labels).
+            tokenizer: The model's tokenizer (also used for the labels and to encode text targets).
             text: One text, or a list of texts for a batch.
-            layers: Lens layers to read (default all); the model's output is always added last.
-            top_k: How many top tokens to keep per row and position.
-            target: The token tracked everywhere (rank, probability, log-probability): a token's text (it must be
-                one token, e.g. ``" Paris"``), an id, or ids per sequence or position. Default: the next input token.
-            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
-            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
-            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+            **options: Any of the keyword options described in `TrajectoryOptions` except ``tokenizer`` and
+                ``lengths``, e.g. ``layers=[0, 6]``, ``top_k=3``, ``target=" Paris"``, ``compare_with=logit_lens``.
 
         Returns:
             The trajectory of the batch.
 
         Raises:
-            TrajectoryError: If there is no text, a text tokenizes to nothing, or a target text is not one token.
+            TypeError: If an option is unknown here.
+            TrajectoryError: If there is no text, a text tokenizes to nothing, a target text is not one token, or an
+                option does not fit (as in `from_ids`).
+            IndexError: If a layer is out of the lens's range.
         """
+        opts = TrajectoryOptions._of_call("from_text", options, taken=("tokenizer", "lengths"))
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise TrajectoryError("no text given")
@@ -175,101 +232,36 @@ class PredictionTrajectory:
         ids = torch.full((len(texts), max(lengths)), int(pad), dtype=torch.long)
         for b, e in enumerate(encoded):
             ids[b, : len(e)] = e
-        return cls.from_ids(
-            lens,
-            model,
-            ids,
-            layers=layers,
-            top_k=top_k,
-            target=_single_token(tokenizer, target, "target"),
-            anti_target=_single_token(tokenizer, anti_target, "anti_target"),
-            compare_with=compare_with,
-            tokenizer=tokenizer,
-            lengths=lengths,
-            chunk_size=chunk_size,
-        )
+        return cls._run(lens, model, ids, replace(opts, tokenizer=tokenizer, lengths=lengths))
 
     @classmethod
-    @torch.no_grad()
-    def from_ids(
-        cls,
-        lens: Lens,
-        model: nn.Module,
-        input_ids: torch.Tensor,
-        *,
-        layers: Sequence[int] | None = None,
-        top_k: int = 5,
-        target: TokenSpec | None = None,
-        anti_target: TokenSpec | None = None,
-        compare_with: Lens | None = None,
-        tokenizer: Any = None,
-        lengths: Sequence[int] | None = None,
-        chunk_size: int | None = None,
-    ) -> PredictionTrajectory:
+    def from_ids(cls, lens: Lens, model: nn.Module, input_ids: torch.Tensor, **options: Any) -> PredictionTrajectory:
         """Run the model on ``input_ids`` ([batch, positions] or [positions]) and read its hidden states.
 
-        The model runs once (its base model only, with padding masked out); the hidden states then go to
-        `from_hidden_states`.
+        The model runs once (its base model only, with padding masked out); its hidden states are then read as
+        `from_hidden_states` reads them.
 
         Args:
             lens: The lens to read the model's hidden states with.
             model: The Hugging Face causal LM the lens belongs to.
-            input_ids: Token ids, [batch, positions] or [positions].
-            layers: Lens layers to read (default all, 0 .. num_layers - 1); the model's output is always added last.
-            top_k: How many top tokens to keep per row and position.
-            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
-                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
-            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
-            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
-            tokenizer: Used only for labels (without it tokens are labelled by id).
-            lengths: True length of each (right-padded) sequence.
-            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+            input_ids: Token ids, [batch, positions] or [positions]; right-padded sequences need ``lengths``.
+            **options: Any of the keyword options described in `TrajectoryOptions`, e.g. ``layers=[0, 6]``,
+                ``top_k=3``, ``target=5``, ``tokenizer=tokenizer``, ``lengths=[7, 4]``.
 
         Returns:
             The trajectory of the batch.
 
         Raises:
-            TrajectoryError: If ``lengths`` or a target does not fit ``input_ids``, or ``compare_with`` reads a
-                different number of layers.
+            TypeError: If an option is unknown.
+            TrajectoryError: If ``lengths`` or a target does not fit ``input_ids``, a target text is not one token
+                or comes without a tokenizer, or ``compare_with`` reads a different number of layers.
             IndexError: If a layer is out of the lens's range.
         """
-        input_ids, lengths = _check_ids_and_lengths(input_ids, lengths)
-        _check_rows(lens, layers, compare_with)  # before the forward pass, which may be long
-        valid = _valid_mask(input_ids, lengths)
-        device = next(model.parameters()).device
-        hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
-        traj = cls.from_hidden_states(
-            lens,
-            hidden,
-            input_ids,
-            layers=layers,
-            top_k=top_k,
-            target=target,
-            anti_target=anti_target,
-            compare_with=compare_with,
-            tokenizer=tokenizer,
-            lengths=lengths,
-            chunk_size=chunk_size,
-        )
-        traj.model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-        return traj
+        return cls._run(lens, model, input_ids, TrajectoryOptions._of_call("from_ids", options))
 
     @classmethod
-    @torch.no_grad()
     def from_hidden_states(
-        cls,
-        lens: Lens,
-        hidden_states: Sequence[torch.Tensor],
-        input_ids: torch.Tensor,
-        *,
-        layers: Sequence[int] | None = None,
-        top_k: int = 5,
-        target: TokenSpec | None = None,
-        anti_target: TokenSpec | None = None,
-        compare_with: Lens | None = None,
-        tokenizer: Any = None,
-        lengths: Sequence[int] | None = None,
-        chunk_size: int | None = None,
+        cls, lens: Lens, hidden_states: Sequence[torch.Tensor], input_ids: torch.Tensor, **options: Any
     ) -> PredictionTrajectory:
         """Read hidden states computed elsewhere (saved in an nnsight trace, taken from a cache) through ``lens``.
 
@@ -282,36 +274,107 @@ class PredictionTrajectory:
             lens: The lens to read the hidden states with.
             hidden_states: ``num_layers + 1`` tensors [batch, positions, hidden] (or [positions, hidden]).
             input_ids: The token ids the hidden states were computed from, [batch, positions] or [positions].
-            layers: Lens layers to read (default all, 0 .. num_layers - 1); the model's output is always added last.
-            top_k: How many top tokens to keep per row and position.
-            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
-                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
-            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
-            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
-            tokenizer: Used only for labels (without it tokens are labelled by id).
-            lengths: True length of each (right-padded) sequence.
-            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
+            **options: Any of the keyword options described in `TrajectoryOptions`, as for `from_ids`.
 
         Returns:
             The trajectory of the batch.
 
         Raises:
-            TrajectoryError: If the hidden states are not ``num_layers + 1`` tensors shaped like ``input_ids``, or
-                ``lengths`` or a target does not fit.
+            TypeError: If an option is unknown.
+            TrajectoryError: If the hidden states are not ``num_layers + 1`` tensors shaped like ``input_ids``, or an
+                option does not fit (as in `from_ids`).
             IndexError: If a layer is out of the lens's range.
         """
-        input_ids, lengths = _check_ids_and_lengths(input_ids, lengths)
-        rows = _check_rows(lens, layers, compare_with)
+        return cls._read(lens, hidden_states, input_ids, TrajectoryOptions._of_call("from_hidden_states", options))
+
+    @classmethod
+    def from_cache(
+        cls,
+        lens: Lens,
+        cache: Any,
+        input_ids: torch.Tensor,
+        *,
+        residual_component: str = "resid_pre",
+        model: Any = None,
+        **options: Any,
+    ) -> PredictionTrajectory:
+        """Read a TransformerLens activation cache through ``lens`` (``pip install "lens-hub[transformer-lens]"``).
+
+        Lens row ``i`` reads ``blocks.{i}.hook_{residual_component}``; with ``"resid_pre"`` (the default) that is
+        exactly the Hugging Face ``hidden_states[i]`` the lens was trained on, and the trajectory equals
+        `from_ids` on the Hugging Face model. The other components (``resid_mid``, ``resid_post``, ``attn_out``,
+        ``mlp_out``) are read with the same layer's translator, as the original tuned-lens does; a tuned lens was
+        not trained on them, the logit lens applies to any of them. The output row is the lens's own unembedding
+        of the last block's ``resid_post``. Before a tensor is used, the bridge that made the cache is checked
+        (`lens_hub.analysis.interop.check_transformer_bridge`): processed weights (fold_ln, centring) are refused.
+
+        Args:
+            lens: The lens to read the activations with (built on the Hugging Face model the bridge wraps; load it
+                before booting the bridge, which replaces the model's modules with wrappers).
+            cache: The ``ActivationCache`` of ``bridge.run_with_cache(input_ids)``, or a mapping of hook names to
+                tensors.
+            input_ids: The token ids the cache was computed from, [batch, positions] or [positions].
+            residual_component: One of ``lens_hub.analysis.interop.RESIDUAL_COMPONENTS``.
+            model: The ``TransformerBridge`` that produced the cache (default: ``cache.model``).
+            **options: Any of the keyword options described in `TrajectoryOptions`, as for `from_ids`; the
+                ``tokenizer`` defaults to the bridge's.
+
+        Returns:
+            The trajectory of the batch.
+
+        Raises:
+            TypeError: If an option is unknown.
+            lens_hub.errors.MissingExtraError: TransformerLens is not installed.
+            lens_hub.errors.InteropError: No bridge to check (a plain mapping without ``model=``), an unknown
+                component, or a hook missing from the cache.
+            lens_hub.errors.ProcessedWeightsError: The bridge's weights were processed.
+            lens_hub.errors.IncompatibleLensError: The bridge's model does not fit the lens.
+            TrajectoryError: The activations, ids, lengths or targets do not fit together.
+        """
+        opts = TrajectoryOptions._of_call("from_cache", options)
+        bridge = model if model is not None else getattr(cache, "model", None)
+        check_transformer_bridge(bridge, lens)
+        if opts.tokenizer is None:
+            opts = replace(opts, tokenizer=getattr(bridge, "tokenizer", None))
+        hidden = hidden_states_from_cache(cache, lens, component=residual_component)
+        return cls._read(lens, hidden, input_ids, opts)
+
+    @classmethod
+    @torch.no_grad()
+    def _run(
+        cls, lens: Lens, model: nn.Module, input_ids: torch.Tensor, opts: TrajectoryOptions
+    ) -> PredictionTrajectory:
+        """`from_ids` with its options checked: everything that can be checked is, before the forward pass."""
+        opts = opts._with_token_ids()
+        input_ids, lengths = _check_ids_and_lengths(input_ids, opts.lengths)
+        _check_rows(lens, opts.layers, opts.compare_with)
+        valid = _valid_mask(input_ids, lengths)
+        device = next(model.parameters()).device
+        hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
+        traj = cls._read(lens, hidden, input_ids, replace(opts, lengths=lengths))
+        traj.model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        return traj
+
+    @classmethod
+    @torch.no_grad()
+    def _read(
+        cls, lens: Lens, hidden_states: Sequence[torch.Tensor], input_ids: torch.Tensor, opts: TrajectoryOptions
+    ) -> PredictionTrajectory:
+        """`from_hidden_states` with its options checked: what every constructor ends in."""
+        opts = opts._with_token_ids()
+        input_ids, lengths = _check_ids_and_lengths(input_ids, opts.lengths)
+        rows = _check_rows(lens, opts.layers, opts.compare_with)
         hidden = _check_hidden_states(lens, hidden_states, input_ids)
         batch, seq = input_ids.shape
         valid = _valid_mask(input_ids, lengths)
         device = hidden[0].device
         vocab = lens.unembed.parts.output_embedding.weight.shape[0]
-        next_ids, target_ids = _next_and_target_ids(input_ids, lengths, valid, target, vocab)
-        anti_ids = None if anti_target is None else _tracked_ids(valid, anti_target, vocab, "anti_target")
+        next_ids, target_ids = _next_and_target_ids(input_ids, lengths, valid, opts.target, vocab)
+        anti_ids = None if opts.anti_target is None else _tracked_ids(valid, opts.anti_target, vocab, "anti_target")
+        compare_with = opts.compare_with
 
-        k = min(top_k, vocab)
-        chunk = chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
+        k = min(opts.top_k, vocab)
+        chunk = opts.chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
         acc = _Accumulator.empty(
             (batch, len(rows) + 1, seq), k, compared=compare_with is not None, anti=anti_ids is not None
         )
@@ -340,86 +403,10 @@ class PredictionTrajectory:
             log_prob=acc.log_prob,
             anti_target_ids=anti_ids,
             anti_log_prob=acc.anti_log_prob,
-            lens_name="tuned lens" if isinstance(lens, TunedLens) else "logit lens",
+            lens_name="tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens",
         )
-        traj.set_labels(tokenizer)
+        traj.set_labels(opts.tokenizer)
         return traj
-
-    @classmethod
-    def from_cache(
-        cls,
-        lens: Lens,
-        cache: Any,
-        input_ids: torch.Tensor,
-        *,
-        residual_component: str = "resid_pre",
-        model: Any = None,
-        layers: Sequence[int] | None = None,
-        top_k: int = 5,
-        target: TokenSpec | None = None,
-        anti_target: TokenSpec | None = None,
-        compare_with: Lens | None = None,
-        tokenizer: Any = None,
-        lengths: Sequence[int] | None = None,
-        chunk_size: int | None = None,
-    ) -> PredictionTrajectory:
-        """Read a TransformerLens activation cache through ``lens`` (``pip install "lens-hub[transformer-lens]"``).
-
-        Lens row ``i`` reads ``blocks.{i}.hook_{residual_component}``; with ``"resid_pre"`` (the default) that is
-        exactly the Hugging Face ``hidden_states[i]`` the lens was trained on, and the trajectory equals
-        `from_ids` on the Hugging Face model. The other components (``resid_mid``, ``resid_post``, ``attn_out``,
-        ``mlp_out``) are read with the same layer's translator, as the original tuned-lens does; a tuned lens was
-        not trained on them, the logit lens applies to any of them. The output row is the lens's own unembedding
-        of the last block's ``resid_post``. Before a tensor is used, the bridge that made the cache is checked
-        (`lens_hub.analysis.interop.check_transformer_bridge`): processed weights (fold_ln, centring) are refused.
-
-        Args:
-            lens: The lens to read the activations with (built on the Hugging Face model the bridge wraps; load it
-                before booting the bridge, which replaces the model's modules with wrappers).
-            cache: The ``ActivationCache`` of ``bridge.run_with_cache(input_ids)``, or a mapping of hook names to
-                tensors.
-            input_ids: The token ids the cache was computed from, [batch, positions] or [positions].
-            residual_component: One of ``lens_hub.analysis.interop.RESIDUAL_COMPONENTS``.
-            model: The ``TransformerBridge`` that produced the cache (default: ``cache.model``).
-            layers: Lens layers to read (default all); the model's output is always added last.
-            top_k: How many top tokens to keep per row and position.
-            target: Token tracked everywhere (rank, probability, log-probability): an id, ids per sequence
-                ([batch]) or per position ([batch, positions], -1 for none). Default: the next input token.
-            anti_target: A second token, compared with ``target`` by `log_prob_diff` (same forms as ``target``).
-            compare_with: A second lens; fills ``.js`` and ``.tv`` between the two lenses' distributions.
-            tokenizer: For labels (default: the bridge's tokenizer).
-            lengths: True length of each (right-padded) sequence.
-            chunk_size: Positions per chunk (default: about 64 Mi floats of logits per chunk).
-
-        Returns:
-            The trajectory of the batch.
-
-        Raises:
-            lens_hub.errors.MissingExtraError: TransformerLens is not installed.
-            lens_hub.errors.InteropError: No bridge to check (a plain mapping without ``model=``), an unknown
-                component, or a hook missing from the cache.
-            lens_hub.errors.ProcessedWeightsError: The bridge's weights were processed.
-            lens_hub.errors.IncompatibleLensError: The bridge's model does not fit the lens.
-            TrajectoryError: The activations, ids, lengths or targets do not fit together.
-        """
-        bridge = model if model is not None else getattr(cache, "model", None)
-        check_transformer_bridge(bridge, lens)
-        if tokenizer is None:
-            tokenizer = getattr(bridge, "tokenizer", None)
-        hidden = hidden_states_from_cache(cache, lens, component=residual_component)
-        return cls.from_hidden_states(
-            lens,
-            hidden,
-            input_ids,
-            layers=layers,
-            top_k=top_k,
-            target=target,
-            anti_target=anti_target,
-            compare_with=compare_with,
-            tokenizer=tokenizer,
-            lengths=lengths,
-            chunk_size=chunk_size,
-        )
 
     def set_labels(self, tokenizer) -> None:
         """(Re)compute the printable labels of the input tokens and top-k tokens.
@@ -497,7 +484,31 @@ class PredictionTrajectory:
         return f"<table><caption>PredictionTrajectory</caption>{cells}</table>"
 
     def __getitem__(self, b: int) -> PredictionTrajectory:
-        """The trajectory of sequence ``b`` alone, cut to its length."""
+        """The trajectory of sequence ``b`` alone, cut to its length.
+
+        Args:
+            b: The sequence's index; a negative one counts from the end, as for a list (``-1``: the last sequence).
+
+        Returns:
+            A trajectory of batch 1 and ``lengths[b]`` positions.
+
+        Raises:
+            IndexError: If ``b`` is out of range (the message gives the valid range).
+            TypeError: If ``b`` is not an integer (a slice, for example).
+        """
+        try:
+            b = operator.index(b)
+        except TypeError:
+            raise TypeError(
+                f"a trajectory is indexed by one sequence's integer index, not {type(b).__name__}"
+            ) from None
+        size = len(self)
+        if not -size <= b < size:
+            raise IndexError(
+                f"sequence index {b} is out of range: this trajectory holds {size} sequence"
+                f"{'s' if size != 1 else ''}, index {-size} .. {size - 1}"
+            )
+        b %= size
         n = self.lengths[b]
 
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -605,10 +616,15 @@ def _single_token(tokenizer, token: int | str | torch.Tensor | None, what: str) 
     """A target given as text, as its one token id; other forms pass through.
 
     Raises:
-        TrajectoryError: If the text is not exactly one token.
+        TrajectoryError: If the text is not exactly one token, or there is no tokenizer to encode it.
     """
     if not isinstance(token, str):
         return token
+    if tokenizer is None:
+        raise TrajectoryError(
+            f"{what} {token!r} is text, and there is no tokenizer to turn it into its id: pass tokenizer= too, "
+            "or the token's id"
+        )
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise TrajectoryError(f"{what} {token!r} is {len(ids)} tokens, not one: pass a token id instead")
@@ -850,9 +866,11 @@ class _Accumulator:
             getattr(self, name)[:, row, positions] = value
 
     def mask_padding(self, valid: torch.Tensor) -> None:
-        """NaN for the distribution statistics at padding positions (ce, rank, prob and the log-probabilities are
-        masked by their ids)."""
+        """No prediction at padding positions: NaN for the distribution statistics and the top-k probabilities, -1
+        for the top-k ids (ce, rank, prob and the log-probabilities are masked by their ids)."""
         pad = ~valid[:, None, :].expand(self.entropy.shape)
         for t in (self.entropy, self.kl, self.js, self.tv):
             if t is not None:
                 t[pad] = float("nan")
+        self.top_probs[pad] = float("nan")
+        self.top_ids[pad] = -1

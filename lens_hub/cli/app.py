@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,31 @@ from ..core.options import (
 )
 from ..errors import LensHubError
 
+
+def _keep_option_names_whole() -> None:
+    """Give option names their full width in ``--help``, however narrow the terminal or pipe.
+
+    typer's rich help puts options in a table whose columns rich squeezes to fit, cutting long names
+    (``--tokens-per-st…``) in an 80-column terminal or a pipe; a name that cannot be read cannot be typed. Its
+    tables are built with the ``Table`` that `typer.rich_utils` imports: this swaps in one whose option-name cells
+    keep their length, so the help text beside them wraps instead.
+    """
+    import typer.rich_utils
+    from rich.table import Table
+    from rich.text import Text
+
+    class OptionsTable(Table):
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column, cell in zip(self.columns, renderables, strict=False):
+                if isinstance(cell, Text) and cell.plain.startswith("-"):
+                    column.no_wrap = True
+                    column.min_width = max(column.min_width or 0, cell.cell_len)
+
+    typer.rich_utils.Table = OptionsTable  # type: ignore[misc]
+
+
+_keep_option_names_whole()
 app = typer.Typer(
     name="lens-hub",
     no_args_is_help=True,

@@ -131,7 +131,7 @@ def detect(
     paper: fit anomaly detectors on part of the normal prompts only, score the held-out normal and the anomalous
     prompts, and print the AUROC with a 95% bootstrap confidence interval per feature source and detector.
 
-    Needs scikit-learn for iforest and lof: pip install "lens-hub\\[anomaly]". An example set (normal.jsonl,
+    Needs scikit-learn (every detector, and the AUROC): pip install "lens-hub\\[anomaly]". An example set (normal.jsonl,
     injected.jsonl) ships in lens_hub/samples/prompt-injection/.
 
     Example: lens-hub detect gpt2 --lens ./lens --lens logit --normal normal.jsonl --anomalous injected.jsonl

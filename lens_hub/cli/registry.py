@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..core.options import Status
 from .app import _WIDTH, Flag, RegistryOption, app, console, err_console
 
 registry_app = typer.Typer(
@@ -45,7 +46,7 @@ def registry_validate(
 def registry_list(
     registry: RegistryOption = None,
     model: Annotated[str | None, typer.Option(help="Only models whose id or alias contains this.")] = None,
-    status: Annotated[str | None, typer.Option(help="Only default versions with this status.")] = None,
+    status: Annotated[Status | None, typer.Option(help="Only default versions with this status.")] = None,
     architecture: Annotated[str | None, typer.Option(help="Only this model_type (llama, gpt_neox, ...).")] = None,
     json_out: Annotated[
         bool, Flag("Print the records as JSON (as lens_hub.registry.catalogue.list_pretrained).", "--json")

@@ -10,16 +10,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..core.options import (
-    DEFAULT_FIT_TOKENS,
-    DEFAULT_RIDGE,
-    PAPER,
-    POLISH,
-    Init,
-    Kernel,
-    Loss,
-    Optimizer,
-)
+from ..core.options import DEFAULT_FIT_TOKENS, PAPER, POLISH, Init, Kernel, Loss, Optimizer
+from ..training.settings import DEFAULTS, TrainSettings
 from .app import (
     DataOption,
     DataRevisionOption,
@@ -93,8 +85,8 @@ def train(
             f"{PAPER['tokens_per_step']:,} with --init zero)."
         ),
     ] = None,
-    seq_len: SeqLenOption = 2048,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = 8,
+    seq_len: SeqLenOption = DEFAULTS["seq_len"],
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass and process.")] = DEFAULTS["batch_size"],
     optimizer: Annotated[
         Optimizer | None,
         typer.Option(help="adam (AdamW; the default after the fit) or sgd (Nesterov; the default with --init zero)."),
@@ -111,10 +103,12 @@ def train(
         int | None,
         typer.Option(help=f"Tokens the fit reads (default: all the data, up to {DEFAULT_FIT_TOKENS:,}).", min=1),
     ] = None,
-    ridge: Annotated[
+    fit_ridge: Annotated[
         float,
-        typer.Option(help="Ridge strength of the fit, relative to the mean variance of each layer's states.", min=0),
-    ] = DEFAULT_RIDGE,
+        typer.Option(
+            "--ridge", help="Ridge strength of the fit, relative to the mean variance of each layer's states.", min=0
+        ),
+    ] = DEFAULTS["fit_ridge"],
     fit_memory: Annotated[
         float | None,
         typer.Option(
@@ -123,12 +117,16 @@ def train(
             min=0,
         ),
     ] = None,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (pulls translators towards identity).")] = 1e-3,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the linear decay.")] = 0,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = DEFAULTS["momentum"],
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (pulls translators towards identity).")] = DEFAULTS[
+        "weight_decay"
+    ],
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the linear decay.")] = DEFAULTS[
+        "warmup_steps"
+    ],
     loss: Annotated[
         Loss, typer.Option(help="kl: KL(final || lens), the paper's; ce: next-token cross-entropy.")
-    ] = "kl",
+    ] = DEFAULTS["loss"],
     layers: Annotated[
         str | None, typer.Option(help="Train only these layers, e.g. 0,2,5-7 (others stay identity).")
     ] = None,
@@ -140,9 +138,11 @@ def train(
             "the paper's defaults)."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
-    keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = DEFAULTS["seed"],
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = DEFAULTS["checkpoint_every"],
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = DEFAULTS[
+        "keep_checkpoints"
+    ],
     restart: Annotated[bool, Flag("Discard OUT's checkpoints instead of resuming.")] = False,
     fsdp: Annotated[bool, Flag("Shard the model's layers across torchrun processes (FSDP2).")] = False,
     heldout: Annotated[
@@ -158,7 +158,7 @@ def train(
     ] = None,
     kernel: Annotated[
         Kernel, typer.Option(help="Softmax/KL step: auto (Triton on CUDA where it applies), eager or triton.")
-    ] = "auto",
+    ] = DEFAULTS["kernel"],
     log: Annotated[
         list[str] | None,
         typer.Option(metavar="tensorboard|wandb|jsonl", help="Also log to tensorboard, wandb or jsonl (repeatable)."),
@@ -173,44 +173,25 @@ def train(
 
     Example: lens-hub train gpt2 --data corpus/ --out lenses/gpt2 --fit-tokens 1000000 --steps 40
     """
+    options = dict(locals())  # the parameters, before any other name is bound
     import dataclasses
     import shlex
 
     from ..core.adapters import find_model_parts
     from ..core.models import check_model_name, load_model_and_tokenizer, max_positions
     from ..errors import TrainingInterrupted
-    from ..training.train import TrainSettings, check_data_source, check_layers, describe_trained_layers
+    from ..training.train import check_data_source, check_layers, describe_trained_layers
     from .workflows import train_evaluate_publish
 
     # Cheap checks first: loading the model takes the longest.
     parsed_layers = _parse_layers(layers)
     check_data_source(data)
     train_device = _device(device)
-    settings = TrainSettings(  # refuses contradicting settings now; seq_len is capped once the model is known
-        init=init,
-        fit_tokens=fit_tokens,
-        ridge=ridge,
-        fit_memory=None if fit_memory is None else int(fit_memory * (1 << 30)),
-        steps=steps,
-        tokens_per_step=tokens_per_step,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_steps,
-        clip=1.0,
-        loss=loss,
-        layers=parsed_layers,
-        bias_only=bias_only,
-        init_from=init_from,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        kernel=kernel,
-        log=log or [],
-    )
+    # The settings are this command's options of the same names (TrainSettings declares them, and their defaults).
+    given = {f.name: options[f.name] for f in dataclasses.fields(TrainSettings) if f.name in options}
+    fit_bytes = None if fit_memory is None else int(fit_memory * (1 << 30))
+    settings = TrainSettings(**given | {"layers": parsed_layers, "fit_memory": fit_bytes, "log": log or []})
+    settings.check_device(train_device)  # refuses what cannot run here, before the model loads
     check_model_name(model, revision=revision)
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
     check_layers(parsed_layers, len(find_model_parts(net).layers))
@@ -326,6 +307,12 @@ def eval_(
     from ..serve.render import write_logit_stats_png, write_transfer_png
     from ..training.data import is_local, load_token_data
 
+    if store and (lens == "logit" or not Path(lens).is_dir()):  # before the evaluation, not after it
+        raise typer.BadParameter(
+            f"--store writes into a lens directory, and {lens!r} is not one; evaluate without --store, or pass the "
+            "lens's directory",
+            param_hint="--store",
+        )
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
     length = min(seq_len, max_positions(net) or seq_len)
@@ -384,9 +371,7 @@ def eval_(
                 title=f"{name}: marginal prediction bias",
             )
             console.print(f"wrote {written}")
-    if store:
-        if tuned is None or not Path(lens).is_dir():
-            raise typer.BadParameter("--store needs a lens directory")
+    if store and tuned is not None:
         tuned.config = tuned.config.model_copy(update={"evaluation": result.summary()})
         tuned.save(lens)
         console.print(f"stored the evaluation summary in {Path(lens) / 'config.json'}")

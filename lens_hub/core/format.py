@@ -8,20 +8,24 @@ the umask), not a temporary file's ``0o600``.
 Lens files come from strangers, so reading them is bounded before any work proportional to what they declare: a
 config is at most `MAX_CONFIG_BYTES`, nested at most `MAX_NESTING` levels, holds no key twice, and declares sizes
 within the caps of `lens_hub.core.config`; the weights file must hold exactly the tensors the config describes, checked
-from its header before a single tensor is read.
+from its header before a single tensor is made. Each file is read once, into one buffer no larger than such a file
+can be, and what is checked (a checksum, the header) is that buffer, which the tensors are then views of.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from ..errors import LensFormatError
@@ -54,6 +58,33 @@ def read_text_capped(file: Path, max_bytes: int) -> str:
     if len(data) > max_bytes:
         raise ValueError(f"is more than the {max_bytes:,} bytes such a file may have")
     return data.decode("utf-8")
+
+
+def read_bytes_capped(file: str | os.PathLike[str], max_bytes: int, *, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file, read once, refusing a file larger than ``max_bytes`` before reading it.
+
+    What the caller checks (a checksum, a header) is then exactly what it uses, whatever happens to the file
+    meanwhile. The file is opened without blocking (a FIFO planted in its place is refused, not waited on) and,
+    with ``follow_symlinks=False``, never through a symbolic link.
+
+    Raises:
+        ValueError: Not a regular file, larger than ``max_bytes``, or its size changed while it was read.
+        OSError: As ``os.open`` (``ELOOP`` for a link when not following them).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(file, flags)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"is {info.st_size:,} bytes, more than the {max_bytes:,} bytes such a file may have")
+        data = f.read(info.st_size + 1)
+    if len(data) != info.st_size:
+        raise ValueError(f"changed size while it was read ({info.st_size:,} bytes when opened); retry")
+    return data
 
 
 def nesting_depth(value: object, limit: int = MAX_NESTING) -> int:
@@ -253,14 +284,34 @@ def read_config(directory: str | os.PathLike[str]) -> LensConfig:
         )
         raise LensFormatError(f"{file} does not exist; a lens directory holds {CONFIG_NAME} and {WEIGHTS_NAME}.{hint}")
     try:
-        raw = parse_json(read_text_capped(file, MAX_CONFIG_BYTES))
-    except UnicodeDecodeError as exc:
-        raise LensFormatError(f"{file} is not valid JSON: it is not UTF-8 text ({exc.reason})") from None
+        data = read_bytes_capped(file, MAX_CONFIG_BYTES)
     except ValueError as exc:
-        raise LensFormatError(
-            f"{file} {exc}. A lens config.json is small, plain JSON as TunedLens.save writes it; re-create it (or run "
-            "`lens-hub convert` on an old tuned-lens lens)."
-        ) from None
+        raise _config_error(file, exc) from None
+    return parse_config(data, file)
+
+
+def _config_error(file: Path, exc: ValueError) -> LensFormatError:
+    if isinstance(exc, UnicodeDecodeError):
+        return LensFormatError(f"{file} is not valid JSON: it is not UTF-8 text ({exc.reason})")
+    return LensFormatError(
+        f"{file} {exc}. A lens config.json is small, plain JSON as TunedLens.save writes it; re-create it (or run "
+        "`lens-hub convert` on an old tuned-lens lens)."
+    )
+
+
+def parse_config(data: bytes, file: Path) -> LensConfig:
+    """Validate a lens config from the bytes of its file, read once by the caller (`read_config` reads them; a Hub
+    download is read and checked against its checksum first). ``file`` names it in messages.
+
+    Raises:
+        LensFormatError: As `read_config`.
+    """
+    try:
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ValueError(f"is {len(data):,} bytes, more than the {MAX_CONFIG_BYTES:,} bytes such a file may have")
+        raw = parse_json(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise _config_error(file, exc) from None
     if isinstance(raw, dict) and isinstance(raw.get("schema_version"), int) and raw["schema_version"] > 1:
         raise LensFormatError(f"{file} uses lens schema {raw['schema_version']}; upgrade lens-hub to read it.")
     if isinstance(raw, dict) and "d_model" in raw and "schema_version" not in raw:
@@ -276,39 +327,75 @@ def read_config(directory: str | os.PathLike[str]) -> LensConfig:
 def read_tensors(directory: str | os.PathLike[str], config: LensConfig) -> dict[str, torch.Tensor]:
     """Read the lens tensors, checking names, shapes and dtype against ``config`` before returning any.
 
+    The file is read once, into memory, refused first if it is larger than a lens of this config can be
+    (`lens_file_bytes`); `tensors_from_bytes` checks the bytes read and returns views of them.
+
     Raises:
         LensFormatError: If the file is missing, unreadable, or its contents differ from the config.
     """
     file = Path(directory) / WEIGHTS_NAME
     if not file.is_file():
         raise LensFormatError(f"{file} does not exist.")
-    expected = expected_shapes(config)
-    _check_header_length(file)
-    want = TORCH_DTYPES[config.dtype]
+    bound = lens_file_bytes(config)
     try:
-        with safe_open(str(file), framework="pt") as f:
-            names = set(f.keys())
-            if names != set(expected):
-                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-                raise LensFormatError(
-                    f"{file} does not match its config ({config.num_layers} layers, bias={config.bias}): "
-                    f"missing {missing[:5]}, unexpected {extra[:5]}"
-                )
-            # Shapes and dtypes come from the header: nothing is read before all of them match the config.
-            for name, shape in expected.items():
-                view = f.get_slice(name)
-                actual = tuple(view.get_shape())
-                if actual != shape:
-                    raise LensFormatError(
-                        f"{file}: tensor {name} has shape {list(actual)}, config implies {list(shape)}"
-                    )
-                dtype = _SAFETENSORS_DTYPES.get(view.get_dtype(), view.get_dtype())
-                if dtype != want:
-                    raise LensFormatError(f"{file}: tensor {name} is {dtype}, config says {config.dtype}")
-            tensors = {name: f.get_tensor(name) for name in expected}
+        data = read_bytes_capped(file, bound)
+    except ValueError as exc:
+        raise LensFormatError(
+            f"{file} {exc}: the tensors of {config.num_layers} layers of width {config.hidden_size} in "
+            f"{config.dtype} and a header. The file does not hold this config's lens; re-create it."
+        ) from None
+    return tensors_from_bytes(data, config, file)
+
+
+def lens_file_bytes(config: LensConfig) -> int:
+    """The most bytes the weights file of a lens with this config can have: its tensors and the largest header."""
+    numel = sum(math.prod(shape) for shape in expected_shapes(config).values())
+    return 8 + MAX_HEADER_BYTES + numel * TORCH_DTYPES[config.dtype].itemsize
+
+
+def tensors_from_bytes(data: bytes, config: LensConfig, file: Path) -> dict[str, torch.Tensor]:
+    """The lens tensors in the bytes of a safetensors file, checked against ``config``.
+
+    ``data`` is the file as read once by the caller (`read_tensors` reads it; a Hub download is read and checked
+    against its checksum first), and ``file`` names it in messages. A header larger than any lens needs is refused
+    before it is parsed; safetensors' own parser then checks the layout, and the names, shapes and dtypes must be
+    exactly the config's before any tensor is returned. The file's size is bounded by the caller
+    (`lens_file_bytes`), so parsing it whole costs no more memory than the lens itself.
+
+    Raises:
+        LensFormatError: The bytes are not a safetensors file, or not this config's lens.
+    """
+    expected = expected_shapes(config)
+    want = TORCH_DTYPES[config.dtype]
+    _check_header_length(data, file)
+    try:
+        tensors = load_safetensors(data)
     except SafetensorError as exc:
         raise LensFormatError(f"{file} is not a readable safetensors file: {exc}") from None
+    names = set(tensors)
+    if names != set(expected):
+        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+        raise LensFormatError(
+            f"{file} does not match its config ({config.num_layers} layers, bias={config.bias}): "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    for name, shape in expected.items():
+        actual = tuple(tensors[name].shape)
+        if actual != shape:
+            raise LensFormatError(f"{file}: tensor {name} has shape {list(actual)}, config implies {list(shape)}")
+        if tensors[name].dtype != want:
+            raise LensFormatError(f"{file}: tensor {name} is {tensors[name].dtype}, config says {config.dtype}")
     return tensors
+
+
+def _check_header_length(data: bytes, file: Path) -> None:
+    """Refuse a safetensors file whose declared header is larger than any lens needs, before it is parsed."""
+    declared = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if declared > MAX_HEADER_BYTES:
+        raise LensFormatError(
+            f"{file} declares a {declared:,}-byte safetensors header; a lens's header is at most "
+            f"{MAX_HEADER_BYTES:,} bytes. The file is not a lens written by lens-hub; re-create it."
+        )
 
 
 def declared_shape(raw: dict, where: str) -> tuple[int, int]:
@@ -343,19 +430,6 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 MAX_HEADER_BYTES = 4 * 2**20
 
 
-def _check_header_length(file: Path) -> None:
-    """Refuse a safetensors file whose declared header is larger than any lens needs, before it is parsed."""
-    with open(file, "rb") as f:
-        prefix = f.read(8)
-    if len(prefix) == 8:  # shorter: not safetensors, which safe_open reports
-        declared = int.from_bytes(prefix, "little")
-        if declared > MAX_HEADER_BYTES:
-            raise LensFormatError(
-                f"{file} declares a {declared:,}-byte safetensors header; a lens's header is at most "
-                f"{MAX_HEADER_BYTES:,} bytes. The file is not a lens written by lens-hub; re-create it."
-            )
-
-
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """One description per tensor holding NaN or infinite values (``"translators.1.weight (1 NaN, 0 inf)"``).
 
@@ -364,8 +438,15 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """
     found = []
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            nan = int(torch.isnan(tensor).sum())
-            inf = int(torch.isinf(tensor).sum())
+        if not tensor.is_floating_point():
+            continue
+        # One pass, no temporary: a NaN or an inf makes the sum non-finite. A finite sum proves the tensor finite;
+        # a sum that overflowed proves nothing, so the exact count below decides.
+        wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+        if bool(torch.isfinite(tensor.sum(dtype=wide))):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        if nan or inf:
             found.append(f"{name} ({nan} NaN, {inf} inf)")
     return found

@@ -106,6 +106,20 @@ def is_semver(value: str) -> bool:
     return isinstance(value, str) and len(value) <= SEMVER_MAX and SEMVER.fullmatch(value) is not None
 
 
+def check_version(version: str | None) -> str | None:
+    """A version a user typed (``1.2.0``, ``v1.2.0``), without its ``v``; None stays None (the next free version).
+
+    Raises:
+        InvalidNameError: Not a semantic version.
+    """
+    if version is None:
+        return None
+    v = version.removeprefix("v")
+    if not is_semver(v):
+        raise InvalidNameError(f"version {version!r} (--version) is not a semantic version like 1.2.0 (or 1.2.0-rc.1).")
+    return v
+
+
 def semver_key(version: str) -> tuple:
     """Sort key of a semantic version: releases after their pre-releases, numeric parts compared as numbers."""
     core, _, pre = version.partition("-")

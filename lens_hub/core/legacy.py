@@ -41,7 +41,7 @@ from .format import (
     validation_problems,
     write_lens_dir,
 )
-from .lens import TunedLens
+from .lens import BaseTunedLens
 
 logger = logging.getLogger(__name__)
 
@@ -332,16 +332,16 @@ def load_legacy_lens(
     *,
     base_model: str | None = None,
     architecture: ArchitectureSpec | None = None,
-) -> TunedLens:
+) -> BaseTunedLens:
     """Load an old ``tuned-lens`` lens directly onto ``model`` (converted in memory, nothing written)."""
     config, tensors, parts = _convert(src, model, base_model, architecture)
     assert parts is not None
-    lens = TunedLens(parts, config)
+    lens = BaseTunedLens(parts, config)
     lens.load_state_dict(tensors)
     return lens
 
 
-def export_legacy(lens: TunedLens, dst: str | os.PathLike[str]) -> Path:
+def export_legacy(lens: BaseTunedLens, dst: str | os.PathLike[str]) -> Path:
     """Write ``lens`` in the old ``tuned-lens`` format (``config.json`` + ``params.pt``), for tools that need it.
 
     ``params.pt`` is written with ``torch.save`` of a plain tensor dict, so it stays loadable with

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Self
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ class Unembed:
 
 
 class Lens(nn.Module):
-    """Common interface of `LogitLens` and `TunedLens`."""
+    """Common interface of `LogitLens` and `BaseTunedLens`."""
 
     def __init__(self, parts: ModelParts) -> None:
         super().__init__()
@@ -137,8 +138,9 @@ class LogitLens(Lens):
         return h
 
 
-class TunedLens(Lens):
-    """The tuned lens (Belrose et al. 2023): one affine translator per layer before the unembedding.
+class BaseTunedLens(Lens):
+    """The tuned lens (Belrose et al. 2023): one affine translator per layer before the unembedding, without Hub
+    methods (its own name, so importing it by mistake fails instead of giving a lens without ``from_pretrained``).
 
     Build a fresh lens with `from_model`, save it with `save`, and load it back with `load`. The config records
     which model the lens belongs to; loading checks it against the model before any tensor is used.
@@ -172,7 +174,7 @@ class TunedLens(Lens):
         architecture: ArchitectureSpec | None = None,
         base_model: str | None = None,
         base_revision: str | None = None,
-    ) -> TunedLens:
+    ) -> Self:
         """Build an untrained (identity) tuned lens for a Hugging Face causal LM.
 
         Args:
@@ -215,7 +217,7 @@ class TunedLens(Lens):
         *,
         allow_mismatch: bool = False,
         architecture: ArchitectureSpec | None = None,
-    ) -> TunedLens:
+    ) -> Self:
         """Load a lens directory onto ``model``, checking that it fits first.
 
         Args:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 Loss = Literal["kl", "ce"]  # KL(final layer || lens), the paper's; or cross-entropy against the next token
+Status = Literal["verified", "unverified", "deprecated"]  # of a registry lens version
 Kernel = Literal["auto", "eager", "triton"]  # softmax/KL implementation; auto: Triton on CUDA where it applies
 Optimizer = Literal["sgd", "adam"]  # SGD with Nesterov momentum (the paper's), or AdamW
 Init = Literal[

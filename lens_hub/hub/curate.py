@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from ..core.config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from ..core.format import (
     MAX_CONFIG_BYTES,
@@ -38,7 +36,7 @@ from ..core.format import (
     read_tensors,
     read_text_capped,
 )
-from ..core.ids import is_commit, is_semver, semver_key, validate_repo_id
+from ..core.ids import check_version, is_commit, validate_repo_id
 from ..core.legacy import LEGACY_PARAMS, convert_legacy
 from ..errors import (
     CurateError,
@@ -51,9 +49,28 @@ from ..errors import (
     PublishError,
     RegistryError,
 )
-from ..registry.schema import REQUIRED_FILES, HubLocation, LensFile, LensVersion, ModelFacts, RegistryEntry
+from ..registry.schema import (
+    REQUIRED_FILES,
+    HubLocation,
+    LensFile,
+    LensVersion,
+    ModelFacts,
+    RegistryEntry,
+    build_entry,
+    entry_with_version,
+)
 from ..registry.store import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
-from .files import API_RESPONSE_BYTES, HubFile, evict, fetch_file, guarded, hub_errors, resolve_commit, sha256_of
+from .files import (
+    API_RESPONSE_BYTES,
+    HubFile,
+    evict,
+    fetch_file,
+    guarded,
+    hub_api,
+    hub_errors,
+    resolve_commit,
+    sha256_of,
+)
 from .pretrained import choose_version, resolve
 from .publish import PushResult, check_license, next_version, push
 
@@ -111,12 +128,11 @@ def _remote_files(
 ) -> dict[str, int]:
     """Which of the files any lens format uses exist at ``commit`` in the subfolder, with the sizes the Hub announces
     (one request)."""
-    from huggingface_hub import HfApi
 
     names = sorted({n for files in REQUIRED_FILES.values() for n in files})
     where = f"{repo_id}@{commit[:12]}"
     with hub_errors(where), guarded(where, API_RESPONSE_BYTES):
-        infos = HfApi().get_paths_info(
+        infos = hub_api().get_paths_info(
             repo_id, [_join(subfolder, n) for n in names], revision=commit, repo_type=repo_type, token=token
         )
     # get_paths_info also answers for folders; a lens file must be a file (it has a size)
@@ -308,15 +324,6 @@ def _read_fetched(
 # ------------------------------------------------------------------------------------------------ registry
 
 
-def _open_registry(directory: Path) -> Registry:
-    if not directory.is_dir():
-        return Registry(directory)
-    registry, problems = Registry.check(directory)
-    if problems:
-        raise RegistryError([*problems, "fix the registry before adding to it (`lens-hub registry validate`)"])
-    return registry
-
-
 def _merged_facts(existing: ModelFacts | None, found: dict[str, object], model_id: str) -> ModelFacts:
     """The entry's facts with what was read filled in; a contradiction of a known fact is refused."""
     known = existing.model_dump() if existing is not None else dict.fromkeys(FACT_NAMES)
@@ -349,13 +356,6 @@ def _diff(path: Path, old: str, new: str) -> str:
     )
 
 
-def _validated(build: dict, model_id: str) -> RegistryEntry:
-    try:
-        return RegistryEntry.model_validate(build)
-    except ValidationError as exc:
-        raise CurateError(f"the registry entry for {model_id} would be invalid: {exc}") from None
-
-
 def _write(reg: Registry, entry: RegistryEntry, path: Path, old_text: str, *, dry_run: bool) -> tuple[str, bool]:
     clashes = reg.clashes(entry, path)
     if clashes:
@@ -373,15 +373,6 @@ def _parse_location(location: str) -> tuple[str, str, str, str]:
     ref = resolve(location)  # lens_hub.hub.pretrained's parser: the same safety checks as loading
     assert ref.repo_id is not None
     return ref.repo_id, ref.repo_type, ref.subfolder, ref.revision or "main"
-
-
-def _check_version(version: str | None) -> str | None:
-    if version is None:
-        return None
-    v = version.removeprefix("v")
-    if not is_semver(v):
-        raise CurateError(f"--version {version!r} is not a semantic version like 1.2.0 (or 1.2.0-rc.1).")
-    return v
 
 
 def _load_model(model: str | nn.Module | None) -> nn.Module | None:
@@ -439,7 +430,7 @@ def adopt(
         RegistryError: The registry is, or would become, invalid.
     """
     repo_id, repo_type, subfolder, revision = _parse_location(location)
-    wanted = _check_version(version)
+    wanted = check_version(version)
     try:
         license = check_license(license)
     except PublishError as exc:
@@ -448,7 +439,7 @@ def adopt(
         _base_model_id(None, base_model, "--base-model")
     commit = resolve_commit(repo_id, repo_type, revision, token=token)
     loaded = _load_model(model)
-    reg = _open_registry(Path(registry) if registry is not None else default_registry_dir())
+    reg = Registry.open_to_write(Path(registry) if registry is not None else default_registry_dir(), "adding to it")
     with tempfile.TemporaryDirectory(prefix="lens-hub-adopt-") as work:
         found, name = _inspect(
             repo_id,
@@ -478,22 +469,7 @@ def adopt(
             )
         facts = _merged_facts(existing.facts if existing else None, found.facts, canonical)
         new_version = _version_record(found, chosen, repo_id, repo_type, subfolder, commit, license)
-        others = [v.model_dump() | {"default": False} for v in (existing.lenses if existing else [])]
-        lenses = sorted([*others, new_version], key=lambda v: semver_key(v["version"]))
-        known = {a.lower() for a in existing.aliases} if existing else set()
-        all_aliases = [
-            *(existing.aliases if existing else []),
-            *(a for a in dict.fromkeys(aliases) if a.lower() not in known and a.lower() != canonical.lower()),
-        ]
-        entry = _validated(
-            {
-                "model": canonical,
-                "aliases": all_aliases,
-                "facts": facts.model_dump(exclude_none=True),
-                "lenses": lenses,
-            },
-            canonical,
-        )
+        entry = entry_with_version(existing, canonical, facts.model_dump(), new_version, aliases)
         diff, written = _write(reg, entry, path, old_text, dry_run=dry_run)
         result = AdoptResult(entry, chosen, commit, found.format, path, diff, found.notes, written)
         if convert_to is not None:
@@ -512,7 +488,7 @@ def _version_record(
     *,
     default: bool = True,
     notes: str | None = None,
-) -> dict:
+) -> LensVersion:
     location = HubLocation(repo_id=repo_id, repo_type=repo_type, subfolder=subfolder, revision=commit)  # type: ignore[arg-type]
     record = LensVersion(
         version=version,
@@ -526,7 +502,7 @@ def _version_record(
         evaluation=found.config.evaluation,
         notes=notes,
     )
-    return record.model_dump()
+    return record
 
 
 def pin(
@@ -559,7 +535,7 @@ def pin(
         LensContentError: The files no longer match what the entry claims (nothing was written).
         MissingLensFileError: A file is missing at the location.
     """
-    reg = _open_registry(Path(registry) if registry is not None else default_registry_dir())
+    reg = Registry.open_to_write(Path(registry) if registry is not None else default_registry_dir(), "adding to it")
     entry = reg.get(name)
     chosen = choose_version(entry, version)
     path = reg.files.get(entry.model) or reg.directory / registry_filename(entry.model)  # type: ignore[operator]
@@ -617,18 +593,14 @@ def pin(
             notes=None,  # the old notes said it was unverified
         )
         # what the entry recorded about training or evaluation stays, unless the files record more
-        pinned["training"] = pinned["training"] or (chosen.training.model_dump() if chosen.training else None)
-        pinned["evaluation"] = pinned["evaluation"] or (chosen.evaluation.model_dump() if chosen.evaluation else None)
-        lenses = [pinned if v.version == chosen.version else v.model_dump() for v in entry.lenses]
-        new_entry = _validated(
-            {
-                "model": entry.model,
-                "aliases": list(entry.aliases),
-                "facts": facts.model_dump(exclude_none=True),
-                "lenses": lenses,
-            },
-            entry.model,
+        pinned = pinned.model_copy(
+            update={
+                "training": pinned.training or chosen.training,
+                "evaluation": pinned.evaluation or chosen.evaluation,
+            }
         )
+        lenses = [pinned if v.version == chosen.version else v for v in entry.lenses]
+        new_entry = build_entry(entry.model, list(entry.aliases), facts.model_dump(), lenses)
         old_text = path.read_text(encoding="utf-8") if path.is_file() else ""
         diff, written = _write(reg, new_entry, path, old_text, dry_run=dry_run)
         result = AdoptResult(new_entry, chosen.version, commit, found.format, path, diff, found.notes, written)

@@ -4,8 +4,10 @@ Downloads go through ``huggingface_hub.hf_hub_download``, so the normal cache, `
 tokens all apply, and a file cached at a 40-hex commit is served without any HTTP request. huggingface_hub checks
 only sizes; every file is therefore hashed here before use, against the recorded sha256 or, when none is recorded,
 against the Hub's own ETag (the name huggingface_hub gives the cached blob: the sha256 of an LFS file, the git blob
-oid of a regular one). A file that fails is deleted from the cache (blob and snapshot link) so no later call can
-trust it; nothing outside the cache is ever followed or deleted.
+oid of a regular one). A lens's files are read once, and the bytes read are what is hashed and then used
+(`read_verified`): no check of one read vouches for another, and a file swapped in the cache is caught at every load.
+A file that fails is deleted from the cache (blob and snapshot link) so no later call can trust it; nothing outside
+the cache is ever followed or deleted. Every request names lens-hub and its version in its User-Agent (`LIBRARY`).
 
 Every answer of the Hub is a stranger's until checked, headers included (`guarded`): while lens-hub talks to the
 Hub, a response hook on huggingface_hub's HTTP client refuses a commit id or ETag of the wrong form *before* the
@@ -16,19 +18,21 @@ deadline, whatever the server claimed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core.format import short_repr
+from .._version import __version__
+from ..core.format import read_bytes_capped, short_repr
 from ..core.ids import is_commit
 from ..errors import (
     ChecksumMismatchError,
@@ -40,8 +44,15 @@ from ..errors import (
     OfflineNotCachedError,
 )
 
+if TYPE_CHECKING:
+    pass
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+# Who is asking, in the User-Agent of every request lens-hub makes through huggingface_hub (as timm and others do):
+# ``lens-hub/<version>; hf_hub/...``. The Hub counts downloads by library from it.
+LIBRARY = {"library_name": "lens-hub", "library_version": __version__}
 
 API_RESPONSE_BYTES = 16 * 2**20  # a repo's metadata (repo_info, paths-info, refs) is far smaller
 TRANSFER_SECONDS = 600.0  # a lens file or API answer must arrive within this, however slowly the server drips it
@@ -307,15 +318,18 @@ def evict(local: Path) -> None:
         local.unlink(missing_ok=True)
 
 
-def verify_file(local: Path, file: HubFile) -> None:
-    """Check a cached file's size and sha256 against the record or, with none recorded, against the Hub's ETag.
+def hub_api() -> Any:
+    """An ``HfApi`` client that names lens-hub (`LIBRARY`) in its User-Agent."""
+    from huggingface_hub import HfApi
 
-    huggingface_hub names each cached blob after the ETag the Hub announced: the sha256 of an LFS file, the git blob
-    oid of a regular one. A blob whose content does not hash to its name was corrupted in transit or on disk, even
-    when the registry records no checksum (an ``hf://`` lens, an unverified legacy lens).
+    return HfApi(**LIBRARY)
+
+
+def _cached_blob(local: Path, file: HubFile) -> Path:
+    """The blob a cache entry links to; an entry linking outside its repo's ``blobs`` folder is removed and refused.
 
     Raises:
-        ChecksumMismatchError: After evicting the file from the cache.
+        ChecksumMismatchError: The link leads outside the cache (the link was removed, its target left alone).
     """
     repo = _cache_repo_dir(local)
     blob = local.resolve()
@@ -325,32 +339,99 @@ def verify_file(local: Path, file: HubFile) -> None:
             f"{file.url}: the cache entry {local} links outside the cache ({blob}); the link was removed and its "
             "target left alone. A new call downloads the file again."
         )
-    size = blob.stat().st_size
-    address = blob.name
-    problem = None
+    return blob
+
+
+def _content_problem(
+    size: int, sha256: Callable[[], str], blob_oid: Callable[[], str], file: HubFile, address: str
+) -> str | None:
+    """What is wrong with a file of ``size`` bytes whose digests the callables compute, or None.
+
+    Checked against the record (size, then sha256) or, with no sha256 recorded, against the Hub's ETag that names the
+    cached blob (``address``): a sha256 for an LFS file, a git blob id for a regular one. No record and no checkable
+    name fails closed.
+    """
     if file.size is not None and size != file.size:
-        problem = f"size {size} bytes, expected {file.size}"
-    elif file.sha256 is not None:
-        actual = sha256_of(blob)
-        if actual != file.sha256:
-            problem = f"sha256 {actual}, expected {file.sha256}"
-    elif _HEX64.match(address):
-        actual = sha256_of(blob)
-        if actual != address:
-            problem = f"sha256 {actual}, but the Hub announced {address}"
-    elif _HEX40.match(address):
-        actual = git_blob_oid(blob)
-        if actual != address:
-            problem = f"git blob id {actual}, but the Hub announced {address}"
-    else:  # no record and no checkable name: fail closed
-        problem = f"no recorded checksum, and its cache name {short_repr(address, 50)} is not one to check it by"
+        return f"size {size} bytes, expected {file.size}"
+    if file.sha256 is not None:
+        actual = sha256()
+        return None if actual == file.sha256 else f"sha256 {actual}, expected {file.sha256}"
+    if _HEX64.match(address):
+        actual = sha256()
+        return None if actual == address else f"sha256 {actual}, but the Hub announced {address}"
+    if _HEX40.match(address):
+        actual = blob_oid()
+        return None if actual == address else f"git blob id {actual}, but the Hub announced {address}"
+    return f"no recorded checksum, and its cache name {short_repr(address, 50)} is not one to check it by"
+
+
+def _refuse(local: Path, file: HubFile, problem: str) -> ChecksumMismatchError:
+    """Evict a file that failed verification; the error to raise for it."""
+    evict(local)
+    return ChecksumMismatchError(
+        f"{file.url} failed verification ({problem}). The file was removed from the cache; a new call downloads "
+        "it again. If this persists, the file on the Hub differs from what it announces or from the registry: "
+        "report it."
+    )
+
+
+def verify_file(local: Path, file: HubFile) -> None:
+    """Check a cached file's size and sha256 against the record or, with none recorded, against the Hub's ETag.
+
+    huggingface_hub names each cached blob after the ETag the Hub announced: the sha256 of an LFS file, the git blob
+    oid of a regular one. A blob whose content does not hash to its name was corrupted in transit or on disk, even
+    when the registry records no checksum (an ``hf://`` lens, an unverified legacy lens).
+
+    This hashes the file on disk; a caller that reads it afterwards reads it again. `read_verified` reads a file
+    once and returns the very bytes it checked.
+
+    Raises:
+        ChecksumMismatchError: After evicting the file from the cache.
+    """
+    blob = _cached_blob(local, file)
+    problem = _content_problem(
+        blob.stat().st_size, lambda: sha256_of(blob), lambda: git_blob_oid(blob), file, blob.name
+    )
     if problem:
-        evict(local)
-        raise ChecksumMismatchError(
-            f"{file.url} failed verification ({problem}). The file was removed from the cache; a new call downloads "
-            "it again. If this persists, the file on the Hub differs from what it announces or from the registry: "
-            "report it."
-        )
+        raise _refuse(local, file, problem)
+
+
+def read_verified(local: Path, file: HubFile, *, limit: int) -> bytes:
+    """Read a cached file once and verify the bytes read, as `verify_file` does; returns those very bytes.
+
+    What is hashed is what the caller uses: a file swapped in the cache after the download (or
+    while it is read) is caught, and nothing is read from the file again after the check. The cache is never
+    trusted: every call hashes.
+
+    Args:
+        local: The file's path in the huggingface_hub cache (`_download`).
+        file: Its record; a recorded size bounds the read, and is checked before anything is read.
+        limit: The most bytes the file may have when no size is recorded (its format's bound).
+
+    Raises:
+        ChecksumMismatchError: The file is larger than its bound, or fails verification (it is removed from the
+            cache).
+    """
+    blob = _cached_blob(local, file)
+    bound = file.size if file.size is not None else limit
+    try:
+        data = read_bytes_capped(blob, bound, follow_symlinks=False)  # a link planted as the blob is refused
+    except ValueError as exc:
+        raise _refuse(local, file, f"the cached file {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _refuse(local, file, "the cached blob is a symbolic link") from None
+
+    def blob_oid() -> str:
+        digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+        digest.update(data)
+        return digest.hexdigest()
+
+    problem = _content_problem(len(data), lambda: hashlib.sha256(data).hexdigest(), blob_oid, file, blob.name)
+    if problem:
+        raise _refuse(local, file, problem)
+    return data
 
 
 def fetch_file(
@@ -376,6 +457,23 @@ def fetch_file(
     return path
 
 
+def fetch_unverified(
+    file: HubFile,
+    *,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Download (or find in the cache) one file, bounded like `fetch_file` but not hashed yet: the caller reads it
+    with `read_verified`, which hashes the bytes it returns, so the file is read once and what is used is checked.
+
+    Raises:
+        HubResponseError: The server's answer breaks a bound or a format (nothing of it is kept).
+    """
+    return _download(file, limit=limit, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+
+
 def _download(
     file: HubFile,
     *,
@@ -384,7 +482,8 @@ def _download(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """Download (or find in the cache) one file, unverified but bounded; `fetch_file` is the verified way."""
+    """Download (or find in the cache) one file, unverified but bounded; verify it with `fetch_file` (which hashes
+    it on disk) or read it with `read_verified` (which hashes the bytes it returns)."""
     from huggingface_hub import hf_hub_download
 
     bound = file.size if file.size is not None else limit
@@ -400,6 +499,7 @@ def _download(
                 cache_dir=cache_dir,
                 token=token,
                 local_files_only=local_files_only,
+                **LIBRARY,
             )
         except HubResponseError:
             _drop_partial(file, guard.etag, cache_dir)
@@ -442,11 +542,9 @@ def resolve_commit(repo_id: str, repo_type: str, revision: str, *, token: str | 
     """Resolve a branch or tag to its 40-hex commit (one request; a commit is returned as is)."""
     if is_commit(revision):
         return revision
-    from huggingface_hub import HfApi
-
     what = f"{repo_id}@{revision}"
     with hub_errors(what), guarded(what, API_RESPONSE_BYTES):
-        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, token=token)
+        info = hub_api().repo_info(repo_id, repo_type=repo_type, revision=revision, token=token)
     if not isinstance(info.sha, str) or not is_commit(info.sha):
         # A server's value becomes a cache path (refs/, snapshots/) and a request URL: only a commit id will do.
         raise HubResponseError(
@@ -478,9 +576,7 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
         facts: The entry's `lens_hub.registry.schema.ModelFacts`.
         token: Hub token.
     """
-    from huggingface_hub import HfApi
-
-    api = HfApi()
+    api = hub_api()
     loc = version.location  # type: ignore[attr-defined]
     report = AuditReport(f"{model_id} v{version.version}", [], [])  # type: ignore[attr-defined]
     where = f"{loc.repo_type}s/{loc.repo_id}"

@@ -1,9 +1,10 @@
 """Hub methods for lenses, in the manner of huggingface_hub's ``ModelHubMixin``.
 
-`LensHubMixin` gives a lens class ``from_pretrained`` (resolve a name, fetch and verify the files, then
-``cls.load``) and ``push_to_hub`` (``self.save`` to a scratch directory, then `lens_hub.hub.publish`). It calls into
-the core (`lens_hub.core.lens`), never the other way round: the core knows nothing of the Hub or the registry.
-``lens_hub.TunedLens`` is the core `lens_hub.core.lens.TunedLens` with this mixin.
+`LensHubMixin` gives a lens class ``from_pretrained`` (resolve a name, fetch the files, read each once and verify
+the bytes read, then build the lens from the tensors parsed from those bytes) and ``push_to_hub`` (``self.save`` to
+a scratch directory, then `lens_hub.hub.publish`). It calls into the core (`lens_hub.core.lens`), never the other way
+round: the core knows nothing of the Hub or the registry.
+``lens_hub.TunedLens`` is the core `lens_hub.core.lens.BaseTunedLens` with this mixin.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core import lens as core
+from ..core.adapters import find_model_parts
+from ..core.compat import check_compatibility
 from ..registry.store import Registry
 from .pretrained import FetchOptions, check_entry_fits_model, download, entry_for_model, load_base_model, resolve
 from .publish import PushResult, push
@@ -29,10 +32,11 @@ L = TypeVar("L", bound="_Loadable")
 
 
 class _Loadable(Protocol):
-    """What the mixin needs of a lens class: the core's local load and save."""
+    """What the mixin needs of a lens class: the core's constructor (model parts, config), state loading and save."""
 
-    @classmethod
-    def load(cls: type[L], directory: Any, model: Any, *, allow_mismatch: bool = ..., architecture: Any = ...) -> L: ...
+    def __init__(self, parts: Any, config: Any) -> None: ...
+
+    def load_state_dict(self, state_dict: Any) -> Any: ...
 
     def save(self, directory: str | os.PathLike[str]) -> Path: ...
 
@@ -96,11 +100,18 @@ class LensHubMixin:
         if model is not None and ref.entry is not None:
             # The registry's facts may rule the model out already: refuse before any request or download.
             check_entry_fits_model(ref.entry, model, allow_mismatch=allow_mismatch, architecture=architecture)
+        # download reads every file once and checks the bytes it read: checksums, config, tensors, NaN / inf.
         fetched = download(name, version=version, registry=registry, options=options, ref=ref)
         try:
             if model is None:
                 model = load_base_model(fetched.ref, fetched.config, dtype=dtype)
-            return cls.load(fetched.folder, model, allow_mismatch=allow_mismatch, architecture=architecture)
+            # As the core's `load` does, from the verified config and tensors instead of reading the folder again
+            # (a second read would not be the one verified, and would cost a second pass over the weights).
+            parts = find_model_parts(model, architecture)
+            check_compatibility(fetched.config, parts, allow_mismatch=allow_mismatch)
+            lens = cls(parts, fetched.config)
+            lens.load_state_dict(fetched.tensors)
+            return lens
         finally:
             fetched.cleanup()  # a legacy lens's conversion is read into memory by now
 
@@ -126,8 +137,8 @@ class LensHubMixin:
             return push(self.save(tmp), repo_id, **kwargs)
 
 
-class TunedLens(LensHubMixin, core.TunedLens):
-    """The tuned lens (Belrose et al. 2023) with its Hub methods: `lens_hub.core.lens.TunedLens` + `LensHubMixin`.
+class TunedLens(LensHubMixin, core.BaseTunedLens):
+    """The tuned lens (Belrose et al. 2023) with its Hub methods: `lens_hub.core.lens.BaseTunedLens` + `LensHubMixin`.
 
     Build a fresh lens with ``from_model``, save it with ``save`` and load it back with ``load``; load a published
     one with ``from_pretrained`` and publish with ``push_to_hub``.

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote
@@ -27,10 +27,11 @@ from ..core.format import (
     declared_shape,
     max_weights_bytes,
     nonfinite_tensors,
+    parse_config,
     parse_json,
     read_config,
     read_tensors,
-    read_text_capped,
+    tensors_from_bytes,
 )
 from ..core.ids import check_revision, check_subfolder, is_commit, semver_key, validate_repo_id
 from ..errors import (
@@ -45,7 +46,16 @@ from ..errors import (
 )
 from ..registry.schema import REQUIRED_FILES, LensFile, LensVersion, ModelFacts, RegistryEntry
 from ..registry.store import Registry
-from .files import HubFile, evict, fetch_file, is_offline, resolve_commit
+from .files import (
+    HubFile,
+    evict,
+    fetch_file,
+    fetch_unverified,
+    is_offline,
+    read_verified,
+    resolve_commit,
+    verify_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -251,12 +261,30 @@ class FetchOptions:
 
 
 @dataclass(frozen=True)
+class _Pending:
+    """A file in the Hub cache not hashed yet: `read_verified` reads it once and hashes the bytes it returns."""
+
+    path: Path
+    file: HubFile
+    limit: int  # the most bytes it may have when no size is recorded
+
+    def read(self) -> bytes:
+        return read_verified(self.path, self.file, limit=self.limit)
+
+
+@dataclass(frozen=True)
 class _Fetched:
-    """A fetched lens: its lens-hub directory, the files taken from the Hub cache, and lens-hub's converted copy."""
+    """A fetched lens: its lens-hub directory, the files taken from the Hub cache, and lens-hub's converted copy.
+
+    A lens in lens-hub's format from the Hub comes with its config's bytes, as read and verified while fetching
+    (never read again), and its weights still to be read and verified (once, when they are loaded).
+    """
 
     folder: Path
     downloaded: tuple[Path, ...] = ()  # snapshot paths in the huggingface_hub cache (empty for a local lens)
     converted: Path | None = None  # a legacy lens's conversion, in a temporary directory of its own
+    config: bytes | None = None  # the verified bytes of config.json, for a lens-hub lens from the Hub
+    weights: _Pending | None = None  # its lens.safetensors, verified as it is read
 
 
 def _removal_note(fetched: _Fetched, bad: list[Path]) -> str:
@@ -307,8 +335,14 @@ def _required_files(ref: LensRef) -> list[LensFile]:
     return chosen
 
 
-def _read_hub_config(path: Path, ref: LensRef) -> dict:
-    """The JSON of a downloaded ``config.json``; a file that does not parse is evicted.
+def _fetch_config(file: HubFile, kw: dict) -> tuple[Path, bytes]:
+    """Download (or find in the cache) a ``config.json``; its path and its bytes, read once and verified."""
+    path = fetch_unverified(file, limit=MAX_CONFIG_BYTES, **kw)
+    return path, read_verified(path, file, limit=MAX_CONFIG_BYTES)
+
+
+def _read_hub_config(data: bytes, path: Path, ref: LensRef) -> dict:
+    """The JSON of a downloaded ``config.json`` (its verified bytes); a file that does not parse is evicted.
 
     Raises:
         LensFormatError: Not UTF-8 JSON (the file was removed from the cache).
@@ -316,8 +350,10 @@ def _read_hub_config(path: Path, ref: LensRef) -> dict:
     """
     try:
         # The same caps as any lens config (size, nesting, duplicate keys): the file is a stranger's.
-        raw = parse_json(read_text_capped(path, MAX_CONFIG_BYTES))
-    except (UnicodeDecodeError, ValueError) as exc:
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ValueError(f"is {len(data):,} bytes, more than the {MAX_CONFIG_BYTES:,} bytes such a file may have")
+        raw = parse_json(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         evict(path)
         raise LensFormatError(
             f"{ref.describe()}: the downloaded {CONFIG_NAME} is not a lens config ({exc}). The downloaded file may "
@@ -335,8 +371,14 @@ def fetch(ref: LensRef, options: FetchOptions | None = None) -> Path:
     Registry lenses are fetched at their pinned commit and verified (size + sha256); legacy lenses are then
     converted into a new temporary directory (the caller's to delete). Hub locations are resolved to one commit
     first so all files agree.
+
+    The files are verified on disk here, so whoever reads them afterwards reads them again; `download` reads each
+    file once and checks the very bytes it parses.
     """
-    return _fetch(ref, options or FetchOptions()).folder
+    fetched = _fetch(ref, options or FetchOptions())
+    if fetched.weights is not None:
+        verify_file(fetched.weights.path, fetched.weights.file)
+    return fetched.folder
 
 
 def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
@@ -369,11 +411,15 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
         if revision is None and online:  # one commit for all files, even if main moves while they download
             revision = resolve_commit(ref.repo_id, ref.repo_type, "main", token=opts.token)
         config_record, weights_record = records
-        config_path = fetch_file(_hub_file(ref, revision or "main", config_record), limit=MAX_CONFIG_BYTES, **kw)
+        config_path, config = _fetch_config(_hub_file(ref, revision or "main", config_record), kw)
         # The declared shape bounds the weights' download, and must agree with the entry before it starts.
-        shape = declared_shape(_read_hub_config(config_path, ref), f"{ref.describe()} {CONFIG_NAME}")
+        shape = declared_shape(_read_hub_config(config, config_path, ref), f"{ref.describe()} {CONFIG_NAME}")
         _check_shape_against_facts(shape, ref.entry.facts, ref)
-        weights = fetch_file(_hub_file(ref, revision or "main", weights_record), limit=max_weights_bytes(*shape), **kw)
+        weights_file, bound = _hub_file(ref, revision or "main", weights_record), max_weights_bytes(*shape)
+        legacy = version.format == "tuned-lens-legacy"
+        # A legacy params.pt is converted from the file, so it is hashed on disk first; lens-hub's weights are
+        # hashed as they are read for loading (once).
+        weights = (fetch_file if legacy else fetch_unverified)(weights_file, limit=bound, **kw)
         local = (config_path, weights)
         folder = config_path.parent
         if weights.parent != folder:
@@ -381,9 +427,9 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
                 f"{ref.describe()}: the files came from different snapshots ({', '.join(str(p) for p in local)}); "
                 "the branch moved while downloading. Retry."
             )
-        if version.format == "tuned-lens-legacy":
+        if legacy:
             return _convert_fetched(_Fetched(folder, local), ref.entry.model, ref.entry.facts)
-        return _Fetched(folder, local)
+        return _Fetched(folder, local, config=config, weights=_Pending(weights, weights_file, bound))
 
     # An explicit Hub location: pin one commit, then fetch config.json and whichever weights it calls for.
     if opts.pinned_only and not is_commit(ref.revision):
@@ -392,13 +438,15 @@ def _fetch(ref: LensRef, opts: FetchOptions) -> _Fetched:
     if online:
         revision = resolve_commit(ref.repo_id, ref.repo_type, revision, token=opts.token)
     config_file = HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, CONFIG_NAME))
-    config_path = fetch_file(config_file, limit=MAX_CONFIG_BYTES, **kw)
-    raw = _read_hub_config(config_path, ref)
+    config_path, config = _fetch_config(config_file, kw)
+    raw = _read_hub_config(config, config_path, ref)
     if "schema_version" in raw or "d_model" in raw:
         bound = max_weights_bytes(*declared_shape(raw, f"{ref.describe()} {CONFIG_NAME}"))
     if "schema_version" in raw:
         weights_file = HubFile(ref.repo_id, ref.repo_type, revision, _join(ref.subfolder, WEIGHTS_NAME))
-        return _Fetched(config_path.parent, (config_path, fetch_file(weights_file, limit=bound, **kw)))
+        weights = fetch_unverified(weights_file, limit=bound, **kw)  # hashed as it is read for loading (once)
+        pending = _Pending(weights, weights_file, bound)
+        return _Fetched(config_path.parent, (config_path, weights), config=config, weights=pending)
     if "d_model" in raw:
         warnings.warn(
             f"{ref.describe()} is an old tuned-lens lens; it is read with torch.load(weights_only=True) and converted.",
@@ -427,13 +475,17 @@ def _convert_fetched(fetched: _Fetched, base_model: str | None, facts: ModelFact
     return _Fetched(folder, fetched.downloaded, folder)
 
 
-def _check_lens_files(fetched: _Fetched) -> LensConfig:
+def _check_lens_files(fetched: _Fetched) -> tuple[LensConfig, dict[str, torch.Tensor]]:
     """Parse the fetched lens's config and tensors before any lens is built; refuse non-finite weights.
 
-    A file from the Hub cache that fails is evicted (with lens-hub's converted copy, for a legacy lens), so no
-    later call trusts it; a local directory is never touched.
+    Each file is read once: the config's bytes were read and verified while fetching; the weights of a lens from the
+    Hub are read here, hashed, and parsed from the same bytes, and the tensors returned (views of those bytes) are
+    the ones checked for NaN and inf, and the ones the lens is built from. A file from the Hub cache that fails is
+    evicted (with lens-hub's converted copy, for a legacy lens), so no later call trusts it; a local directory is
+    never touched.
 
     Raises:
+        ChecksumMismatchError: The weights read differ from their record or the Hub's ETag (they were evicted).
         LensFormatError: The config or the tensors do not parse, do not match, or hold NaN / inf.
     """
     folder = fetched.folder
@@ -446,13 +498,18 @@ def _check_lens_files(fetched: _Fetched) -> LensConfig:
         return [cached[name]] if name in cached else []
 
     try:
-        config = read_config(folder)
+        config = read_config(folder) if fetched.config is None else parse_config(fetched.config, folder / CONFIG_NAME)
     except LensFormatError as exc:
         raise LensFormatError(f"{exc}{_removal_note(fetched, culprits(CONFIG_NAME))}") from None
+    data = fetched.weights.read() if fetched.weights is not None else None  # evicted if it fails its checksum
     try:
-        nonfinite = nonfinite_tensors(read_tensors(folder, config))  # the tensors are dropped: the loader reads them
+        if data is None:  # a local directory, or a legacy lens's fresh conversion: read once here
+            tensors = read_tensors(folder, config)
+        else:
+            tensors = tensors_from_bytes(data, config, folder / WEIGHTS_NAME)  # views of the bytes verified
     except LensFormatError as exc:
         raise LensFormatError(f"{exc}{_removal_note(fetched, culprits(WEIGHTS_NAME))}") from None
+    nonfinite = nonfinite_tensors(tensors)
     if nonfinite:
         more = f" (and {len(nonfinite) - 1} more tensors)" if len(nonfinite) > 1 else ""
         raise LensFormatError(
@@ -460,7 +517,7 @@ def _check_lens_files(fetched: _Fetched) -> LensConfig:
             "infinite weights gives NaN predictions, so it is not loaded. Retrain it, or report it if it was "
             f"published.{_removal_note(fetched, culprits(WEIGHTS_NAME))}"
         )
-    return config
+    return config, tensors
 
 
 def check_entry_fits_model(
@@ -511,6 +568,8 @@ class Downloaded:
         config: Its parsed config.
         source: Where the files came from (the Hub cache's snapshot folder, or the local directory).
         temporary: ``folder`` is a temporary conversion.
+        tensors: The lens's tensors, checked against ``config`` and for NaN / inf: parsed from the very bytes that
+            were verified, so a lens built from them is the verified one (reading ``folder`` again would not be).
     """
 
     ref: LensRef
@@ -518,6 +577,7 @@ class Downloaded:
     config: LensConfig
     source: Path
     temporary: bool = False
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def cleanup(self) -> None:
         """Delete a temporary conversion (nothing else)."""
@@ -539,7 +599,9 @@ def download(
 
     Besides the checksums, the config and every tensor are parsed here, before any lens is built: a downloaded file
     that does not parse is removed from the cache (a retry downloads it again), and a lens holding NaN or infinite
-    weights is refused. Downloads are bounded by the recorded sizes, or by the config's declared shape.
+    weights is refused. Downloads are bounded by the recorded sizes, or by the config's declared shape. Each file is
+    read once, for its checksum and its parsing alike, even from the cache (which is never trusted); the tensors are
+    returned (``Downloaded.tensors``) so that a lens is built from exactly what was checked.
 
     Raises:
         LensFormatError: The files do not parse, do not match each other, or hold non-finite weights.
@@ -547,12 +609,14 @@ def download(
     """
     ref = resolve(name, version=version, registry=registry) if ref is None else ref
     fetched = _fetch(ref, options or FetchOptions())
+    config, tensors = _check_lens_files(fetched)
     done = Downloaded(
         ref,
         fetched.folder,
-        _check_lens_files(fetched),
+        config,
         fetched.downloaded[0].parent if fetched.downloaded else fetched.folder,
         temporary=fetched.converted is not None,
+        tensors=tensors,
     )
     try:
         if ref.entry is not None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..core.config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from ..core.format import nonfinite_tensors, read_config, read_tensors
-from ..core.ids import COMMIT_SHA, check_subfolder, is_semver, semver_key, validate_repo_id
+from ..core.ids import COMMIT_SHA, check_subfolder, check_version, is_semver, semver_key, validate_repo_id
 from ..errors import (
     AuthenticationError,
     ConcurrentUpdateError,
@@ -40,10 +40,10 @@ from ..errors import (
     RegistryError,
     VersionExistsError,
 )
-from ..registry.schema import HubLocation, LensFile, LensVersion, RegistryEntry
+from ..registry.schema import HubLocation, LensFile, LensVersion, RegistryEntry, entry_with_version
 from ..registry.store import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
 from .card import CARD_NAME, PLOT_NAME, CardInfo, build_card, has_metrics
-from .files import hub_errors, sha256_of
+from .files import hub_api, hub_errors, sha256_of
 
 DEFAULT_BRANCH = "main"
 PLACEHOLDER_COMMIT = "0" * 40  # stands for the commit in the entry of a plan (the commit does not exist yet)
@@ -168,15 +168,6 @@ def _check_subfolder(subfolder: str | None) -> str:
         return check_subfolder((subfolder or "").strip("/"))
     except ValueError as exc:
         raise PublishError(f"--subfolder {subfolder!r} {exc}.") from None
-
-
-def _check_version(version: str | None) -> str | None:
-    if version is None:
-        return None
-    v = version.removeprefix("v")
-    if not is_semver(v):
-        raise PublishError(f"--version {version!r} is not a semantic version like 1.2.0 (or 1.2.0-rc.1).")
-    return v
 
 
 def _lens_config(lens_dir: Path, base_model: str | None) -> LensConfig:
@@ -326,48 +317,10 @@ def _lens_version(
     )
 
 
-def _new_entry(
-    existing: RegistryEntry | None, base_model: str, config: LensConfig, version: LensVersion, aliases: Sequence[str]
-) -> RegistryEntry:
-    """The registry entry with ``version`` added as the default, validated by the schema as it is built."""
-    from pydantic import ValidationError
-
-    try:
-        if existing is None:
-            facts = {
-                "model_type": config.model_type,
-                "hidden_size": config.hidden_size,
-                "num_layers": config.num_layers,
-                "vocab_size": config.vocab_size,
-                "revision": config.base_revision,
-                "fingerprint": config.fingerprint,
-            }
-            return RegistryEntry(
-                model=base_model,
-                aliases=list(dict.fromkeys(aliases)),
-                facts={k: v for k, v in facts.items() if v is not None},  # type: ignore[arg-type]
-                lenses=[version],
-            )
-        known = {a.lower() for a in existing.aliases} | {base_model.lower()}
-        old = [v.model_copy(update={"default": False}) for v in existing.lenses]
-        return RegistryEntry(
-            model=existing.model,
-            aliases=[*existing.aliases, *(a for a in dict.fromkeys(aliases) if a.lower() not in known)],
-            facts=existing.facts,
-            lenses=sorted([*old, version], key=lambda v: semver_key(v.version)),
-        )
-    except ValidationError as exc:
-        raise PublishError(f"the registry entry for {base_model} would be invalid: {exc}") from None
-
-
-def _open_registry(directory: Path) -> Registry:
-    """The registry to publish into, validated (once per push); a directory that does not exist yet is empty."""
-    if not directory.is_dir():
-        return Registry(directory)
-    registry, problems = Registry.check(directory)
-    if problems:
-        raise RegistryError([*problems, "fix the registry before publishing into it"])
-    return registry
+def _facts(config: LensConfig) -> dict[str, object]:
+    """A new entry's facts: what the lens config records of its base model."""
+    names = ("model_type", "hidden_size", "num_layers", "vocab_size", "fingerprint")
+    return {name: getattr(config, name) for name in names} | {"revision": config.base_revision}
 
 
 # ------------------------------------------------------------------------------------------------ push
@@ -413,17 +366,16 @@ def plan_push(
         RegistryError: The registry is, or would become, invalid.
         HubUnreachableError: The Hub failed.
     """
-    from huggingface_hub import HfApi
 
     lens_dir = Path(lens_dir)
     repo_id = _check_repo_id(repo_id)
     sub = _check_subfolder(subfolder)
-    wanted = _check_version(version)
+    wanted = check_version(version)
     license = check_license(license)
     alias_list = [a.strip() for a in (aliases.split(",") if isinstance(aliases, str) else aliases or []) if a.strip()]
 
     config = _lens_config(lens_dir, base_model)
-    reg = _open_registry(Path(registry) if registry is not None else default_registry_dir())
+    reg = Registry.open_to_write(registry if registry is not None else default_registry_dir(), "publishing into it")
     existing = reg.find(config.base_model)  # type: ignore[arg-type]
     canonical = existing.model if existing else config.base_model
     config = config.model_copy(update={"base_model": canonical})
@@ -436,7 +388,7 @@ def plan_push(
                 + "\n".join(f"  - {m}" for m in mismatches)
             )
 
-    api = HfApi()
+    api = hub_api()
     note = None
     if dry_run and _find_token(token) is None:
         # A dry run uploads nothing, so it needs no token: read what anyone may read, and say what stays unknown.
@@ -464,7 +416,9 @@ def plan_push(
 
     files = _files(lens_dir, config, sub, CardInfo(canonical, repo_id, chosen, tag, sub, license, has_metrics(config)))
     location = HubLocation(repo_id=repo_id, subfolder=sub, revision=PLACEHOLDER_COMMIT)
-    entry = _new_entry(existing, canonical, config, _lens_version(config, chosen, location, files, license), alias_list)
+    facts = existing.facts.model_dump() if existing is not None else _facts(config)
+    version_record = _lens_version(config, chosen, location, files, license)
+    entry = entry_with_version(existing, canonical, facts, version_record, alias_list)
     clashes = reg.clashes(entry, registry_file)
     if clashes:
         raise RegistryError(clashes)
@@ -543,9 +497,9 @@ def execute(plan: PushPlan) -> PushResult:
         PublishError: The Hub refused a step (the message says what exists and how to finish by hand).
         HubUnreachableError: The Hub failed.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd
 
-    api, repo_id, token = HfApi(), plan.repo_id, plan.token
+    api, repo_id, token = hub_api(), plan.repo_id, plan.token
     parent = plan.parent_commit
     if not plan.repo_exists:
         with _hub(f"creating {repo_id}"):

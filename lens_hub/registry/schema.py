@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -52,6 +53,7 @@ from ..core.ids import (
     semver_key,
     validate_repo_id,
 )
+from ..core.options import Status
 
 REGISTRY_SCHEMA_VERSION = 1
 
@@ -166,7 +168,6 @@ class LensFile(_Strict):
 
 
 Format = Literal["safetensors", "tuned-lens-legacy"]
-Status = Literal["verified", "unverified", "deprecated"]
 
 # The files each format loads; an entry lists exactly these (the card and plot a push uploads are not part of the
 # artifact: nothing loads them, so the registry does not make anyone download them).
@@ -294,6 +295,44 @@ class RegistryEntry(_Strict):
 
     def get_version(self, version: str) -> LensVersion | None:
         return next((v for v in self.lenses if v.version == version), None)
+
+
+def entry_with_version(
+    existing: RegistryEntry | None,
+    model: str,
+    facts: dict[str, object],
+    version: LensVersion,
+    aliases: list[str] | tuple[str, ...] = (),
+) -> RegistryEntry:
+    """An entry with ``version`` added as the default: ``existing``'s (its other versions no longer default, all kept
+    oldest first, its facts replaced by ``facts``), or a new one for ``model``. Aliases not yet known (compared
+    case-insensitively, the model id excluded) are appended. What `lens-hub push` and `registry add` both write.
+
+    Raises:
+        RegistryError: The entry would be invalid (the schema's problems, located).
+    """
+    canonical = existing.model if existing is not None else model
+    known = {a.lower() for a in existing.aliases} if existing is not None else set()
+    new_aliases = [a for a in dict.fromkeys(aliases) if a.lower() not in known and a.lower() != canonical.lower()]
+    others = [v.model_copy(update={"default": False}) for v in (existing.lenses if existing is not None else [])]
+    lenses = sorted([*others, version.model_copy(update={"default": True})], key=lambda v: semver_key(v.version))
+    aliases = [*(existing.aliases if existing is not None else []), *new_aliases]
+    return build_entry(canonical, aliases, facts, lenses)
+
+
+def build_entry(model: str, aliases: list[str], facts: dict[str, object], lenses: list[LensVersion]) -> RegistryEntry:
+    """A registry entry, validated as a registry file is (facts left None are dropped).
+
+    Raises:
+        RegistryError: The entry would be invalid (the schema's problems).
+    """
+    from ..errors import RegistryError
+
+    data = {"model": model, "aliases": aliases, "facts": {k: v for k, v in facts.items() if v is not None}}
+    try:
+        return RegistryEntry.model_validate(data | {"lenses": [v.model_dump() for v in lenses]})
+    except ValidationError as exc:
+        raise RegistryError([f"the registry entry for {model} would be invalid: {exc}"]) from None
 
 
 def registry_json_schema() -> dict:

@@ -10,6 +10,13 @@ Registry files are read as hostile input: a file is at most `MAX_FILE_BYTES`, YA
 located error (never a ``RecursionError``), and every problem is reported for its file while the other files are
 still checked. Files are read in case-insensitive name order, so when two files claim the same name (names are
 case-insensitive), the one later in that order is blamed, whatever the file system lists first.
+
+A parsed registry is kept per directory (`Registry.check`), keyed on the directory and each of its files' name, size,
+modification time, change time and inode: a second ``resolve`` parses nothing, and any edit, added, removed or
+replaced file (an atomic rename gives a new inode) is seen at the next call. A file modified in the last
+`RACY_SECONDS` is not trusted to its signature (an edit of the same size within the file system's timestamp tick
+would leave it unchanged), so a directory just written is parsed at each call until it settles. Each call gets a
+registry of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +42,11 @@ REGISTRY_ENV = "LENS_HUB_REGISTRY"
 SUFFIXES = (".yaml", ".yml", ".json")
 # A registry file describes one base model: a few kB, tens of kB per version with per-layer metrics.
 MAX_FILE_BYTES = 2**20
+# Parsed registries kept (the shipped one, LENS_HUB_REGISTRY, a few of one's own): the least recently used goes.
+CACHED_REGISTRIES = 8
+# Timestamps are as coarse as a clock tick (ext4), a second (ext3, HFS+) or two (FAT): a file modified this recently
+# may change again, same size, without its modification time moving ("racy git").
+RACY_SECONDS = 2.0
 
 
 def default_registry_dir() -> Path:
@@ -184,20 +199,52 @@ class Registry:
         return registry
 
     @classmethod
+    def open_to_write(cls, directory: str | os.PathLike[str], doing: str) -> Registry:
+        """The registry that `lens-hub push` or `registry add` writes into, validated first (a directory that does
+        not exist yet is an empty registry).
+
+        Raises:
+            RegistryError: The registry has problems (each one located), with ``doing`` in the fix.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            return cls(directory)
+        registry, problems = cls.check(directory)
+        if problems:
+            raise RegistryError([*problems, f"fix the registry before {doing} (`lens-hub registry validate`)"])
+        return registry
+
+    @classmethod
     def check(cls, directory: str | os.PathLike[str] | None = None) -> tuple[Registry, list[str]]:
-        """Load what is valid and collect every problem (what ``lens-hub registry validate`` reports)."""
+        """Load what is valid and collect every problem (what ``lens-hub registry validate`` reports).
+
+        The directory is parsed again only when one of its files changed since the last call (see the module doc);
+        the registry returned is a fresh copy each time, so a caller that adds to it changes no other's.
+        """
         root = Path(directory) if directory is not None else default_registry_dir()
         if not root.is_dir():
             return cls(root), [f"{root}: registry directory does not exist"]
-        registry, problems = cls(root), []
         # Case-insensitive order (ties by exact name): who claimed a name first must not depend on file-name case.
         names = sorted((p for p in root.iterdir() if p.suffix in SUFFIXES and p.name != "schema.json"), key=_order)
-        for path in names:
-            entry, file_problems = parse_entry_file(path)
-            problems += file_problems
-            if entry is not None:
-                problems += registry.add(entry, path)
-        return registry, problems
+        key = _cache_key(root)
+        state, settled = _signature(names)  # taken before parsing: a file changed meanwhile is parsed again next time
+        cached = _parsed.get(key, state) if settled else None
+        if cached is None:
+            registry, problems = cls(root), []
+            for path in names:
+                entry, file_problems = parse_entry_file(path)
+                problems += file_problems
+                if entry is not None:
+                    problems += registry.add(entry, path)
+            cached = (registry, tuple(problems))
+            if settled:
+                _parsed.put(key, state, cached)
+        registry, problems = cached
+        return registry._copy(cls, root), list(problems)
+
+    def _copy(self, cls: type[Registry], directory: Path) -> Registry:
+        """A registry of the same entries whose index and tables are its own (entries are immutable)."""
+        return cls(directory, dict(self.entries), dict(self.files), dict(self._index))
 
     def add(self, entry: RegistryEntry, path: Path | None = None) -> list[str]:
         """Add an entry to the index; returns the name clashes it would cause (and then does not add it)."""
@@ -266,6 +313,68 @@ class Registry:
 
 def _order(path: Path) -> tuple[str, str]:
     return (path.name.casefold(), path.name)
+
+
+_Signature = tuple[tuple[str, int, int, int, int, int], ...]
+
+
+def _cache_key(root: Path) -> tuple[str, str]:
+    """The directory as given (messages name its files so) and as resolved (the same spelling elsewhere, or a link
+    moved, is another directory)."""
+    try:
+        return str(root), str(root.resolve())
+    except OSError:
+        return str(root), str(root.absolute())
+
+
+def _signature(paths: list[Path]) -> tuple[_Signature, bool]:
+    """What identifies the contents of a registry's files without reading them: name, size, modification and change
+    times, inode and file type of each (``lstat``: a link is itself, and is refused when parsed); and whether they
+    have all settled (none modified in the last `RACY_SECONDS`, so the signature will move if they change)."""
+    state = []
+    settled = True
+    racy = time.time_ns() - int(RACY_SECONDS * 1e9)
+    for path in paths:
+        try:
+            st = path.lstat()
+        except OSError:  # vanished while listed
+            state.append((path.name, -1, -1, -1, -1, -1))
+            settled = False
+            continue
+        state.append((path.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+        settled = settled and st.st_mtime_ns < racy  # a write sets both times: the modification time says when
+    return tuple(state), settled
+
+
+class _ParsedRegistries:
+    """The last parse of each of a few registry directories, with the signature of its files then."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str], tuple[_Signature, tuple[Registry, tuple[str, ...]]]] = OrderedDict()
+
+    def get(self, key: tuple[str, str], state: _Signature) -> tuple[Registry, tuple[str, ...]] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0] != state:
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key: tuple[str, str], state: _Signature, parsed: tuple[Registry, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._items[key] = (state, parsed)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_parsed = _ParsedRegistries(CACHED_REGISTRIES)
 
 
 class _NoAliasDumper(yaml.SafeDumper):

@@ -7,20 +7,21 @@ the lenses once; every request reads them. Routes:
 ``GET /``
     The page (``lens_hub/serve/static/``: one HTML file, one script, one stylesheet; nothing from other hosts).
 ``GET /api/health``
-    Liveness, the configuration the page needs (lens names, statistics, limits) and counters: how many times the
-    model was loaded (always 1: the app never loads one itself) and how many trajectories were computed.
+    Liveness, the configuration the page needs (lens names, statistics, limits) and counters: how many prompts
+    were read (forward passes run) and how many requests are in flight.
 ``POST /api/trajectory``
-    ``{"prompt": str, "stat": str}`` -> the input tokens, the row labels and, for each lens (``panels``), the
-    statistic's value and the top-k tokens with their probabilities at every row and position.
+    `TrajectoryRequest`, ``{"prompt": str, "stat": str}`` -> the input tokens, the row labels and, for each lens
+    (``panels``), the statistic's value and the top-k tokens with their probabilities at every row and position.
 ``POST /api/trajectory.png`` and ``POST /api/trajectory.html``
-    ``{"prompt": str, "stat": str, "lens": "lens" | "compare"}`` -> the file `lens_hub.serve.render.write_png` or
-    `lens_hub.serve.render.write_html` writes for that lens's trajectory, as a download.
+    `DownloadRequest`, ``{"prompt": str, "stat": str, "lens": "lens" | "compare"}`` -> the file
+    `lens_hub.serve.render.write_png` or `lens_hub.serve.render.write_html` writes for that lens's trajectory, as a
+    download.
 
 Every number comes from `PredictionTrajectory` (the page only maps values to colours). A bad request (an empty
-prompt, one longer than the model's window or ``max_tokens``, a body that is not UTF-8 JSON, an unknown statistic)
-gets a 4xx status and ``{"error": message}``, which the page shows. Forward passes are serialised by one lock and
-run in a worker thread, so the event loop keeps answering (a second request waits for the first, it never loads a
-second model copy).
+prompt, one longer than the model's window or ``max_tokens``, a body that is not UTF-8 JSON, an unknown field or
+statistic) gets a 4xx status and ``{"error": message}``, one line naming the field, which the page shows. Forward
+passes are serialised by one lock and run in a worker thread, so the event loop keeps answering (a second request
+waits for the first, it never loads a second model copy).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) as objects; names
@@ -36,7 +37,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .._version import __version__
 from ..errors import ExplorerRequestError, LensHubError, MissingExtraError, PortInUseError, ServeError
@@ -62,7 +65,8 @@ _COMPARE_LABELS = {
     "js": "Jensen-Shannon divergence between the two lenses (nats, at most ln 2)",
     "tv": "total-variation distance between the two lenses (0 to 1)",
 }
-_FIELDS = {"trajectory": ("prompt", "stat"), "download": ("prompt", "stat", "lens")}
+_STATISTICS = ("entropy", "kl", "ce", "rank", "prob", "log_prob")  # every explorer's; js and tv need --compare
+_EMPTY_PROMPT = "the prompt is empty: type some text first"
 
 
 def check_serve_extra() -> None:
@@ -152,7 +156,6 @@ class Explorer:
             different numbers of layers.
 
     Attributes:
-        model_loads: How many times a model was loaded for this explorer (1; a reload would be a bug).
         trajectories: How many prompts were read (forward passes run), cache hits excluded.
         in_flight: Trajectory and download requests being served now; ``peak_in_flight`` is the most at once.
     """
@@ -204,10 +207,9 @@ class Explorer:
         self.top_k = top_k
         self.cache_size = max(0, cache_size)
         self.lock_timeout = lock_timeout
-        self.statistics = {name: STAT_LABELS[name] for name in ("entropy", "kl", "ce", "rank", "prob", "log_prob")}
+        self.statistics = {name: STAT_LABELS[name] for name in _STATISTICS}
         if compare is not None:
             self.statistics.update(_COMPARE_LABELS)
-        self.model_loads = 1
         self.trajectories = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -233,22 +235,10 @@ class Explorer:
             "window": self.window,
             "limit": self.limit,
             "top_k": self.top_k,
-            "model_loads": self.model_loads,
             "trajectories": self.trajectories,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
         }
-
-    def check_stat(self, stat: str) -> str:
-        """``stat`` if this explorer can show it.
-
-        Raises:
-            ExplorerRequestError: 400, naming the statistics there are (js and tv need a comparison lens).
-        """
-        if stat in self.statistics:
-            return stat
-        hint = " (js and tv compare two lenses: start lens-hub serve with --compare)" if stat in _COMPARE_LABELS else ""
-        raise ExplorerRequestError(400, f"unknown statistic {stat!r}{hint}: choose one of {', '.join(self.statistics)}")
 
     def read(self, prompt: str) -> Reading:
         """Read ``prompt`` through the lens (and the comparison lens), or take its cached reading.
@@ -258,8 +248,8 @@ class Explorer:
         Raises:
             ExplorerRequestError: 422 for an empty prompt or one past `limit` tokens; 503 if the model stayed busy.
         """
-        if not prompt:  # refused before waiting for the model
-            raise ExplorerRequestError(422, "the prompt is empty: type some text first")
+        if not prompt:  # refused before waiting for the model (`TrajectoryRequest` refuses it first over HTTP)
+            raise ExplorerRequestError(422, _EMPTY_PROMPT)
         if not self._lock.acquire(timeout=self.lock_timeout):
             raise ExplorerRequestError(
                 503, f"the explorer was busy for {self.lock_timeout:.0f} s with other prompts: try again"
@@ -294,7 +284,11 @@ class Explorer:
         return ids
 
     def _compute(self, prompt: str, ids: "torch.Tensor") -> Reading:
-        """One forward pass, then both lenses' trajectories from its hidden states (called under the lock)."""
+        """One forward pass, then both lenses' trajectories from its hidden states (called under the lock).
+
+        Each lens runs once per layer: with a comparison lens, `_read_pair` builds both trajectories (and their
+        divergences) in one `PredictionTrajectory.from_hidden_states` call.
+        """
         import torch
 
         from ..analysis.trajectory import PredictionTrajectory, token_label
@@ -305,12 +299,10 @@ class Explorer:
         with torch.no_grad():
             hidden = hidden_states(self.model, ids.to(device), attention_mask=torch.ones_like(ids).to(device))
         common = {"layers": self.layers, "top_k": self.top_k, "tokenizer": self.tokenizer}
-        traj = PredictionTrajectory.from_hidden_states(self.lens, hidden, ids, compare_with=self.compare, **common)
-        compared = None
-        if self.compare is not None:
-            compared = PredictionTrajectory.from_hidden_states(
-                self.compare, hidden, ids, compare_with=self.lens, **common
-            )
+        if self.compare is None:
+            traj, compared = PredictionTrajectory.from_hidden_states(self.lens, hidden, ids, **common), None
+        else:
+            traj, compared = _read_pair(self.lens, self.compare, hidden, ids, common)
         targets = [None if i < 0 else token_label(self.tokenizer, i) for i in traj.target_ids[0].tolist()]
         return Reading(prompt=prompt, trajectory=traj, compared=compared, targets=targets)
 
@@ -349,7 +341,7 @@ class Explorer:
         from .render import write_html, write_png
 
         if which not in ("lens", "compare"):
-            raise ExplorerRequestError(400, f'"lens" must be "lens" or "compare", not {which!r}')
+            raise ExplorerRequestError(400, f'"lens" must be "lens" or "compare", not {_shown(which)}')
         traj = reading.trajectory if which == "lens" else reading.compared
         if traj is None:
             raise ExplorerRequestError(400, "there is no comparison lens: start lens-hub serve with --compare")
@@ -380,11 +372,168 @@ def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict
     return {"key": key, "name": name, "values": _finite(traj.stat(stat)[0].tolist()), "top": top}
 
 
+def _read_pair(
+    lens: "Lens", compare: "Lens", hidden: Sequence["torch.Tensor"], ids: "torch.Tensor", options: dict[str, Any]
+) -> tuple["PredictionTrajectory", "PredictionTrajectory"]:
+    """Both lenses' trajectories of one prompt, each compared with the other, running each lens once per layer.
+
+    Two `PredictionTrajectory.from_hidden_states` calls, each with the other lens as ``compare_with``, would run
+    each lens twice per layer. Instead one call reads the prompt as a batch of two copies: copy 0 through ``lens``,
+    copy 1 through ``compare``; its ``compare_with`` lens hands back the logits just computed with the copies
+    swapped, so copy 0's js and tv compare ``lens`` with ``compare`` and copy 1's the reverse (the same values: both
+    divergences are symmetric). Memory stays that of one call with ``compare_with``: one row of both lenses' logits
+    at a time.
+
+    Args:
+        lens: The explorer's lens (copy 0).
+        compare: The comparison lens (copy 1), of the same model.
+        hidden: The prompt's hidden states, [1, positions, hidden] each.
+        ids: Its token ids, [1, positions].
+        options: The other keyword options of `PredictionTrajectory.from_hidden_states`.
+
+    Returns:
+        The trajectory through ``lens`` and the one through ``compare``, as the two calls would give them.
+    """
+    import torch
+
+    from ..analysis.trajectory import PredictionTrajectory
+    from ..core.lens import BaseTunedLens, Lens
+
+    latest: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # the pair's last logits, taken by the swapped lens
+
+    class Pair(Lens):
+        def forward(self, h: torch.Tensor, idx: int) -> torch.Tensor:
+            logits = torch.cat([lens(h[:1], idx), compare(h[1:], idx)])
+            latest[:] = [(h, idx, logits)]
+            return logits
+
+    class Swapped(Lens):
+        def forward(self, h: torch.Tensor, idx: int) -> torch.Tensor:
+            # A row is read through the lens, then at once through compare_with. Were it ever not, the logits are
+            # computed again rather than taken from another row.
+            seen = latest.pop() if latest else None
+            if seen is not None and seen[0] is h and seen[1] == idx:
+                return seen[2].flip(0)
+            return torch.cat([compare(h[:1], idx), lens(h[1:], idx)])
+
+    parts = lens.unembed.parts
+    both = PredictionTrajectory.from_hidden_states(
+        Pair(parts), [h.expand(2, -1, -1) for h in hidden], ids.repeat(2, 1), compare_with=Swapped(parts), **options
+    )
+    first, second = both[0], both[1]
+    for traj, read in ((first, lens), (second, compare)):  # the views' default titles, as one lens's call sets them
+        traj.lens_name = "tuned lens" if isinstance(read, BaseTunedLens) else "logit lens"
+    return first, second
+
+
 # -------------------------------------------------------------------------------------------------------- HTTP
 
 
-async def _read_json(request: "Request", fields: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object, checked: size, content type, UTF-8, JSON, known fields of the right types.
+class TrajectoryRequest(BaseModel):
+    """The JSON body of ``POST /api/trajectory``; the downloads' `DownloadRequest` adds one field.
+
+    Validate it with ``context={"statistics": ...}``, the statistics the explorer shows (without one, every
+    statistic an explorer can show is accepted). `_refusal` turns a `pydantic.ValidationError` into the explorer's
+    one-line answer.
+
+    Attributes:
+        prompt: The text to read, not empty (its length in tokens is checked once it is tokenized).
+        stat: The statistic that colours the cells (default ``"entropy"``).
+    """
+
+    # strict: a number or a boolean is refused, never turned into a string.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str = Field(min_length=1)
+    stat: str = "entropy"
+
+    @field_validator("stat")
+    @classmethod
+    def known_statistic(cls, stat: str, info: ValidationInfo) -> str:
+        """``stat`` if the explorer shows it; a ValueError naming those it shows otherwise."""
+        statistics = (info.context or {}).get("statistics", (*_STATISTICS, *_COMPARE_LABELS))
+        if stat in statistics:
+            return stat
+        hint = " (js and tv compare two lenses: start lens-hub serve with --compare)" if stat in _COMPARE_LABELS else ""
+        raise ValueError(f"unknown statistic {_shown(stat)}{hint}: choose one of {', '.join(statistics)}")
+
+
+class DownloadRequest(TrajectoryRequest):
+    """The JSON body of ``POST /api/trajectory.png`` and ``POST /api/trajectory.html``: a `TrajectoryRequest` and
+    the lens whose view to download.
+
+    Attributes:
+        lens: ``"lens"`` (the default) or ``"compare"`` (the comparison lens).
+    """
+
+    lens: Literal["lens", "compare"] = "lens"
+
+
+_Body = TypeVar("_Body", bound=TrajectoryRequest)
+# Which of a body's errors is reported: the most basic one (an unknown field before a missing one, a wrong type
+# before a wrong value); any other error ranks 3, and the empty prompt (422) last.
+_PRECEDENCE = {
+    "model_type": 0, "extra_forbidden": 0, "missing": 1, "string_type": 2, "string_unicode": 2, "string_too_short": 4
+}  # fmt: skip
+_JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a refusal quotes what was sent, never echoes all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _refusal(exc: ValidationError, model: type[BaseModel]) -> ExplorerRequestError:
+    """The explorer's answer to a body that ``model`` refused: one line naming the field, never pydantic's dump.
+
+    The status is 422 for an empty prompt (a well-formed request, as one with a prompt too long for the model), and
+    400 for the rest: not an object, an unknown or missing field, a wrong type, a value not among the choices.
+    """
+    error = min(exc.errors(), key=lambda e: _PRECEDENCE.get(e["type"], 3))
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    name = str(loc[0]) if loc else ""
+    if kind == "model_type":
+        return ExplorerRequestError(400, 'send a JSON object such as {"prompt": "The capital of France is"}')
+    if kind == "extra_forbidden":
+        fields = ", ".join(model.model_fields)
+        return ExplorerRequestError(400, f"unknown field {_shown(name)}: the fields are {fields}")
+    if kind == "missing":
+        return ExplorerRequestError(400, f'the request has no "{name}"')
+    if kind == "string_type":
+        return ExplorerRequestError(400, f'"{name}" must be a string, not {_JSON_TYPES.get(type(value), "null")}')
+    if kind == "string_unicode":  # a lone surrogate such as "\ud800" is valid JSON but no text
+        return ExplorerRequestError(400, f'"{name}" holds an unpaired UTF-16 surrogate: send valid text')
+    if kind == "string_too_short":  # only the prompt has a minimum length
+        return ExplorerRequestError(422, _EMPTY_PROMPT)
+    if kind == "value_error":  # a validator's own message, such as the unknown statistic's
+        return ExplorerRequestError(400, str(error["ctx"]["error"]))
+    if kind == "literal_error":
+        return ExplorerRequestError(400, f'"{name}" must be {error["ctx"]["expected"]}, not {_shown(value)}')
+    return ExplorerRequestError(400, f'"{name}": {error["msg"]}')  # a constraint without its own message yet
+
+
+async def _read_body(request: "Request", model: type[_Body], statistics: Sequence[str]) -> _Body:
+    """The request's JSON body as ``model``: decoded by `_read_json`, then validated by pydantic.
+
+    Args:
+        request: The request.
+        model: `TrajectoryRequest` or `DownloadRequest`.
+        statistics: The statistics the explorer shows.
+
+    Raises:
+        ExplorerRequestError: 413, 415 or 400 from `_read_json`; 400 or 422 from `_refusal`.
+    """
+    data = await _read_json(request)
+    try:
+        return model.model_validate(data, context={"statistics": statistics})
+    except ValidationError as exc:
+        raise _refusal(exc, model) from None
+
+
+async def _read_json(request: "Request") -> Any:
+    """The request's JSON value, decoded under guards pydantic never gets to see: size, content type, UTF-8,
+    JSON syntax, nesting depth, and numbers Python will not convert.
 
     Raises:
         ExplorerRequestError: 413 past `MAX_BODY_BYTES`, 415 for another content type, 400 for anything else.
@@ -417,20 +566,6 @@ async def _read_json(request: "Request", fields: tuple[str, ...]) -> dict[str, A
         raise ExplorerRequestError(400, f"the request body holds a value that cannot be read ({exc})"[:300]) from exc
     except RecursionError as exc:  # "[[[[...", deep enough to exhaust the parser's stack
         raise ExplorerRequestError(400, "the request body nests too deeply: send a flat JSON object") from exc
-    if not isinstance(data, dict):
-        raise ExplorerRequestError(400, 'send a JSON object such as {"prompt": "The capital of France is"}')
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ExplorerRequestError(400, f"unknown field {unknown[0]!r}: the fields are {', '.join(fields)}")
-    if "prompt" not in data:
-        raise ExplorerRequestError(400, 'the request has no "prompt"')
-    for name in fields:
-        if name in data and not isinstance(data[name], str):
-            raise ExplorerRequestError(400, f'"{name}" must be a string, not {type(data[name]).__name__}')
-    try:
-        data["prompt"].encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" is valid JSON but no text
-        raise ExplorerRequestError(400, "the prompt holds an unpaired UTF-16 surrogate: send valid text") from exc
     return data
 
 
@@ -455,7 +590,7 @@ def build_app(explorer: Explorer) -> "FastAPI":
         MissingExtraError: If FastAPI is not installed.
     """
     check_serve_extra()
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -517,45 +652,38 @@ def build_app(explorer: Explorer) -> "FastAPI":
         finally:
             explorer.in_flight -= 1
 
-    @app.post("/api/trajectory")
-    async def trajectory(request: Request) -> JSONResponse:
-        data = await _read_json(request, _FIELDS["trajectory"])
-        stat = explorer.check_stat(data.get("stat", "entropy"))
-        reading = await counted(explorer.read, data["prompt"])
-        return JSONResponse(explorer.payload(reading, stat))
+    # Bodies are read by these dependencies, not by FastAPI: its own parsing would skip `_read_json`'s guards and
+    # answer a bad body with its 422 dump instead of the page's one-line message.
+    async def trajectory_body(request: Request) -> TrajectoryRequest:
+        return await _read_body(request, TrajectoryRequest, tuple(explorer.statistics))
 
-    async def download(request: Request, kind: str) -> Response:
-        data = await _read_json(request, _FIELDS["download"])
-        stat = explorer.check_stat(data.get("stat", "entropy"))
-        reading = await counted(explorer.read, data["prompt"])
-        body, filename = await counted(explorer.render, reading, stat, data.get("lens", "lens"), kind)
+    async def download_body(request: Request) -> DownloadRequest:
+        return await _read_body(request, DownloadRequest, tuple(explorer.statistics))
+
+    @app.post("/api/trajectory")
+    async def trajectory(body: Annotated[TrajectoryRequest, Depends(trajectory_body)]) -> JSONResponse:
+        reading = await counted(explorer.read, body.prompt)
+        return JSONResponse(explorer.payload(reading, body.stat))
+
+    async def download(body: DownloadRequest, kind: str) -> Response:
+        reading = await counted(explorer.read, body.prompt)
+        data, filename = await counted(explorer.render, reading, body.stat, body.lens, kind)
         media = "image/png" if kind == "png" else "text/html; charset=utf-8"
-        return Response(body, media_type=media, headers={"content-disposition": f'attachment; filename="{filename}"'})
+        return Response(data, media_type=media, headers={"content-disposition": f'attachment; filename="{filename}"'})
 
     @app.post("/api/trajectory.png")
-    async def trajectory_png(request: Request) -> Response:
-        return await download(request, "png")
+    async def trajectory_png(body: Annotated[DownloadRequest, Depends(download_body)]) -> Response:
+        return await download(body, "png")
 
     @app.post("/api/trajectory.html")
-    async def trajectory_html(request: Request) -> Response:
-        return await download(request, "html")
+    async def trajectory_html(body: Annotated[DownloadRequest, Depends(download_body)]) -> Response:
+        return await download(body, "html")
 
     return app
 
 
 def create_app(
-    model: "nn.Module",
-    tokenizer: Any,
-    lens: "Lens",
-    compare: "Lens | None" = None,
-    *,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    top_k: int = DEFAULT_TOP_K,
-    lens_name: str = "lens",
-    compare_name: str | None = None,
-    model_name: str | None = None,
-    layers: Sequence[int] | None = None,
-    cache_size: int = 16,
+    model: "nn.Module", tokenizer: Any, lens: "Lens", compare: "Lens | None" = None, **options: Any
 ) -> "FastAPI":
     """The explorer app for a loaded model and lens(es), testable without a port (e.g. with httpx's ASGI transport).
 
@@ -564,37 +692,19 @@ def create_app(
         tokenizer: Its tokenizer.
         lens: The lens to explore (a `lens_hub.TunedLens` or `lens_hub.LogitLens`).
         compare: A second lens of the same model, shown beside the first; adds the js and tv statistics.
-        max_tokens: Longest prompt accepted, in tokens (the model's window caps it too).
-        top_k: Top tokens kept per cell (shown on hover).
-        lens_name: How the page names ``lens``.
-        compare_name: How the page names ``compare`` (default ``"compare"``).
-        model_name: How the page names the model (default: its ``name_or_path``).
-        layers: Lens layers to show (default: all); the model's output row is always shown last.
-        cache_size: Readings of recent prompts kept (0: none; every request runs the model).
+        **options: The `Explorer`'s keyword options (``max_tokens``, ``top_k``, ``layers``, the names the page
+            shows, ``cache_size``), documented there once.
 
     Returns:
         The FastAPI app; its `Explorer` is ``app.state.explorer``.
 
     Raises:
         MissingExtraError: If FastAPI is not installed.
-        ServeError: If ``max_tokens`` or ``top_k`` is below 1, a layer is not the lens's, or the lenses read
-            different numbers of layers.
+        ServeError: As `Explorer`.
+        TypeError: An option `Explorer` does not have.
     """
     check_serve_extra()
-    explorer = Explorer(
-        model,
-        tokenizer,
-        lens,
-        compare,
-        lens_name=lens_name,
-        compare_name=compare_name,
-        model_name=model_name,
-        layers=layers,
-        max_tokens=max_tokens,
-        top_k=top_k,
-        cache_size=cache_size,
-    )
-    return build_app(explorer)
+    return build_app(Explorer(model, tokenizer, lens, compare, **options))
 
 
 def load_app(
@@ -605,9 +715,7 @@ def load_app(
     revision: str | None = None,
     dtype: "torch.dtype | None" = None,
     device: str | None = None,
-    layers: Sequence[int] | None = None,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    top_k: int = DEFAULT_TOP_K,
+    **options: Any,
 ) -> "FastAPI":
     """Load a model and its lens(es) by name, once, and build the explorer app (what ``lens-hub serve`` does).
 
@@ -618,9 +726,8 @@ def load_app(
         revision: Model revision.
         dtype: Model dtype (None: as saved).
         device: Device to run on (None: the CPU).
-        layers: Lens layers to show (default: all).
-        max_tokens: Longest prompt accepted, in tokens.
-        top_k: Top tokens kept per cell.
+        **options: The `Explorer`'s keyword options (``layers``, ``max_tokens``, ``top_k``, ...); the page names
+            the model and lenses as given here unless told otherwise.
 
     Returns:
         The FastAPI app.
@@ -641,18 +748,8 @@ def load_app(
 
     reader = load_lens(lens)
     other = None if compare is None else load_lens(compare)
-    return create_app(
-        net,
-        tokenizer,
-        reader,
-        other,
-        max_tokens=max_tokens,
-        top_k=top_k,
-        lens_name=lens,
-        compare_name=compare,
-        model_name=model,
-        layers=layers,
-    )
+    names = {"lens_name": lens, "compare_name": compare, "model_name": model}
+    return create_app(net, tokenizer, reader, other, **names | options)
 
 
 def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server":

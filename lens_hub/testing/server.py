@@ -113,6 +113,7 @@ class RequestRecord:
         faults (`tuple[str, ...]`): Kinds of the injected faults that fired on it.
         range (`str`, *optional*): The `Range` header, if any (resumed downloads, safetensors header reads).
         time (`float`): `time.time()` when the request arrived.
+        user_agent (`str`, *optional*): The `User-Agent` header, if any (which library asked, and its version).
     """
 
     method: str
@@ -123,6 +124,7 @@ class RequestRecord:
     faults: tuple[str, ...] = ()
     range: str | None = None
     time: float = 0.0
+    user_agent: str | None = None
 
 
 @dataclass
@@ -947,6 +949,7 @@ class _Handler(BaseHTTPRequestHandler):
                 faults=tuple(f.kind for f in fired),
                 range=self.headers.get("Range"),
                 time=started,
+                user_agent=self.headers.get("User-Agent"),
             )
         )
         payload = response.body

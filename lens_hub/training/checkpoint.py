@@ -36,7 +36,7 @@ from ..errors import CheckpointError
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _STATE_NAME = re.compile(r"(\d+)\.([A-Za-z_]\w*)")  # optimizer state entries: "{param_index}.{key}"
-_FIX = "delete it to resume from the previous checkpoint, or pass --restart to start afresh"
+_FIX = "delete it to resume from the previous checkpoint, or start afresh (--restart; in Python, restart(out))"
 MAX_STATE_BYTES = 16 * 2**20  # state.json holds settings, step counts and optimizer scalars: a few kB
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core.lens import TunedLens
+from ..core.lens import BaseTunedLens
 from ..core.models import hidden_states
 from ..core.options import DEFAULT_RIDGE
 from ..errors import FitError, FitWarning
@@ -154,14 +154,14 @@ class Moments:
         return weight, bias
 
 
-def head_input_module(lens: TunedLens) -> nn.Module | None:
+def head_input_module(lens: BaseTunedLens) -> nn.Module | None:
     """The module whose input the translators' outputs stand for: the first one `Unembed.normalize` applies."""
     parts = lens.unembed.parts
     return parts.final_norm if parts.final_norm is not None else parts.post_norm
 
 
 @contextmanager
-def capture_head_input(lens: TunedLens) -> Iterator[list[torch.Tensor]]:
+def capture_head_input(lens: BaseTunedLens) -> Iterator[list[torch.Tensor]]:
     """Collect the input of the lens's head (see `head_input_module`) during the model's forward passes.
 
     Yields a list that each forward pass appends one tensor to; with no norm or projection it stays empty and the
@@ -186,7 +186,7 @@ def capture_head_input(lens: TunedLens) -> Iterator[list[torch.Tensor]]:
 
 
 def states_and_head_input(
-    lens: TunedLens, model: nn.Module, input_ids: torch.Tensor
+    lens: BaseTunedLens, model: nn.Module, input_ids: torch.Tensor
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """One forward pass: all hidden states, and the residual that enters the head's norm (``[B, T, d]``).
 
@@ -200,7 +200,8 @@ def states_and_head_input(
     if len(captured) != 1:
         raise FitError(
             f"the final norm of {type(model).__name__} ran {len(captured)} times in one forward pass, so its input "
-            "cannot be read as the residual the lens's head normalises; fit with --init zero, or name the modules "
+            "cannot be read as the residual the lens's head normalises; train with init='zero' (--init zero), or name "
+            "the modules "
             "with ArchitectureSpec(final_norm=...)."
         )
     return hs, captured[0]
@@ -239,7 +240,7 @@ def default_memory(device: torch.device) -> int:
 
 
 def fit_lens(
-    lens: TunedLens,
+    lens: BaseTunedLens,
     model: nn.Module,
     data: TokenData,
     sequences: torch.Tensor,
@@ -281,7 +282,7 @@ def fit_lens(
     if world > 1:
         dist.all_reduce(count)
     if int(count) == 0:
-        raise FitError("the fit got no sequences; give it data (or fit with --init zero)")
+        raise FitError("the fit got no sequences; give it data (or train with init='zero', --init zero)")
     device = lens.unembed.parts.output_embedding.weight.device
     d = lens.config.hidden_size
     groups = layer_groups(layers, d, memory if memory is not None else default_memory(device), linear=not bias_only)
@@ -338,8 +339,8 @@ def fit_lens(
     if n < d and not bias_only:
         warnings.warn(
             f"the fit saw {n:,} tokens, fewer than the hidden size {d}: the regression is underdetermined and the "
-            f"ridge ({ridge:g}) decides the solution. Fit on at least {10 * d:,} tokens (--fit-tokens) for a lens "
-            "that generalises.",
+            f"ridge ({ridge:g}) decides the solution. Fit on at least {10 * d:,} tokens (fit_tokens, --fit-tokens) "
+            "for a lens that generalises.",
             FitWarning,
             stacklevel=2,
         )
@@ -374,5 +375,5 @@ def _check_finite(moments: Moments, group: list[int]) -> None:
     what = f"hidden states of layers {[group[k] for k in layers]}" if layers else "the final norm's input"
     raise FitError(
         f"the {what} hold NaN or infinite values, so no translator can be fitted to them. Load the model in a "
-        "wider dtype (--dtype float32), or leave those layers out (--layers)."
+        "wider dtype (float32), or leave those layers out (layers, --layers)."
     )

@@ -12,11 +12,14 @@ whole vocabulary per layer and syncs the host per layer. `fused_lens_losses` ins
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-from ..core.lens import TunedLens
+from ..core.lens import BaseTunedLens
 from ..core.options import KERNELS, Kernel, Loss  # noqa: F401 - Kernel and Loss are re-exported for the trainer
+from ..errors import TrainSettingsError
 from .kernels import kl_rows_, triton_usable
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits per chunk (layers x tokens x vocab): 256 MiB in fp32
@@ -113,7 +116,7 @@ def _padded_head(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch
     return weight, None if bias is None else F.pad(bias, (0, extra))
 
 
-def lens_states(lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:
+def lens_states(lens: BaseTunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:
     """Translated and final-normed states of the chosen layers, stacked: [len(layers), N, d]."""
     h = torch.stack([hidden_states[i] for i in layers]).flatten(1, 2)  # [L, N, d]
     ts = [lens.translators[i] for i in layers]
@@ -130,8 +133,32 @@ def chunk_size(num_layers: int, vocab: int, budget: int = DEFAULT_CHUNK_ELEMENTS
     return max(1, budget // max(1, num_layers * vocab))
 
 
+def choose_kernel(kernel: str, loss: str, lens: BaseTunedLens, device: torch.device) -> Literal["eager", "triton"]:
+    """The softmax/KL implementation a step runs: the one rule, used by `fused_lens_losses` and recorded by the trainer.
+
+    ``"auto"`` is Triton for the KL loss without logit post-processing where `triton_usable` says the kernel runs on
+    ``device``, else eager; ``"eager"`` is eager; an explicit ``"triton"`` runs Triton (on the CPU only under Triton's
+    interpreter) or is refused, never quietly replaced.
+
+    Raises:
+        TrainSettingsError: An unknown kernel, or ``"triton"`` where it cannot run.
+    """
+    if kernel not in KERNELS:
+        raise TrainSettingsError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    fits = loss == "kl" and not lens.unembed.has_postprocessing
+    if kernel == "eager" or (kernel == "auto" and not fits):
+        return "eager"
+    usable = fits and triton_usable(device, interpreter=kernel == "triton")
+    if kernel == "triton" and not usable:
+        raise TrainSettingsError(
+            "kernel='triton' (--kernel triton) needs Triton on a CUDA device, the KL loss and no logit "
+            "post-processing; use kernel='auto' to fall back to the eager step"
+        )
+    return "triton" if usable else "eager"
+
+
 def fused_lens_losses(
-    lens: TunedLens,
+    lens: BaseTunedLens,
     hidden_states: tuple[torch.Tensor, ...],
     layers: list[int],
     *,
@@ -154,18 +181,10 @@ def fused_lens_losses(
             where it applies, else eager.
 
     Raises:
-        ValueError: An unknown loss or kernel, a missing ``input_ids``, or ``"triton"`` where it cannot run.
+        ValueError: An unknown loss, a missing ``input_ids``.
+        TrainSettingsError: An unknown kernel, or ``"triton"`` where it cannot run (see `choose_kernel`).
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
-    fits = loss == "kl" and not lens.unembed.has_postprocessing
-    device = hidden_states[0].device
-    use_triton = kernel != "eager" and fits and triton_usable(device, interpreter=kernel == "triton")
-    if kernel == "triton" and not use_triton:
-        raise ValueError(
-            "kernel='triton' needs Triton on a CUDA device, the KL loss and no logit post-processing; "
-            "use kernel='auto' to fall back to the eager step"
-        )
+    use_triton = choose_kernel(kernel, loss, lens, hidden_states[0].device) == "triton"
     vocab = lens.unembed.parts.vocab_size
     chunk = chunk or chunk_size(len(layers), vocab)
     if loss == "kl":
@@ -182,7 +201,7 @@ def fused_lens_losses(
 
 
 def reference_lens_losses(
-    lens: TunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int], *, scale: float = 1.0
+    lens: BaseTunedLens, hidden_states: tuple[torch.Tensor, ...], layers: list[int], *, scale: float = 1.0
 ) -> list[float]:
     """The reference step, as tuned-lens 0.2.0 does it: loop over layers, full-vocabulary fp32 log-softmax per
     layer, ``backward`` per layer, and a host sync (``.item()``) per layer. Gradients accumulate in the lens."""

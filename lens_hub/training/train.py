@@ -19,7 +19,6 @@ during the fit starts it again (the fit is forward passes over ``fit_tokens``, a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +38,7 @@ from .._version import __version__
 from ..core.config import TrainingInfo
 from ..core.format import short_repr
 from ..core.models import hidden_states
-from ..core.options import DEFAULT_FIT_TOKENS, DEFAULT_RIDGE, PAPER, POLISH, Init, Kernel, Loss, Optimizer
+from ..core.options import DEFAULT_FIT_TOKENS, Optimizer
 from ..errors import (
     CheckpointError,
     DataError,
@@ -62,8 +61,8 @@ from .checkpoint import (
 )
 from .data import TokenData, is_local, shuffled
 from .fit import FitReport, fit_lens
-from .kernels import triton_usable
-from .losses import fused_lens_losses
+from .losses import choose_kernel, fused_lens_losses
+from .settings import TrainSettings
 
 __all__ = [
     "LayerRangeError",
@@ -98,8 +97,8 @@ def check_layers(layers: list[int] | None, num_layers: int) -> None:
     bad = [i for i in layers or [] if not 0 <= i < num_layers]
     if bad:
         raise LayerRangeError(
-            f"--layers {bad} do not exist: the model has {num_layers} layers, 0..{num_layers - 1}; choose layers "
-            "in that range."
+            f"layers {bad} (--layers) do not exist: the model has {num_layers} layers, 0..{num_layers - 1}; choose "
+            "layers in that range."
         )
 
 
@@ -125,79 +124,6 @@ def describe_trained_layers(layers: list[int] | None, num_layers: int) -> str:
     if layers is None or sorted(set(layers)) == list(range(num_layers)):
         return f"all {num_layers} layers trained"
     return f"layers {', '.join(map(str, sorted(layers)))} trained of {num_layers}; others identity"
-
-
-@dataclass
-class TrainSettings:
-    """Everything that defines a training run (recorded in the lens config and in checkpoints).
-
-    ``steps``, ``tokens_per_step``, ``optimizer`` and ``lr`` left ``None`` take the recipe's value: `POLISH` after a
-    closed-form fit (the default), `PAPER` with ``init="zero"`` or when fine-tuning a lens given in ``init_from``.
-
-    Raises:
-        TrainSettingsError: ``init`` and ``init_from`` both given (they are alternatives).
-    """
-
-    init: Init | None = None  # "fit" (None: the default, unless init_from names a lens) or "zero" (the paper's)
-    steps: int | None = None  # KL steps (after a fit: polish steps; 0 keeps the fit as it is)
-    tokens_per_step: int | None = None
-    seq_len: int = 2048
-    batch_size: int = 8  # sequences per forward pass (per process)
-    optimizer: Optimizer | None = None
-    lr: float | None = None  # effective learning rate; None: the recipe's for the optimizer
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    warmup_steps: int = 0
-    clip: float = 1.0
-    loss: Loss = "kl"
-    layers: list[int] | None = None  # None: all
-    bias_only: bool = False
-    bias: bool = True
-    init_from: str | None = None
-    fit_tokens: int | None = None  # None: all the training data, up to DEFAULT_FIT_TOKENS
-    ridge: float = DEFAULT_RIDGE  # the fit's ridge, relative to the mean variance of a layer's states
-    fit_memory: int | None = None  # bytes the fit's moments may use (None: half of what is free)
-    seed: int = 0
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    kernel: Kernel = "auto"  # softmax/KL implementation (lens_hub.training.losses)
-    log: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.init is not None and self.init_from is not None:
-            raise TrainSettingsError(
-                f"init={self.init!r} and init_from={self.init_from!r} are alternatives: a run starts from a fit, from "
-                "zero, or from a lens; pass only one (--init or --init-from)."
-            )
-        recipe = self.recipe
-        for name in ("steps", "tokens_per_step", "optimizer"):
-            if getattr(self, name) is None:
-                setattr(self, name, recipe[name])
-
-    @property
-    def initialisation(self) -> Literal["fit", "zero", "lens"]:
-        """How the translators start: fitted in closed form, zero (the logit lens), or from the lens in init_from."""
-        if self.init_from is not None:
-            return "lens"
-        return self.init or "fit"
-
-    @property
-    def recipe(self) -> dict[str, Any]:
-        """The defaults this run's initialisation implies: `POLISH` after a fit, else `PAPER`."""
-        return POLISH if self.initialisation == "fit" else PAPER
-
-    @property
-    def learning_rate(self) -> float:
-        """``lr``, or the recipe's for the optimizer (after a fit: scaled down for polishes of few steps)."""
-        if self.lr is not None:
-            return self.lr
-        recipe = self.recipe
-        short = min(1.0, self.steps / recipe["full_lr_steps"]) if "full_lr_steps" in recipe else 1.0
-        return recipe["lr"][self.optimizer] * short
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -230,13 +156,13 @@ def plan_for(settings: TrainSettings, seq_len: int, world: int) -> Plan:
             valid values).
     """
     if settings.steps < 0 or (settings.steps == 0 and settings.initialisation != "fit"):
-        start = "a lens given by --init-from" if settings.initialisation == "lens" else "zero translators"
+        start = "a lens given by init_from" if settings.initialisation == "lens" else "zero translators"
         raise TrainSettingsError(
-            f"--steps must be at least 1, not {settings.steps}: a run that starts from {start} needs a step to "
-            "train (--steps 0 is for --init fit: the closed-form fit alone)."
+            f"steps (--steps) must be at least 1, not {settings.steps}: a run that starts from {start} needs a step "
+            "to train (steps=0 is for init='fit', --init fit: the closed-form fit alone)."
         )
     if settings.batch_size < 1:
-        raise TrainSettingsError(f"--batch-size must be at least 1, not {settings.batch_size}.")
+        raise TrainSettingsError(f"batch_size (--batch-size) must be at least 1, not {settings.batch_size}.")
     if settings.steps == 0:  # the fit alone: the step size does not matter
         return Plan(1, world, settings.batch_size)
     per_pass = settings.batch_size * seq_len * world  # tokens of one forward pass on every process
@@ -246,9 +172,9 @@ def plan_for(settings: TrainSettings, seq_len: int, world: int) -> Plan:
         upper = lower + per_pass
         processes = f" x {world} processes" if world > 1 else ""
         raise TrainSettingsError(
-            f"--tokens-per-step {settings.tokens_per_step} is not a multiple of the {per_pass} tokens of one forward "
-            f"pass (--batch-size {settings.batch_size} x --seq-len {seq_len}{processes}); use --tokens-per-step "
-            f"{lower} or {upper}, or change --batch-size / --seq-len."
+            f"tokens_per_step {settings.tokens_per_step} (--tokens-per-step) is not a multiple of the {per_pass} "
+            f"tokens of one forward pass (batch_size {settings.batch_size} x seq_len {seq_len}{processes}); use "
+            f"tokens_per_step {lower} or {upper}, or change batch_size / seq_len."
         )
     return Plan(accum, world, settings.batch_size)
 
@@ -266,7 +192,7 @@ def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
         raise DataError(
             f"{settings.steps} steps of {plan.sequences_per_step * data.seq_len} tokens need {needed} sequences of "
             f"{data.seq_len} tokens ({needed * data.seq_len:,} tokens), but {data.source} gives "
-            f"{len(data.sequences)}. Add data, or lower --steps / --tokens-per-step / --seq-len."
+            f"{len(data.sequences)}. Add data, or lower steps / tokens_per_step / seq_len."
         )
     if settings.initialisation == "fit":
         fit_sequences(settings, data)
@@ -289,13 +215,13 @@ def fit_sequences(settings: TrainSettings, data: TokenData) -> int:
     wanted = settings.fit_tokens // seq_len
     if wanted < 1:
         raise TrainSettingsError(
-            f"--fit-tokens {settings.fit_tokens} is less than one sequence of {seq_len} tokens (--seq-len); fit on at "
-            "least that many."
+            f"fit_tokens {settings.fit_tokens} (--fit-tokens) is less than one sequence of {seq_len} tokens (seq_len); "
+            "fit on at least that many."
         )
     if wanted > available:
         raise DataError(
-            f"--fit-tokens {settings.fit_tokens:,} needs {wanted} sequences of {seq_len} tokens, but {data.source} "
-            f"gives {available} ({available * seq_len:,} tokens). Add data, or lower --fit-tokens."
+            f"fit_tokens {settings.fit_tokens:,} (--fit-tokens) needs {wanted} sequences of {seq_len} tokens, but "
+            f"{data.source} gives {available} ({available * seq_len:,} tokens). Add data, or lower fit_tokens."
         )
     return wanted
 
@@ -334,7 +260,9 @@ def trainable_parameters(lens: TunedLens, layers: list[int], bias_only: bool) ->
             if p.requires_grad:
                 chosen.append(p)
     if not chosen:
-        raise ValueError("nothing to train: bias_only needs a lens with biases, and layers must not be empty")
+        raise TrainSettingsError(
+            "nothing to train: bias_only (--bias-only) needs a lens with biases, and layers must not be empty"
+        )
     return chosen
 
 
@@ -378,23 +306,6 @@ def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def _resolved_kernel(kernel: Kernel, loss: Loss, lens: TunedLens, device: torch.device) -> Literal["eager", "triton"]:
-    """The softmax/KL implementation that `fused_lens_losses` runs for ``kernel``, with ``"auto"`` resolved.
-
-    `lens_hub.training.losses` decides inside `fused_lens_losses` and does not expose the decision, so this applies
-    the same rule: ``"auto"`` is Triton for the KL loss without logit post-processing where `triton_usable` says the
-    kernel runs on ``device``, else eager. The run passes the result on instead of ``"auto"``, so the recorded kernel is
-    the one that ran even if the two rules ever drifted apart: ``"eager"`` forces the eager code and ``"triton"``
-    runs the kernel or fails (an explicit ``"triton"`` is passed on as is, so where it cannot run the step still
-    says so instead of quietly running eager code).
-    """
-    if kernel != "auto":
-        return kernel
-    if loss != "kl" or lens.unembed.has_postprocessing:
-        return "eager"
-    return "triton" if triton_usable(device) else "eager"
 
 
 @dataclass
@@ -468,7 +379,7 @@ def _build_run(
         sched=torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings)),
         plan=plan,
         order=shuffled(len(data.sequences), settings.seed),
-        kernel=_resolved_kernel(settings.kernel, settings.loss, lens, device),
+        kernel=choose_kernel(settings.kernel, settings.loss, lens, device),
         device=device,
         rank=rank,
         world=world,
@@ -497,7 +408,7 @@ def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint |
         )
         raise CheckpointError(
             f"{ckpt_dir.parent} holds checkpoints of a run with different settings ({', '.join(changed)}): "
-            f"{details}. Use another --out, or --restart to discard them."
+            f"{details}. Write to another folder, or discard them (--restart; in Python, restart(out))."
         )
     return ckpt
 
@@ -546,7 +457,7 @@ def _load_into_run(run: _Run, ckpt: Checkpoint) -> None:
         where = ckpt.path or f"the checkpoint of step {ckpt.step}"
         raise CheckpointError(
             f"checkpoint {where} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0]}); delete "
-            "it to resume from the previous checkpoint, or pass --restart to start afresh."
+            "it to resume from the previous checkpoint, or start afresh (--restart; in Python, restart(out))."
         ) from None
 
 
@@ -639,7 +550,7 @@ def _fit(run: _Run, console: Any) -> FitReport:
             mine,
             run.layers,
             batch_size=run.settings.batch_size,
-            ridge=run.settings.ridge,
+            ridge=run.settings.fit_ridge,
             memory=run.settings.fit_memory,
             bias_only=run.settings.bias_only,
             progress=progress.update if progress else None,
@@ -675,7 +586,7 @@ def _train_step(run: _Run, step: int) -> list[float]:
         _all_reduce_grads(run.params, run.world)
         dist.all_reduce(running)
         running /= run.world
-    norm = torch.nn.utils.clip_grad_norm_(run.params, settings.clip)
+    norm = torch.nn.utils.clip_grad_norm_(run.params, settings.grad_clip)
     # The step's only host sync, before the update: a NaN or infinite loss or gradient norm stops the run with the
     # lens as the previous step left it (after the all-reduce, every rank sees the same values and stops alike).
     *losses, total = torch.cat([running, norm.reshape(1).to(running)]).tolist()
@@ -701,9 +612,9 @@ def _non_finite(run: _Run, step: int, losses: list[float], norm: float) -> NonFi
     s = run.settings
     return NonFiniteLossError(
         f"training diverged at step {step + 1} of {s.steps}: {' and '.join(parts)}. The step was not applied and "
-        "no lens was saved; the checkpoints already written are kept. Lower the learning rate (--lr, now "
-        f"{s.learning_rate:g}) or add --warmup-steps, and rerun with --restart (other settings cannot resume these "
-        "checkpoints)."
+        "no lens was saved; the checkpoints already written are kept. Lower the learning rate (lr, --lr; now "
+        f"{s.learning_rate:g}) or add warm-up steps (warmup_steps, --warmup-steps), and start afresh (--restart; in "
+        "Python, restart(out)): other settings cannot resume these checkpoints."
     )
 
 
@@ -735,41 +646,37 @@ def _hub_init_from(init_from: str | None) -> str | None:
     return init_from
 
 
+# What the trainer resolved, where the setting of the same name holds a request ("auto", None: the recipe's).
+_STEP_ONLY = ("loss", "optimizer", "learning_rate", "momentum", "weight_decay", "warmup_steps", "grad_clip")
+
+
 def _provenance(run: _Run, dataset_name: str | None) -> TrainingInfo:
-    """The run's `TrainingInfo`: every hyperparameter in its own field (none in the legacy mapping)."""
+    """The run's `TrainingInfo`: the settings it shares with `TrainSettings` by name, then what the run resolved."""
     s, data = run.settings, run.data
     fitted, stepped = s.initialisation == "fit", s.steps > 0
-    # A fit without steps used no optimizer: its settings would describe nothing that happened.
-    steps_only = dict(
-        loss=s.loss,
-        optimizer=s.optimizer,
-        learning_rate=s.learning_rate,
-        momentum=s.momentum if s.optimizer == "sgd" else None,  # AdamW does not use it
-        weight_decay=s.weight_decay,
-        warmup_steps=s.warmup_steps,
-        grad_clip=s.clip,
-        tokens_per_step=s.tokens_per_step,
-        # The kernel may change on resuming (it only changes rounding): this is the one of the last session.
-        kernel=run.kernel,
-    )
-    return TrainingInfo(
+    shared = {name: getattr(s, name) for name in TrainingInfo.model_fields if hasattr(s, name)}
+    resolved = dict(
         dataset=dataset_name or data.source,
         init=s.initialisation,
         fit_tokens=fit_sequences(s, data) * data.seq_len if fitted else None,
-        fit_ridge=s.ridge if fitted else None,
+        fit_ridge=s.fit_ridge if fitted else None,
         num_tokens=s.steps * s.tokens_per_step,
-        steps=s.steps,
         layers=None if s.layers is None else run.layers,
         seq_len=data.seq_len,
-        batch_size=s.batch_size,
         world_size=run.world,
-        seed=s.seed,
-        bias_only=s.bias_only,
         init_from=_hub_init_from(s.init_from),
         tokens_per_byte=data.tokens_per_byte,
         lens_hub_version=__version__,
-        **(steps_only if stepped else {}),
+        learning_rate=s.learning_rate,
+        momentum=s.momentum if s.optimizer == "sgd" else None,  # AdamW does not use it
+        # The kernel may change on resuming (it only changes rounding): this is the one of the last session.
+        kernel=run.kernel if stepped else None,
+        hyperparameters={},
     )
+    info = shared | resolved
+    if not stepped:  # a fit without steps used no optimizer: its settings would describe nothing that happened
+        info |= dict.fromkeys((*_STEP_ONLY, "tokens_per_step"), None)
+    return TrainingInfo(**info)
 
 
 def _log_step(
@@ -881,7 +788,7 @@ def _say_start(console: Any, start: int, steps: int, out: Path) -> None:
     if start >= steps:
         console.print(
             f"training is already complete: {out / 'checkpoints'} holds step {start} of {steps}; nothing to "
-            "retrain (pass --restart to train afresh).",
+            "retrain (--restart trains afresh).",
             highlight=False,
         )
     elif start > 0:
@@ -924,8 +831,6 @@ def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float
                     f.write(json.dumps({"step": step, **values}) + "\n")
 
             loggers.append(write)
-        else:
-            raise ValueError(f"unknown logger {kind!r}; use tensorboard, wandb or jsonl")
     return loggers
 
 
