@@ -42,22 +42,7 @@ pytestmark = pytest.mark.usefixtures("own_lens_cache")
 WRITES = {"POST", "PUT", "DELETE", "PATCH"}
 
 
-@pytest.fixture
-def model():
-    m = tiny_model("llama")
-    m.config._name_or_path = BASE
-    return m
-
-
-@pytest.fixture
-def published(loopback_hub, tmp_path, model):
-    """A lens on the loopback Hub with a verified entry in a temporary registry: (lens, lens_dir, commit, registry)."""
-    lens = random_lens(model)
-    lens_dir = lens.save(tmp_path / "lens")
-    commit = upload(lens_dir, LENS_REPO)
-    registry = tmp_path / "registry"
-    write_entry(registry, lens_entry(lens_dir, commit))
-    return lens, lens_dir, commit, registry
+# `model` and `published` are conftest.py fixtures.
 
 
 def _cache(cache_dir: Path | None = None) -> Path:

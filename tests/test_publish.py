@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_png, run_hidden
+from helpers import BASE, assert_png, run_hidden
 from huggingface_hub import HfApi, ModelCard
 from rich.console import Console
 from tiny_models import tiny_model
@@ -30,18 +30,10 @@ from lens_hub.hub.publish import next_version, push
 from lens_hub.registry.store import Registry
 from lens_hub.testing import LOOPBACK_USER
 
-BASE = f"{LOOPBACK_USER}/tiny-llama"
 REPO = f"{LOOPBACK_USER}/tiny-llama-lens"
 WRITES = {"POST", "PUT", "DELETE", "PATCH"}
 
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
-
-
-@pytest.fixture
-def model():
-    m = tiny_model("llama")
-    m.config._name_or_path = BASE
-    return m
 
 
 @pytest.fixture
