@@ -40,7 +40,8 @@ from lens_hub.analysis.anomaly import (
 from lens_hub.core.models import load_smollm2, quiet_progress
 from lens_hub.errors import LensHubError
 from lens_hub.training.data import load_token_data
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

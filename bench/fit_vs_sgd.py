@@ -32,7 +32,8 @@ from lens_hub.analysis.evaluate import evaluate
 from lens_hub.cli.app import _parse_layers
 from lens_hub.core.models import load_smollm2
 from lens_hub.training.data import TokenData, load_token_data
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 HERE = Path(__file__).resolve().parent
 AUSTEN = HERE.parent.parent / "shared" / "data" / "austen"

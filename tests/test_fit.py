@@ -22,7 +22,8 @@ from lens_hub.errors import FitError, FitWarning, TrainingInterrupted, TrainSett
 from lens_hub.training.checkpoint import list_checkpoints
 from lens_hub.training.data import load_token_data
 from lens_hub.training.fit import Moments, fit_lens, layer_groups, moment_bytes, states_and_head_input
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 WORKER = Path(__file__).parent / "fit_worker.py"
 

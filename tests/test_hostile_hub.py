@@ -44,7 +44,8 @@ from lens_hub.registry.schema import RegistryEntry
 from lens_hub.registry.store import Registry, write_entry
 from lens_hub.training.checkpoint import load_checkpoint, save_checkpoint
 from lens_hub.training.data import PIECE_CHARS, TokenData, load_token_data
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
 

@@ -36,7 +36,8 @@ from lens_hub.registry.store import Registry, write_entry
 from lens_hub.testing.faults import corrupt_bytes
 from lens_hub.training.checkpoint import list_checkpoints
 from lens_hub.training.data import TokenData
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 pytestmark = pytest.mark.usefixtures("own_lens_cache")
 WRITES = {"POST", "PUT", "DELETE", "PATCH"}

@@ -20,7 +20,8 @@ from lens_hub.errors import CheckpointError, DataError, TrainSettingsError
 from lens_hub.training.checkpoint import list_checkpoints
 from lens_hub.training.data import TokenData, load_token_data, tokenize
 from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
-from lens_hub.training.train import TrainSettings, hidden_states, plan_for, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import hidden_states, plan_for, train_lens
 
 
 @pytest.fixture(scope="module")

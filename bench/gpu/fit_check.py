@@ -27,7 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 from lens_hub.analysis.evaluate import evaluate
 from lens_hub.training.data import TokenData, load_token_data
 from lens_hub.training.fit import Moments
-from lens_hub.training.train import TrainSettings, train_lens
+from lens_hub.training.settings import TrainSettings
+from lens_hub.training.train import train_lens
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))

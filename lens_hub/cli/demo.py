@@ -27,7 +27,7 @@ from ..core.lens import LogitLens
 from ..core.models import SMOLLM2_ID, load_smollm2, quiet_progress
 from ..errors import DemoCheckError
 from ..hub.mixin import TunedLens
-from ..training.train import TrainSettings
+from ..training.settings import TrainSettings
 from .workflows import WorkflowResult, train_evaluate_publish
 
 SAMPLE = Path(__file__).parents[1] / "samples" / "persuasion-ch1-8.txt"

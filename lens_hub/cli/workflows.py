@@ -24,7 +24,8 @@ from ..errors import LensHubError
 from ..hub.mixin import TunedLens
 from ..hub.publish import PushResult, push
 from ..training.data import TokenData, is_local, load_token_data
-from ..training.train import TrainSettings, plan_for, restart, train_lens
+from ..training.settings import TrainSettings
+from ..training.train import plan_for, restart, train_lens
 
 
 @dataclass

@@ -21,7 +21,7 @@ Statistic = Literal["entropy", "kl", "ce", "rank", "prob", "log_prob"]
 KERNELS: tuple[str, ...] = get_args(Kernel)
 STATISTICS: tuple[str, ...] = get_args(Statistic)
 
-# The two training recipes' defaults (lens_hub.training.train.TrainSettings fills the settings left None from them).
+# The two training recipes' defaults (lens_hub.training.settings.TrainSettings fills the settings left None from them).
 # PAPER is tuned-lens's, kept for reproduction; POLISH follows the closed-form fit and was chosen by measurement
 # (bench/RESULTS.md, "The polish"). Learning rates are per optimizer. A polish shorter than "full_lr_steps" scales its
 # default learning rate down in proportion: AdamW moves every weight by about lr a step, which in a few steps
