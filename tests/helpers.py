@@ -249,3 +249,35 @@ def call(url: str, path: str, body: bytes | dict | None = None, *, headers: dict
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers, err.read()
+
+
+def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``lens-hub ARGS`` run in this process, through the console script's own `lens_hub.cli.main` (so library
+    errors are reported as the command reports them): a subprocess would add only its start-up time.
+
+    ``env`` replaces the environment for the call (read by the code at call time, not by import-time constants);
+    the result has the command's exit code, stdout and stderr, like `subprocess.run`.
+    """
+    from lens_hub.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    code = 0
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        sys.argv = ["lens-hub", *args]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

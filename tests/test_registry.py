@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import invoke
 
 import lens_hub
 from lens_hub.errors import LensNotFoundError, RegistryError
@@ -49,18 +50,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _cli(*args: str, cwd: Path = REPO, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``lens-hub`` as a subprocess, plain text (no colour), the registry not overridden."""
+    """Run ``lens-hub`` (in-process), plain text, the registry not overridden unless ``env_extra`` says so."""
     env = {k: v for k, v in os.environ.items() if k != REGISTRY_ENV}
-    env.update(NO_COLOR="1", TERM="dumb", PYTHONIOENCODING="utf-8", COLUMNS="200", **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=120,
-    )
+    env.update(NO_COLOR="1", TERM="dumb", COLUMNS="200", **(env_extra or {}))
+    return invoke(*args, cwd=cwd, env=env)
 
 
 @pytest.fixture
