@@ -153,8 +153,11 @@ class BaseTunedLens(Lens):
         d = config.hidden_size
         device = parts.output_embedding.weight.device
         dtype = TORCH_DTYPES[config.dtype]
+        # skip_init: nn.Linear's random initialisation would be thrown away at once (zeroed here, or overwritten
+        # by loaded weights), and for a 1 GB lens it costs a second.
         self.translators = nn.ModuleList(
-            nn.Linear(d, d, bias=config.bias, device=device, dtype=dtype) for _ in range(config.num_layers)
+            nn.utils.skip_init(nn.Linear, d, d, bias=config.bias, device=device, dtype=dtype)
+            for _ in range(config.num_layers)
         )
         self.reset_parameters()
 
