@@ -404,7 +404,7 @@ def read_verified(local: Path, file: HubFile, *, limit: int) -> bytes:
     trusted: every call hashes.
 
     Args:
-        local: The file's path in the huggingface_hub cache (`_download`).
+        local: The file's path in the huggingface_hub cache (`fetch_unverified`).
         file: Its record; a recorded size bounds the read, and is checked before anything is read.
         limit: The most bytes the file may have when no size is recorded (its format's bound).
 
@@ -452,7 +452,7 @@ def fetch_file(
         HubResponseError: The server's answer breaks a bound or a format (nothing of it is kept).
         ChecksumMismatchError: The file fails verification (it is removed from the cache).
     """
-    path = _download(file, limit=limit, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    path = fetch_unverified(file, limit=limit, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
     verify_file(path, file)
     return path
 
@@ -465,25 +465,13 @@ def fetch_unverified(
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """Download (or find in the cache) one file, bounded like `fetch_file` but not hashed yet: the caller reads it
-    with `read_verified`, which hashes the bytes it returns, so the file is read once and what is used is checked.
+    """Download (or find in the cache) one file, bounded like `fetch_file` but not hashed yet: `fetch_file` hashes it
+    on disk, or the caller reads it with `read_verified`, which hashes the bytes it returns (read once, and what is
+    used is what was checked).
 
     Raises:
         HubResponseError: The server's answer breaks a bound or a format (nothing of it is kept).
     """
-    return _download(file, limit=limit, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
-
-
-def _download(
-    file: HubFile,
-    *,
-    limit: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> Path:
-    """Download (or find in the cache) one file, unverified but bounded; verify it with `fetch_file` (which hashes
-    it on disk) or read it with `read_verified` (which hashes the bytes it returns)."""
     from huggingface_hub import hf_hub_download
 
     bound = file.size if file.size is not None else limit
@@ -604,7 +592,7 @@ def audit_version(model_id: str, version: object, facts: object, *, token: str |
         if remote_sha is None:  # a regular (non-LFS) file: the Hub gives only a git oid, so hash the live bytes
             with tempfile.TemporaryDirectory() as fresh:  # never the cache: it may hold an older, good copy
                 # Unverified on purpose: the audit reports what the bytes are, and whether they match the ETag.
-                live = _download(  # bounded by the size the Hub itself announced for it
+                live = fetch_unverified(  # bounded by the size the Hub itself announced for it
                     HubFile(loc.repo_id, loc.repo_type, commit, path), limit=info.size, token=token, cache_dir=fresh
                 )
                 remote_sha = sha256_of(live)
