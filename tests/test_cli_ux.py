@@ -190,7 +190,7 @@ def test_ctrl_c_saves_a_checkpoint_and_rerunning_resumes(workdir, tmp_path):
     # Many short steps (16 tokens each), checkpoints never due: what is saved is the interrupt's checkpoint.
     args = ["train", "model", "--data", str(SAMPLE), "--out", str(out), "--steps", "1900", "--tokens-per-step", "16"]
     args += ["--seq-len", "16", "--batch-size", "1", "--device", "cpu", "--checkpoint-every", "100000"]
-    args += ["--log", "jsonl"]
+    args += ["--log", "jsonl", "--init", "zero"]  # no fit first: its 1900 x 16 tokens of forwards are not tested here
 
     def interrupted_run() -> tuple[subprocess.CompletedProcess[str], int]:
         log = out / "train_log.jsonl"
@@ -294,3 +294,69 @@ def test_push_dry_run_needs_no_token(loopback_hub, gpt2_model, tmp_path, monkeyp
     result = push(lens_dir, "loopback/tiny-gpt2-lens", dry_run=True, registry=tmp_path / "reg")
     assert result.dry_run and result.version == "1.0.0"
     assert not [r for r in loopback_hub.requests if r.method not in ("GET", "HEAD")]
+
+
+# ------------------------------------------------------------------------- progress, warnings and errors in a log
+
+PROGRESS_NOW = {"LENS_HUB_PROGRESS_INTERVAL": "0"}  # a plain progress line at every update, not every 10 s
+
+
+@pytest.fixture(scope="module")
+def train_log(workdir, tmp_path_factory) -> subprocess.CompletedProcess[str]:
+    """``lens-hub train`` with its output piped (as into a log): 4 polish steps after a fit on 16 tokens, fewer than
+    the hidden size (32), which warns (FitWarning)."""
+    out = tmp_path_factory.mktemp("log") / "lens"
+    args = ["train", "model", "--data", str(SAMPLE), "--out", str(out), "--steps", "4", "--tokens-per-step", "32"]
+    args += ["--seq-len", "16", "--batch-size", "2", "--fit-tokens", "16", "--device", "cpu"]
+    return _cli(*args, cwd=workdir, env=PROGRESS_NOW)
+
+
+def test_training_prints_progress_lines_to_a_log(train_log):
+    assert train_log.returncode == 0, train_log.stderr
+    lines = train_log.stdout.splitlines()
+    steps = [line for line in lines if re.match(r"polishing: \d/4 steps, \d+\.\d s", line)]
+    assert [int(line.split(":")[1].split("/")[0]) for line in steps] == [1, 2, 3, 4], train_log.stdout
+    assert "ETA" in steps[0] and "tok/s" in steps[0] and "KL bits/byte: L0" in steps[0]
+    assert any(line.startswith("fitting: 1/1 forward passes") for line in lines), train_log.stdout
+
+
+def test_lens_hubs_warnings_are_one_clean_line(train_log):
+    warned = [line for line in train_log.stderr.splitlines() if "fewer than the hidden size" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: the fit saw 16 tokens"), train_log.stderr
+    assert "FitWarning" not in train_log.stderr and ".py:" not in train_log.stderr
+
+
+def test_progress_lines_are_spaced_by_the_interval_and_a_terminal_gets_a_bar():
+    import io
+
+    from rich.console import Console
+
+    from lens_hub.core.progress import ProgressReport
+
+    log = Console(file=io.StringIO(), width=200)  # not a terminal
+    with ProgressReport("work", log, total=5, unit="items", interval=1e9) as report:
+        for done in range(1, 6):
+            report.update(done, info="busy")
+    lines = log.file.getvalue().splitlines()
+    # The first update, then nothing for the interval, then the final state when it closes.
+    assert [line.split(",")[0] for line in lines] == ["work: 1/5 items", "work: 5/5 items"], lines
+    assert "ETA" not in lines[-1] and lines[-1].endswith("busy")
+    terminal = Console(file=io.StringIO(), force_terminal=True, force_interactive=True, width=200)
+    with ProgressReport("work", terminal, total=2, unit="items", interval=0) as report:
+        report.update(1)
+        report.update(2)
+    assert "work: 1/2 items" not in terminal.file.getvalue() and "2/2" in terminal.file.getvalue()
+
+
+def test_usage_and_library_errors_read_the_same():
+    from helpers import invoke
+
+    usage = invoke("train")  # click's refusal: a missing argument
+    library = invoke("info", "no-such-lens-dir")  # lens-hub's: LensFormatError
+    assert (usage.returncode, library.returncode) == (2, 1)
+    assert usage.stderr.startswith("error: Missing argument 'MODEL'."), usage.stderr
+    assert "Try 'lens-hub train --help' for help." in usage.stderr
+    assert library.stderr.startswith("error: LensFormatError: "), library.stderr
+    for done in (usage, library):
+        assert not re.search(r"(?<!\w)Error:", done.stderr) and "╭" not in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,7 +163,7 @@ def test_catalogue_lists_every_entry_and_filters(site, browser) -> None:
     _wait(browser, lambda d: count.text == f"1 of {len(rows)} models")
     visible = [r for r in rows if r.is_displayed()]
     assert [r.find_element(By.CSS_SELECTOR, "td:first-child").text for r in visible] == [EXTRA_MODEL]
-    assert "KL 3.90 → 1.15 bits/byte" in visible[0].text  # the headline metric, mean over layers
+    assert "KL 3.90 → 1.15" in visible[0].text  # the headline metric, mean over layers (logit → tuned)
     box.clear()
     box.send_keys("pythia 70m")
     _wait(browser, lambda d: count.text == f"2 of {len(rows)} models")
@@ -237,3 +239,88 @@ def test_generated_references(site) -> None:
         "from_pretrained",
     ):
         assert name in api
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks on the sources and the generated markdown (no browser, no site build)
+
+
+def _hook_module():
+    """docs/hooks/generate.py, imported as mkdocs imports it (it needs mkdocs installed)."""
+    pytest.importorskip("mkdocs")
+    spec = importlib.util.spec_from_file_location("lens_hub_docs_hook", ROOT / "docs" / "hooks" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fences(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The prose lines of ``markdown`` and the lines inside its fenced blocks, by the fence's language."""
+    prose: list[str] = []
+    blocks: dict[str, list[str]] = {}
+    fence, language = None, ""
+    for line in markdown.splitlines():
+        opening = line.lstrip()
+        if fence is None and opening.startswith("```"):
+            fence = opening[: len(opening) - len(opening.lstrip("`"))]
+            language = opening[len(fence) :].strip()
+        elif fence is not None and opening == fence:
+            fence = None
+        elif fence is not None:
+            blocks.setdefault(language, []).append(line)
+        else:
+            prose.append(line)
+    return prose, blocks
+
+
+def test_cli_reference_renders_examples_as_bash_blocks() -> None:
+    from typer.main import get_command
+
+    from lens_hub.cli import app
+
+    page = _hook_module()._cli_page()
+    prose, blocks = _fences(page)
+    bash = "\n".join(blocks.get("bash", []))
+
+    # Every example command of every help text, read from the CLI itself, is in a bash block, and none is prose.
+    examples: list[str] = []
+
+    def walk(cmd) -> None:
+        for line in inspect.cleandoc(cmd.help or "").splitlines():
+            command = re.sub(r"^Examples?:", "", line.strip()).strip()
+            if command.startswith("lens-hub "):
+                examples.append(command)
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(get_command(app))
+    assert len(examples) >= 12  # the root's list and one per command
+    for command in examples:
+        assert command in bash, command
+    assert not [line for line in prose if re.match(r"\s*(Examples?:|lens-hub )", line)]
+
+    # The root's "Examples:" list is one block, a backslash-continued command kept as two lines.
+    root = page.split("## `lens-hub`", 1)[1].split("```text", 1)[0]
+    assert root.count("```bash") == 1 and "**Examples**" in root
+    assert "\\\n  --" in root
+    assert "\\&#91;" not in page  # Typer's markup escape of a bracket never reaches the page
+
+
+def test_lens_diagram_reads_the_input_of_block_l() -> None:
+    """The diagram places the read-out where lens layer ℓ reads: hidden_states[ℓ], before block ℓ (the convention
+    `tests/test_architectures.py` checks on the models themselves)."""
+    import xml.etree.ElementTree as ET
+
+    svg = ET.parse(ROOT / "docs" / "assets" / "lens-diagram.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    by_id = {e.get("id"): e for e in svg.iter() if e.get("id")}
+    block_0, block_l, readout = by_id["block-0"], by_id["block-l"], by_id["readout"]
+    x = float(readout.get("cx"))
+    assert float(block_0.get("x")) + float(block_0.get("width")) < x < float(block_l.get("x"))
+    assert abs(float(readout.get("cy")) - (float(block_l.get("y")) + float(block_l.get("height")) / 2)) < 1
+    label = by_id["readout-label"].text
+    assert "hidden_states[ℓ]" in label and "input of block ℓ" in label
+    texts = " ".join(t.text or "" for t in svg.iter(f"{ns}text")) + svg.find(f"{ns}desc").text
+    assert "embedding output" in texts and "after layer" not in texts
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    assert "(hidden_states[ℓ]; layer 0 reads the embedding output)" in " ".join(index.split())

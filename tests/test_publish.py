@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,12 +22,13 @@ from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
 from lens_hub.errors import (
     AuthenticationError,
     ConcurrentUpdateError,
+    HubUnreachableError,
     InvalidNameError,
     LensHubError,
     PublishError,
     VersionExistsError,
 )
-from lens_hub.hub.publish import next_version, push
+from lens_hub.hub.publish import execute, next_version, plan_push, push
 from lens_hub.registry.store import Registry
 from lens_hub.testing import LOOPBACK_USER
 
@@ -431,3 +433,139 @@ def test_train_with_push_evaluates_publishes_and_registers(loopback_hub, tmp_pat
     local = TunedLens.load(tmp_path / "lens", model)
     for a, b in zip(local.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ publishing honestly
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_offline_dry_run_shows_everything_and_says_what_it_could_not_check(lens_dir, registry):
+    # No loopback Hub here: the tests run with HF_HUB_OFFLINE=1, so every Hub request fails at once.
+    plan = plan_push(lens_dir, REPO, registry=registry, dry_run=True, token="hf_not_checked")
+    assert not plan.hub_checked and plan.version == "1.0.0" and plan.tag == "v1.0.0"
+    out = io.StringIO()
+    print_push(plan.result(), Console(file=out, width=200))
+    output = out.getvalue()
+    for f in plan.files:  # files and sizes, the card and the registry entry are all shown
+        assert f.path_in_repo in output and f"{f.size:,}" in output
+    assert "# Tuned lens for loopback/tiny-llama" in output and "+- version: 1.0.0" in output
+    flat = " ".join(output.split())  # rich wraps long sentences
+    assert "tag it v1.0.0 (not checked to be free)" in flat
+    note = flat.split("Note: offline dry run", 1)[1]
+    for unchecked in (f"whether {REPO} exists", "whether the tag v1.0.0 is free", "whether your token may write"):
+        assert unchecked in note
+    assert not registry.exists()  # nothing written
+
+    with pytest.raises(PublishError, match="without reaching the Hub"):
+        execute(plan)  # a plan nobody checked against the Hub is never carried out
+    with pytest.raises(HubUnreachableError):
+        plan_push(lens_dir, REPO, registry=registry, token="hf_not_checked")  # a real push still fails
+
+
+def test_cli_dry_run_with_the_hub_unreachable_picks_the_version_from_the_registry(lens_dir, registry, model, tmp_path):
+    # A first version in the registry (written offline, as a plan's entry would be): the dry run picks the next one.
+    from lens_hub.registry.store import write_entry
+
+    write_entry(registry, plan_push(lens_dir, REPO, registry=registry, dry_run=True, token=False).entry)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{_unused_port()}", HF_HOME=str(tmp_path / "hf"), HF_TOKEN="hf_x")
+    env.update(HF_HUB_OFFLINE="0", NO_COLOR="1", TERM="dumb", COLUMNS="200")
+    cmd = [sys.executable, "-m", "lens_hub.cli", "push", str(lens_dir), "--repo", REPO, "--registry", str(registry)]
+    done = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "lens.safetensors" in done.stdout and "+- version: 1.0.1" in done.stdout
+    assert "Note: offline dry run: could not reach the Hub" in " ".join(done.stdout.split())
+    assert "Nothing was uploaded or written (dry run)." in done.stdout
+    real = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert real.returncode == 1 and "HubUnreachableError" in real.stderr
+
+
+def _private_lens(model, tmp_path, *, zero_layer: int | None = None, trained=None):
+    """A lens whose provenance names a private absolute path, as a local training run records it."""
+    lens = _lens(model)
+    if zero_layer is not None:
+        with torch.no_grad():
+            for p in lens.translators[zero_layer].parameters():
+                p.zero_()
+    training = lens.config.training.model_copy(update={"dataset": "/home/me/private/notes.txt", "layers": trained})
+    evaluation = lens.config.evaluation.model_copy(
+        update={"dataset": "/home/me/private/notes.txt (held out)", "num_tokens": 1024}
+    )
+    lens.config = lens.config.model_copy(update={"training": training, "evaluation": evaluation})
+    return lens.save(tmp_path / "private")
+
+
+def test_card_config_and_entry_name_the_data_without_its_path_and_read_a_trained_layer(
+    loopback_hub, registry, model, tmp_path
+):
+    # Layer 2 was never trained (provenance), layer 1's translator is all zero: only layer 0 is trained.
+    result, output = _push(_private_lens(model, tmp_path, zero_layer=1, trained=[0, 1]), registry)
+
+    card = loopback_hub.read_file(REPO, "README.md").decode()
+    config = loopback_hub.read_file(REPO, "config.json").decode()
+    entry_text = (registry / "loopback--tiny-llama.yaml").read_text()
+    for published in (card, config, entry_text, output):
+        assert "/home/me" not in published and "private" not in published
+    assert "Held-out evaluation on notes.txt (1,024 tokens), in bits per byte" in card
+    assert card.count("held out") == 0 and "tokens) (" not in card  # said once, by "Held-out evaluation"
+    assert "| dataset | notes.txt |" in card
+    assert "logits = lens(hidden[0], 0)  # what layer 0 predicts" in card  # the one trained layer
+    version = Registry.load(registry).get(BASE).default_version
+    assert version.training.dataset == "notes.txt"
+    assert version.evaluation.dataset == "notes.txt (held out)"
+    assert version.untrained_layers == [1, 2]
+    assert json.loads(config)["training"]["dataset"] == "notes.txt"
+    assert any("2 of 3 layers are untrained (1-2)" in w for w in result.warnings)
+    assert "**Caveat:** 2 of 3 layers are untrained (1-2)" in card
+
+
+def test_the_card_example_reads_the_middle_trained_layer(loopback_hub, registry, model, tmp_path):
+    result, _ = _push(_lens(model).save(tmp_path / "all"), registry, dry_run=True)
+    assert "logits = lens(hidden[1], 1)" in result.card  # all three trained: the middle one
+
+
+def _evaluated(model, tmp_path, tuned_kl, name):
+    lens = _lens(model)
+    evaluation = lens.config.evaluation.model_copy(update={"tuned": LayerMetrics(kl=tuned_kl)})
+    lens.config = lens.config.model_copy(update={"evaluation": evaluation})
+    return lens.save(tmp_path / name)
+
+
+def test_a_good_lens_is_published_with_its_quality_and_no_warning(loopback_hub, registry, model, tmp_path):
+    result, output = _push(_evaluated(model, tmp_path, [0.5, 0.3, 0.1], "good"), registry)
+    assert result.warnings == [] and "Warning" not in output
+    reg = Registry.load(registry)  # the entry validates, with what a reader judges quality by
+    version = reg.get(BASE).default_version
+    assert version.status == "verified"
+    assert (version.training.fit_tokens, version.training.num_tokens) == (8192, 4096)
+    assert version.evaluation.tuned.kl == [0.5, 0.3, 0.1] and version.evaluation.logit.kl == [3.0, 2.0, 0.9]
+    assert version.evaluation.dataset == "heldout.txt" and version.untrained_layers == []
+    from lens_hub.registry.catalogue import list_pretrained
+
+    (record,) = list_pretrained(registry=registry)
+    assert record.quality.summary() == "KL 1.97 → 0.30" and record.tokens_seen == 12288
+
+
+def test_a_barely_trained_lens_is_flagged_at_push_and_in_the_dry_run(loopback_hub, registry, model, tmp_path):
+    barely = _evaluated(model, tmp_path, [2.9, 1.95, 0.88], "barely")  # 0.97x the logit lens's KL
+    dry, dry_output = _push(barely, registry, dry_run=True)
+    pushed, output = _push(barely, registry)
+    for result, text in ((dry, dry_output), (pushed, output)):
+        (warning,) = result.warnings
+        assert "the lens is barely better than the logit lens: mean held-out KL 1.910 against" in warning
+        assert "(0.97x; a trained tuned lens is well under 0.9x)" in warning and "--steps" in warning
+        assert f"Warning: {warning}" in " ".join(text.split())
+    card = loopback_hub.read_file(REPO, "README.md").decode()
+    assert "**Caveat:** the lens is barely better than the logit lens" in card
+
+    unevaluated, text = _push(_lens(model, seed=2, metrics=False).save(tmp_path / "none"), registry, dry_run=True)
+    (warning,) = unevaluated.warnings
+    assert warning.startswith("the lens has no held-out evaluation recorded") and "lens-hub eval" in warning
+    assert "--store" in warning and "Warning: the lens has no held-out evaluation" in text

@@ -1,5 +1,6 @@
-"""The README's Python snippets: each is self-contained, and those marked ``<!-- runs offline -->`` run as written
-against the offline SmolLM2 (the others need the Hub)."""
+"""The Python snippets of the README and of the docs' quick start: each is self-contained, and those marked
+``<!-- runs offline -->`` run as written against the offline SmolLM2 (the others need the Hub), in order and in one
+namespace, as a reader pasting them into one session runs them."""
 
 from __future__ import annotations
 
@@ -11,42 +12,57 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+QUICKSTART = README.parent / "docs" / "quickstart.md"
+DOCUMENTS = pytest.mark.parametrize("document", [README, QUICKSTART], ids=["README", "docs-quickstart"])
 MARKER = "<!-- runs offline -->"
 _BLOCK = re.compile(r"(?P<marker><!-- runs offline -->\s*\n)?```python\n(?P<code>.*?)```", re.DOTALL)
 
 
-def snippets() -> list[tuple[str, bool]]:
-    """Every ```python block of the README, with whether it is marked to run offline."""
-    return [(m["code"], m["marker"] is not None) for m in _BLOCK.finditer(README.read_text(encoding="utf-8"))]
+def snippets(document: Path = README) -> list[tuple[str, bool]]:
+    """Every ```python block of ``document``, with whether it is marked to run offline."""
+    return [(m["code"], m["marker"] is not None) for m in _BLOCK.finditer(document.read_text(encoding="utf-8"))]
+
+
+def _defined(code: str) -> set[str]:
+    """Names the snippet binds (assignments, imports, functions and classes)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+    return names
 
 
 def _undefined(code: str) -> set[str]:
     """Names the snippet reads but neither defines, imports nor gets from builtins."""
     tree = ast.parse(code)
-    defined = set(dir(builtins))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            defined.add(node.id)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            defined.add(node.name)
-        elif isinstance(node, ast.arg):
-            defined.add(node.arg)
+    defined = set(dir(builtins)) | _defined(code) | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - defined
 
 
-def test_every_python_snippet_is_self_contained():
-    found = snippets()
-    assert len(found) >= 4
-    for code, _ in found:
-        assert not _undefined(code), f"undefined {sorted(_undefined(code))} in:\n{code}"
+@DOCUMENTS
+def test_every_python_snippet_is_self_contained(document):
+    """A snippet that needs the Hub reads only names it defines: pasted after the offline ones, it cannot pick up
+    their SmolLM2 ``model`` (a GPT-2 lens on SmolLM2 raises)."""
+    found = snippets(document)
+    assert len(found) >= (4 if document == README else 3)
+    session: set[str] = set()  # what the offline snippets above defined
+    for code, runs in found:
+        # an offline snippet may build on the offline ones above it (one session); one that needs the Hub may not
+        undefined = _undefined(code) - (session if runs else set())
+        assert not undefined, f"undefined {sorted(undefined)} in:\n{code}"
+        if runs:
+            session |= _defined(code)
 
 
-def test_snippets_that_load_the_offline_model_are_marked_to_run():
-    marked = [code for code, runs in snippets() if runs]
-    assert len(marked) >= 3
-    for code, runs in snippets():
+@DOCUMENTS
+def test_snippets_that_load_the_offline_model_are_marked_to_run(document):
+    marked = [code for code, runs in snippets(document) if runs]
+    assert len(marked) >= 2
+    for code, runs in snippets(document):
         if "load_smollm2" in code or 'load_model("smollm2-offline")' in code:
             assert runs, f"an offline snippet not marked {MARKER}:\n{code}"
 
@@ -68,12 +84,18 @@ def test_readme_command_list_names_every_command():
 
 
 @pytest.mark.slow
-def test_offline_snippets_run(tmp_path, monkeypatch):
+@DOCUMENTS
+def test_offline_snippets_run_in_order(document, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # snippets write my-lens/, trajectory.html, ...
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a snippet marked offline must not need the network
-    for code, runs in snippets():
+    session = {"__name__": "readme_snippet"}  # one namespace: pasted in order into one session
+    for code, runs in snippets(document):
         if runs:
-            exec(compile(code, str(README), "exec"), {"__name__": "readme_snippet"})
+            exec(compile(code, str(document), "exec"), session)
     assert (tmp_path / "my-lens" / "config.json").is_file()
-    assert "tuned lens" in (tmp_path / "trajectory.html").read_text(encoding="utf-8")
-    assert (tmp_path / "trajectory.png").stat().st_size > 1000
+    if document == README:
+        assert "tuned lens" in (tmp_path / "trajectory.html").read_text(encoding="utf-8")
+        assert (tmp_path / "trajectory.png").stat().st_size > 1000
+    else:  # the per-layer listing: every lens layer, then the model's own prediction
+        printed = capsys.readouterr().out
+        assert "layer 0:" in printed and "output:" in printed

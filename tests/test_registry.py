@@ -641,3 +641,19 @@ def test_wheel_ships_the_registry(tmp_path):
     shipped = {p.name for p in SHIPPED.iterdir() if p.suffix in (".yaml", ".json")}
     assert {n.removeprefix("lens_hub/_registry/") for n in names if n.startswith("lens_hub/_registry/")} >= shipped
     assert not any(n.startswith("registry/") for n in names)
+
+
+def test_quality_fields_are_optional_checked_and_round_trip(shipped, tmp_path):
+    from pydantic import ValidationError
+
+    # Old entries (the shipped ones among them) have no untrained_layers and stay valid: None means "not checked".
+    assert all(v.untrained_layers is None for e in shipped.entries.values() for v in e.lenses)
+    evaluated = _lens("1.0.0", default=True, untrained_layers=[0, 3], training=TrainingInfo(num_tokens=4096))
+    write_entry(tmp_path, _entry(lenses=[evaluated]))
+    (loaded,) = Registry.load(tmp_path).get("my-org/tiny").lenses
+    assert loaded.untrained_layers == [0, 3] and loaded.training.num_tokens == 4096
+    for bad in ([-1], ["1"], [True]):
+        with pytest.raises(ValidationError, match="untrained_layers"):
+            _lens("1.0.0", untrained_layers=bad)
+    field = registry_json_schema()["$defs"]["LensVersion"]["properties"]["untrained_layers"]
+    assert "integrity" in field["description"]

@@ -151,6 +151,19 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tokens):
         train_lens(model, tokens, _small(lr=0.5), tmp_path)
 
 
+def test_other_settings_are_named_with_both_values_flags_and_the_fix(tmp_path, tokens):
+    model = gpt2_real_vocab()
+    train_lens(model, tokens, _small(), tmp_path)
+    with pytest.raises(CheckpointError) as refused:
+        train_lens(model, tokens, _small(steps=8, fit_ridge=0.5), tmp_path)
+    message = str(refused.value)
+    assert "different settings (fit_ridge, steps)" in message
+    assert "steps (--steps): 6 in the checkpoint, 8 now" in message
+    assert "fit_ridge (--ridge): 0.001 in the checkpoint, 0.5 now" in message
+    assert "rerun with the checkpoint's settings" in message and "another folder (--out)" in message
+    assert "(--restart; in Python, restart(out))" in message
+
+
 def test_too_little_data_is_refused_before_training(tmp_path, tokens):
     with pytest.raises(DataError, match=r"need 10000 sequences of 32 tokens .* gives \d+\. Add data"):
         train_lens(gpt2_real_vocab(), tokens, _small(steps=5000), tmp_path / "out")

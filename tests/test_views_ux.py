@@ -4,7 +4,9 @@ repeat and leak, trajectory views without names or in another row order, and tra
 from __future__ import annotations
 
 import ast
+import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,16 +17,26 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 from helpers import SAMPLE
+from rich.console import Console
 from tiny_models import tiny_model
 
 from lens_hub import TunedLens
 from lens_hub.analysis.evaluate import evaluate
-from lens_hub.analysis.trajectory import PredictionTrajectory
+from lens_hub.analysis.trajectory import STAT_LABELS, PredictionTrajectory
 from lens_hub.core.config import EvaluationInfo, LayerMetrics, TrainingInfo
 from lens_hub.core.lens import LogitLens
 from lens_hub.core.plots import evaluation_figure
+from lens_hub.errors import RenderError
 from lens_hub.hub.card import CardInfo, build_card
-from lens_hub.serve.render import png_figure, transfer_png, write_html
+from lens_hub.serve.render import (
+    default_title,
+    js_summary,
+    png_figure,
+    terminal_table,
+    transfer_png,
+    write_html,
+    write_png,
+)
 from lens_hub.training.data import load_token_data
 
 DATA = Path(__file__).parent / "data"
@@ -55,8 +67,9 @@ def _tokenizer():
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LENS_HUB_PROGRESS_INTERVAL": "0"}  # a progress line at every update, even in a pipe
     return subprocess.run(
-        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "lens_hub.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
     )
 
 
@@ -83,9 +96,10 @@ def test_eval_cli_defaults_to_the_trained_layers_marks_them_and_shows_progress(s
     out = json.loads((saved / "default.json").read_text())
     assert out["layers"] == [0, 2]  # not every layer: layer 1 holds an identity translator
     assert out["trained_layers"] == [0, 2]
+    assert (out["lens"], out["model"]) == ("./lens", "model")  # the lens as named, not the model's id
     assert "trained" in done.stdout  # the table's marker column
-    assert re.search(r"3/3\s+batches", done.stdout), done.stdout  # the progress bar, with its count and ETA
-    assert "ETA" in done.stdout
+    assert re.search(r"3/3\s+batches", done.stdout), done.stdout  # progress lines in a pipe, with count and ETA
+    assert re.search(r"1/3 batches, .*ETA", done.stdout), done.stdout
 
     every = _cli("eval", "./lens", *common, "--layers", "all", "--json", "all.json", cwd=saved)
     assert every.returncode == 0, every.stderr
@@ -108,6 +122,12 @@ def test_evaluate_is_silent_by_default_and_reports_progress_per_batch(capsys, tm
     assert captured.out == "" and captured.err == ""
 
 
+def _legend(ax) -> dict[str, tuple[str, str]]:
+    """Legend label -> (line style, marker face colour) of each entry."""
+    return {t.get_text(): (h.get_linestyle(), str(h.get_markerfacecolor()))
+            for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles, strict=True)}  # fmt: skip
+
+
 def test_evaluation_plot_draws_no_line_across_gaps_and_logs_a_dwarfing_layer_0():
     layers = [0, 1, 2, 10, 20, 21]
     summary = EvaluationInfo(
@@ -120,10 +140,34 @@ def test_evaluation_plot_draws_no_line_across_gaps_and_logs_a_dwarfing_layer_0()
         kl_ax, ce_ax = fig.axes[:2]
         drawn = [list(line.get_xdata()) for line in kl_ax.get_lines() if len(line.get_xdata()) > 1]
         assert sorted(drawn) == sorted([[0, 1, 2], [0, 1, 2], [20, 21], [20, 21]])  # runs only, for both lenses
-        assert kl_ax.get_yscale() == "log"  # max / median > 10
+        assert kl_ax.get_yscale() == "log"  # spans more than a decade
         assert ce_ax.get_yscale() == "linear"
         hollow = [line.get_xdata()[0] for line in kl_ax.get_lines() if line.get_markerfacecolor() == "white"]
         assert hollow == [21]  # the tuned lens's one untrained layer
+        # the legend promises what is drawn: both line styles, and the hollow marker that is there
+        legend = _legend(kl_ax)
+        assert legend["logit lens"][0] == "--" and legend["tuned lens"][0] == "-"
+        assert legend["tuned, untrained layer (= logit lens)"][1] == "white"
+    finally:
+        plt.close(fig)
+
+
+def test_evaluation_plot_legend_shows_no_line_or_hollow_marker_that_is_not_drawn():
+    # three isolated layers, all trained: points only, no hollow marker (KL as bench/RESULTS.md measured at 16k)
+    summary = EvaluationInfo(
+        layers=[0, 12, 24],
+        tuned=LayerMetrics(kl=[1.62, 1.06, 0.42], cross_entropy=[5.0, 4, 3]),
+        logit=LayerMetrics(kl=[16.84, 2.48, 1.54], cross_entropy=[6.0, 5, 4]),
+    )
+    fig = evaluation_figure(summary, trained=[0, 12, 24])
+    try:
+        kl_ax = fig.axes[0]
+        assert all(len(line.get_xdata()) == 1 for line in kl_ax.get_lines())  # no run of two layers: no line
+        legend = _legend(kl_ax)
+        assert set(legend) == {"logit lens", "tuned lens"}  # no hollow-marker entry: none is drawn
+        assert {style for style, _ in legend.values()} == {"None"}  # and no line style promised
+        assert "hollow" not in kl_ax.get_xlabel()
+        assert kl_ax.get_yscale() == "log"  # layer 0's 16.8 would flatten the rest on a linear axis
     finally:
         plt.close(fig)
 
@@ -186,7 +230,7 @@ def test_card_training_table_has_each_field_once_unquoted_and_rounded_and_no_loc
     assert values["learning rate"] == "0.1"
     assert values["`note`"] == "x y"  # a string, not '"x y"'
     assert '"' not in "".join(v for _, v in rows)
-    assert values["dataset"] == "local text (12,000 tokens)"
+    assert values["dataset"] == "notes.txt"  # the file's name, never its path
     assert "/home/alice" not in card
     assert _training_rows(_card(dataset="data/notes.txt"))[0] == ("dataset", "notes.txt")
 
@@ -234,8 +278,10 @@ def test_png_rows_run_top_down_from_layer_0_to_the_output_like_the_other_views(t
         labels = [t.get_text() for t in ax.get_yticklabels()]
         screen_y = [ax.transData.transform((0, y))[1] for y in ticks]  # pixels, growing upwards
         top_down = [label for _, label in sorted(zip(screen_y, labels, strict=True), reverse=True)]
-        assert top_down == ["0", "1", "2", "output"] == traj.row_labels
-        assert "tuned lens" in ax.get_title() and "tiny/gpt2-test" in ax.get_title()
+        assert top_down == ["0", "1 (untrained)", "2", "output"]  # layer 1 of the lens is an identity translator
+        assert traj.row_labels == ["0", "1", "2", "output"]
+        title = fig.get_suptitle().replace("\n", " ")  # the figure's title, wrapped to its width
+        assert "tuned lens" in title and "tiny/gpt2-test" in title
     finally:
         plt.close(fig)
 
@@ -256,3 +302,211 @@ def test_trajectory_repr_html_is_a_small_table(traj):
     assert cells["batch"] == "1" and cells["top_k"] == "5"
     assert cells["rows"] == "4 (0, 1, 2, output)"
     assert "js" in cells["statistics"]
+
+
+# ------------------------------------------------------------- 5. text that fits, two lenses, untrained layers, width
+
+LONG_TEXT = (
+    "The committee of the international organisation deliberated for hours about the proposal, and in the end "
+    "nobody agreed"
+)
+LONG_MODEL = "an-organisation-with-a-long-name/SmolLM2-135M-Instruct-finetuned-on-persuasion-v2"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """``read(text, model_name)``: the trajectory of ``text`` through a tuned lens trained on layers 0 and 2 of 3
+    (compared with the logit lens) and the logit lens's own trajectory of it, the model named ``model_name``."""
+    model = _model()
+    tuned, logit, tokenizer = _lens(model, [0, 2]), LogitLens.from_model(model), _tokenizer()
+    read_before: dict[tuple[str, str], tuple[PredictionTrajectory, PredictionTrajectory]] = {}
+
+    def read(text: str, model_name: str = "tiny/gpt2-test"):
+        if (text, model_name) not in read_before:
+            model.config._name_or_path = model_name
+            first = PredictionTrajectory.from_text(tuned, model, tokenizer, text, compare_with=logit)
+            read_before[text, model_name] = first, PredictionTrajectory.from_text(logit, model, tokenizer, text)
+        return copy.deepcopy(read_before[text, model_name])  # a test may rename a lens
+
+    return read
+
+
+def _outside(fig) -> list[str]:
+    """The texts of ``fig`` that reach outside it once drawn as savefig draws it (title, axis titles, tick labels,
+    axis labels, the colour bar's label), with how far."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis in (ax.xaxis, ax.yaxis):  # the ticks drawn: matplotlib also keeps some beyond the axis's limits
+            lo, hi = sorted(axis.get_view_interval())
+            texts += [tick.label1 for tick in axis.get_major_ticks() if lo - 1e-9 <= tick.get_loc() <= hi + 1e-9]
+    bad = []
+    for text in texts:
+        if text.get_visible() and text.get_text():
+            b = text.get_window_extent(renderer)
+            if b.x0 < box.x0 - 0.5 or b.y0 < box.y0 - 0.5 or b.x1 > box.x1 + 0.5 or b.y1 > box.y1 + 0.5:
+                bad.append(f"{text.get_text()!r}: {b} outside {box}")
+    everything = fig.get_tightbbox(renderer)  # inches: all that is drawn, cell texts included
+    if everything.x0 < -0.01 or everything.y0 < -0.01 or everything.x1 > fig.get_figwidth() + 0.01:
+        bad.append(f"drawn: {everything} outside {fig.get_size_inches()}")
+    if everything.y1 > fig.get_figheight() + 0.01:
+        bad.append(f"drawn: {everything} outside {fig.get_size_inches()}")
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("text", "model_name", "compared", "stat"),
+    [
+        ("The", "tiny/gpt2-test", False, "log_prob"),  # the longest colour-bar label of show's statistics
+        ("The", "tiny/gpt2-test", True, "entropy"),
+        (LONG_TEXT, "tiny/gpt2-test", False, "entropy"),
+        (LONG_TEXT, "tiny/gpt2-test", True, "log_prob"),
+        ("The", LONG_MODEL, False, "entropy"),
+        ("The", LONG_MODEL, True, "log_prob"),
+        (LONG_TEXT, LONG_MODEL, True, "entropy"),
+    ],
+    ids=["1-token", "1-token-two-lenses", "long-prompt", "long-prompt-two-lenses", "long-model-id",
+         "long-model-id-two-lenses", "both-long-two-lenses"],
+)  # fmt: skip
+def test_png_figure_fits_its_title_tick_labels_and_colour_bar_label(pair, text, model_name, compared, stat):
+    first, second = pair(text, model_name)
+    assert (len(first.input_labels[0]) == 1) == (text == "The")
+    fig = png_figure(first, stat, compare=second if compared else None)
+    try:
+        assert _outside(fig) == []
+        title = fig.get_suptitle()
+        assert title.replace("\n", "").replace(" ", "") == default_title(
+            first, stat, compare=second if compared else None
+        ).replace(" ", "")  # wrapped, never cut
+        assert model_name in title.replace("\n", "") or "\n" in title
+        bar_label = fig.axes[-1].get_ylabel()
+        assert bar_label.replace("\n", " ").startswith(STAT_LABELS[stat].split(" (")[0])
+    finally:
+        plt.close(fig)
+
+
+def test_write_png_title_is_inside_the_saved_image(pair, tmp_path):
+    # The README's call: the file written is the figure checked above, laid out the same way.
+    from PIL import Image
+
+    first, _ = pair(LONG_TEXT, LONG_MODEL)
+    path = write_png(first, tmp_path / "long.png", "entropy")
+    fig = png_figure(first, "entropy")
+    try:
+        assert _outside(fig) == []
+        with Image.open(path) as image:
+            assert image.size == tuple(round(v) for v in fig.bbox.size)
+    finally:
+        plt.close(fig)
+
+
+def test_png_and_html_compare_draw_both_lenses_on_one_scale(pair, tmp_path):
+    first, second = pair(LONG_TEXT)
+    fig = png_figure(first, "kl", compare=second)
+    try:
+        heatmaps = [ax for ax in fig.axes if ax.images and ax.get_xlabel() == "input token"]
+        assert len(heatmaps) == 2
+        assert [ax.get_title() for ax in heatmaps] == ["tuned lens", "logit lens"]
+        assert heatmaps[0].images[0].get_clim() == heatmaps[1].images[0].get_clim()  # one colour scale
+        rows, cols = first.num_rows, len(first.input_labels[0])
+        drawn = [[t.get_text() for t in ax.texts] for ax in heatmaps]  # row by row, each panel its lens's tokens
+        for cells, read in zip(drawn, (first, second), strict=True):
+            tops = [read.top_labels[0][r][t][0] for r in range(rows) for t in range(cols)]
+            assert cells == [top if len(top) <= 8 else top[:7] + "…" for top in tops]
+        differ = [k for k in range(rows * cols) if drawn[0][k] != drawn[1][k]]
+        assert differ and all(k // cols in (0, 2) for k in differ)  # layer 1, untrained, reads as the logit lens
+        labels = [[tick.get_text() for tick in ax.get_yticklabels()] for ax in heatmaps]
+        assert labels == [["0", "1 (untrained)", "2", "output"], ["0", "1", "2", "output"]]
+    finally:
+        plt.close(fig)
+    page = write_html(first, tmp_path / "both.html", "kl", compare=second).read_text()
+    assert page.count('<table class="traj"') == 2
+    assert re.findall(r"<h2>(.*?)</h2>", page) == ["tuned lens", "logit lens"]
+    assert "tuned lens vs logit lens on tiny/gpt2-test" in re.search(r"<h1>(.*?)</h1>", page)[1]
+    assert page.count('class="cell"') == 2 * first.num_rows * len(first.input_labels[0])
+    one = write_html(first, tmp_path / "one.html", "kl").read_text()
+    assert one.count('<table class="traj"') == 1 and "<h2>" not in one
+    # a trajectory of other layers or another text is refused, not drawn beside the first
+    other = PredictionTrajectory.from_text(LogitLens.from_model(_model()), _model(), _tokenizer(), "Another text")
+    with pytest.raises(RenderError, match="same text and layers"):
+        png_figure(first, "kl", compare=other)
+
+
+def test_untrained_layers_are_recorded_and_marked_in_every_view(pair, tmp_path):
+    first, second = pair("The capital of France is")
+    assert first.untrained_layers == [1] and first.untrained_rows == [False, True, False, False]
+    assert second.untrained_layers == [] and first[0].untrained_layers == [1]
+    model = _model()
+    fresh = PredictionTrajectory.from_text(TunedLens.from_model(model), model, _tokenizer(), "Hi", layers=[0, 2])
+    assert fresh.untrained_layers == [0, 2]  # a lens never trained is the logit lens everywhere
+    console = Console(width=120, record=True)
+    console.print(terminal_table(first, "entropy"))
+    out = console.export_text()
+    layer_cells = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
+    assert layer_cells == ["0", "1†", "2", "output"]
+    assert "† untrained layer" in out and "logit lens" in out
+    page = write_html(first, tmp_path / "t.html", "entropy", compare=second).read_text()
+    assert page.count('<th class="row untrained"') == 1 and page.count(">1 (untrained)</th>") == 1
+    assert "untrained layer: an identity translator" in page
+    fig = png_figure(first, "entropy")
+    try:
+        ticks = {t.get_text(): t.get_color() for t in fig.axes[0].get_yticklabels()}
+        assert ticks["1 (untrained)"] != ticks["0"] == ticks["2"]  # greyed
+        assert "untrained" in fig.axes[0].get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def _blocks(out: str) -> list[list[list[str]]]:
+    """The body rows of each table in ``out`` (a terminal view's text), as lists of stripped cells."""
+    blocks: list[list[list[str]]] = []
+    for line in out.splitlines():
+        if line.startswith("┏"):
+            blocks.append([])
+        elif line.startswith("│"):
+            blocks[-1].append([cell.strip() for cell in line.split("│")[1:-1]])
+    return blocks
+
+
+@pytest.mark.parametrize("width", [100, 60])
+def test_terminal_table_fits_the_console_in_stacked_blocks(pair, width):
+    from rich.cells import cell_len
+
+    first, _ = pair(LONG_TEXT)
+    positions = len(first.input_labels[0])
+    assert positions >= 18
+    console = Console(width=width, record=True)
+    console.print(terminal_table(first, "entropy"))
+    out = console.export_text()
+    assert max(cell_len(line) for line in out.splitlines()) <= width
+    blocks = _blocks(out)
+    assert len(blocks) >= 2
+    seen = 0
+    for block in blocks:
+        assert [row[0] for row in block] == ["0", "1†", "2", "output"]  # the layer column, whole, in every block
+        for r, row in enumerate(block):
+            for t, cell in enumerate(row[1:]):
+                label = first.top_labels[0][r][seen + t][0]
+                assert cell == label or (cell.endswith("…") and len(cell) >= 6 and label.startswith(cell[:-1])), (
+                    cell,
+                    label,
+                )
+        seen += len(block[0]) - 1
+    assert seen == positions  # every position once, in order
+    sizes = [len(block[0]) - 1 for block in blocks]
+    assert max(sizes) - min(sizes) <= max(sizes) // 2 + 1  # blocks of similar sizes, no lone straggler
+
+
+def test_js_summary_heading_reads_on_one_line(pair):
+    first, _ = pair(LONG_TEXT)
+    first.lens_name = "tuned lens (./lens)"
+    console = Console(width=100, record=True)
+    console.print(js_summary(first, "logit lens"))
+    lines = console.export_text().splitlines()
+    assert "Mean Jensen-Shannon divergence per layer, tuned lens (./lens) vs logit lens" in lines
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert [row[0] for row in rows] == ["0", "1†", "2", "output"]
+    assert float(rows[1][1]) == 0.0  # the untrained layer reads as the logit lens

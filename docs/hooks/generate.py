@@ -23,7 +23,6 @@ import inspect
 import json
 import os
 import re
-import statistics
 from pathlib import Path
 from urllib.parse import quote
 
@@ -84,12 +83,17 @@ def _load_registry():
     return Registry.load(directory), directory
 
 
-def _headline(version) -> str:
-    """Mean KL(final || lens) over the evaluated layers, tuned vs logit, in bits per byte."""
-    ev = version.evaluation
-    if ev is None or not ev.tuned.kl or not ev.logit.kl:
-        return "—"
-    return f"KL {statistics.fmean(ev.logit.kl):.2f} → {statistics.fmean(ev.tuned.kl):.2f} bits/byte"
+def _quality(version, num_layers: int | None = None):
+    """The version's `lens_hub.registry.quality.Quality`: the judgement `lens-hub registry list` and the push make."""
+    from lens_hub.registry.quality import assess
+
+    return assess(version.evaluation, version.training, version.untrained_layers, num_layers)
+
+
+def _headline(version, num_layers: int | None = None) -> str:
+    """Mean KL(final || lens) over the evaluated layers, logit → tuned, in bits per byte (flagged when barely better
+    or partly untrained), or "not evaluated"."""
+    return _quality(version, num_layers).summary()
 
 
 def _hub_url(location) -> str:
@@ -102,6 +106,8 @@ def _hub_url(location) -> str:
 
 
 def _index_page(registry, directory: Path) -> str:
+    from lens_hub.registry.quality import BARELY_BETTER
+
     entries = sorted(registry.entries.values(), key=lambda e: e.model.lower())
     versions = sum(len(e.lenses) for e in entries)
     lines = [
@@ -117,9 +123,12 @@ def _index_page(registry, directory: Path) -> str:
         "is generated from the registry files at build time (`registry/`, one YAML file per base model); click a "
         "model for its versions, Hub locations and the code that loads its lens.",
         "",
-        "Status `verified` means the lens is pinned to a commit and every file's size and sha256 is recorded; "
-        "`unverified` lenses load with a warning. The headline metric is the mean KL divergence from the final "
-        "layer over the evaluated layers, logit lens → tuned lens (lower is better).",
+        "Status `verified` means the lens is pinned to a commit and every file's size and sha256 is recorded "
+        "(integrity, not quality); `unverified` lenses load with a warning. Quality is the mean held-out KL divergence "
+        "from the final layer over the evaluated layers in bits per byte, logit lens → tuned lens (lower is better), "
+        f"flagged *barely better* when the tuned lens keeps more than {BARELY_BETTER:.0%} of the logit lens's KL and "
+        "with the number of untrained layers (where the lens is the logit lens); *not evaluated* means the entry "
+        "records no held-out evaluation. Tokens: what the lens was trained on.",
         "",
         '<div class="catalogue-filter">',
         '<input type="search" id="catalogue-filter" placeholder="Filter by model, alias, architecture, status…" '
@@ -129,8 +138,9 @@ def _index_page(registry, directory: Path) -> str:
         "",
         '<div class="catalogue-table" markdown>',
         "",
-        "| Base model | Aliases | Architecture | Hidden size | Layers | Versions | Format | Status | Headline metric |",
-        "| --- | --- | --- | ---: | ---: | --- | --- | --- | --- |",
+        "| Base model | Aliases | Architecture | Hidden size | Layers | Versions | Format | Status | Quality "
+        "| Tokens |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
     for e in entries:
         v = e.default_version
@@ -140,7 +150,8 @@ def _index_page(registry, directory: Path) -> str:
         lines.append(
             f"| [{_text(e.model)}]({quote(model_slug(e.model))}.md) | {_text(', '.join(e.aliases) or '—')} "
             f"| {_text(e.facts.model_type or '?')} | {e.facts.hidden_size or '?'} | {e.facts.num_layers or '?'} "
-            f"| {_text(version_text)} | {_text(v.format)} | {_text(v.status)} | {_text(_headline(v))} |"
+            f"| {_text(version_text)} | {_text(v.format)} | {_text(v.status)} "
+            f"| {_text(_headline(v, e.facts.num_layers))} | {_tokens(_quality(v).tokens_seen)} |"
         )
     lines += ["", "</div>", "", f"<small>Built from {_code(directory.name + '/')} with lens-hub.</small>", ""]
     return "\n".join(lines)
@@ -193,8 +204,18 @@ def _model_page(entry, plots: dict[str, str]) -> str:
             ]
             if parts:
                 lines.append(f"| Training | {_text('; '.join(parts))} |")
-        if v.evaluation:
-            lines.append(f"| Headline metric | {_text(_headline(v))} |")
+        quality = _quality(v, facts.num_layers)
+        lines.append(f"| Quality | {_text(_headline(v, facts.num_layers))} |")
+        if quality.evaluated and quality.eval_dataset:
+            tokens = f", {quality.eval_tokens:,} tokens" if quality.eval_tokens else ""
+            lines.append(f"| Evaluated on | {_text(quality.eval_dataset + tokens)} |")
+        lines.append(f"| Tokens trained on | {_tokens(quality.tokens_seen)} |")
+        if v.untrained_layers is not None:
+            from lens_hub.registry.quality import layer_ranges
+
+            lines.append(f"| Untrained layers | {_text(layer_ranges(v.untrained_layers) or 'none')} |")
+        for problem in quality.problems():
+            lines.append(f"| Caveat | {_text(problem)} |")
         lines += ["", "**Files**", "", "| Path | Size | sha256 |", "| --- | ---: | --- |"]
         for f in v.files:
             size = f"{f.size:,}" if f.size is not None else "?"
@@ -228,6 +249,10 @@ def _model_page(entry, plots: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _tokens(count: int | None) -> str:
+    return f"{count:,}" if count is not None else "?"
 
 
 def _metric(values: list[float] | None, i: int) -> str:
@@ -298,6 +323,7 @@ def _param_row(param, ctx) -> str:
     if kind == "argument":
         shown = f"`{(param.name or '').upper()}`"
     help_text = re.sub(r"\s*\[(required|default: [^\]]*)\]", "", help_text).strip()  # own columns
+    help_text = help_text.replace("\\[", "[")  # Typer's rich markup escape: the page shows the bracket itself
     required = "yes" if param.required else ""
     default = ""
     value = param.default
@@ -306,15 +332,58 @@ def _param_row(param, ctx) -> str:
     return f"| {shown} | {kind} | {_cell(typ)} | {required} | {default} | {_cell(help_text)} |"
 
 
-def _help_paragraphs(text: str) -> list[str]:
-    """A command's docstring as markdown: paragraphs kept, 'Example:' lines as shell blocks."""
+_EXAMPLE = re.compile(r"^Examples?:")
+# What an example line of a help text starts with: the command itself, or an environment assignment before it.
+_COMMAND = re.compile(r"^(lens-hub|torchrun|python|[A-Z][A-Z0-9_]*=\S*)\s")
+
+
+def _commands(lines: list[str]) -> list[str] | None:
+    """``lines`` as shell lines (a line after one ending in a backslash continues it, indented), or None when they
+    are not all commands."""
     out: list[str] = []
-    for para in inspect.cleandoc(text).split("\n\n"):
-        para = para.strip()
-        if para.startswith("Example:"):
-            out += ["**Example**", "", "```bash", para.removeprefix("Example:").strip(), "```", ""]
+    for line in lines:
+        if out and out[-1].endswith("\\"):
+            out.append("  " + line)
+        elif _COMMAND.match(line):
+            out.append(line)
         else:
-            out += [_cell(para).replace("&#124;", "|"), ""]
+            return None
+    return out or None
+
+
+def _help_paragraphs(text: str) -> list[str]:
+    """A command's docstring as markdown: prose paragraphs kept, examples as bash blocks.
+
+    An example is a line starting ``Example:`` or ``Examples:`` (anywhere in a paragraph): the command after the
+    label and the lines below it form the block; after a bare ``Examples:``, the paragraphs that follow and are
+    commands (the root's list, one per paragraph so that ``--help`` keeps them apart) join the same block.
+    """
+    out: list[str] = []
+    block: list[str] | None = None  # the example lines being collected
+
+    def close() -> None:
+        nonlocal block
+        if block:
+            out.extend(["**Examples**" if len(block) > 1 else "**Example**", "", *_fenced("bash", block), ""])
+        block = None
+
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = [line.strip() for line in para.strip().splitlines() if line.strip()]
+        more = _commands(lines) if block is not None else None
+        if more:
+            block += more  # one more command of an "Examples:" list
+            continue
+        close()
+        at = next((k for k, line in enumerate(lines) if _EXAMPLE.match(line)), len(lines))
+        if at:
+            # Typer's rich markup needs "\[" for a literal bracket; the page shows the bracket itself.
+            prose = " ".join(lines[:at]).replace("\\[", "[")
+            out += [_cell(prose).replace("&#124;", "|"), ""]
+        if at < len(lines):
+            first = _EXAMPLE.sub("", lines[at]).strip()
+            rest = [first] if first else []
+            block = _commands(rest + lines[at + 1 :]) or rest + lines[at + 1 :]
+    close()
     return out
 
 

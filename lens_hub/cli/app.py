@@ -6,8 +6,10 @@ registers them all.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,9 +87,10 @@ def _root(
 
     Examples:
 
-    lens-hub train smollm2-offline --data notes.txt --out lens --steps 20 --tokens-per-step 4096 --batch-size 2
+    lens-hub train smollm2-offline --data sample:persuasion-ch1-8.txt --out lens --seq-len 256 \\
+      --batch-size 2 --steps 4 --tokens-per-step 512
 
-    lens-hub eval lens --model smollm2-offline --data heldout.txt --png eval.png
+    lens-hub eval lens --model smollm2-offline --data sample:persuasion-ch1-8.txt --seq-len 256 --png eval.png
 
     lens-hub show smollm2-offline "The capital of France is" --lens lens --compare logit
 
@@ -143,8 +146,9 @@ ModelArg = Annotated[
 DataOption = Annotated[
     str,
     typer.Option(
-        help="Text: a .txt/.md file or folder, a .jsonl file, or a Hub dataset ORG/NAME[:CONFIG], streamed and read "
-        "only as far as needed (needs the datasets package).",
+        help="Text: a .txt/.md file or folder, a .jsonl file, a text shipped with lens-hub "
+        "(sample:persuasion-ch1-8.txt), or a Hub dataset ORG/NAME[:CONFIG], streamed and read only as far as needed "
+        "(needs the datasets package).",
     ),
 ]
 
@@ -174,10 +178,75 @@ RegistryOption = Annotated[
 ]
 
 
-def main() -> None:
-    """Entry point of the `lens-hub` console script: library errors become one clear line and exit code 1."""
+def _is_lens_hubs(category: type[Warning], filename: str) -> bool:
+    """Whether a warning is lens-hub's own: a class of `lens_hub.errors`, or issued from lens-hub's code."""
+    if category.__module__ == LensHubError.__module__:
+        return True
+    package = Path(__file__).resolve().parents[1]
     try:
-        app()
+        return Path(filename).resolve().is_relative_to(package)
+    except (OSError, ValueError):
+        return False
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+    *,
+    default: Any,
+) -> None:
+    """`warnings.showwarning` for the command line: lens-hub's own warnings as one ``warning: ...`` line on stderr
+    (a file:line prefix and the class name are for developers, not for users); other libraries' as Python shows
+    them."""
+    if file is None and _is_lens_hubs(category, filename):
+        err_console.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
+def _say_error(message: str) -> None:
+    """One ``error: ...`` line on stderr: every refusal of the command line (a usage error, a library error)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point of the `lens-hub` console script.
+
+    Every refusal reads the same: usage errors (click's) and library errors (`LensHubError`) are one
+    ``error: ...`` line on stderr, exit code 2 and 1; lens-hub's warnings are one ``warning: ...`` line.
+    """
+    previous = warnings.showwarning
+    warnings.showwarning = functools.partial(_show_warning, default=previous)
+    try:
+        code = _run()
+    finally:
+        warnings.showwarning = previous  # for callers in the same process (tests)
+    sys.exit(code)
+
+
+def _run() -> int:
+    """Run the command line; the exit code, with every refusal reported as one ``error: ...`` line."""
+    # click's base class of usage errors, wherever this typer keeps click (its own copy since typer 0.22)
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(prog_name="lens-hub", standalone_mode=False)  # click's errors come back here, not in its boxes
+    except click_exception as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one's help was printed already
+            _say_error(exc.format_message())
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                err_console.print(ctx.get_usage(), markup=False, highlight=False, soft_wrap=True)
+                err_console.print(f"Try '{ctx.command_path} --help' for help.", markup=False, highlight=False)
+        return exc.exit_code
+    except typer.Abort:
+        _say_error("aborted")
+        return 1
     except LensHubError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
-        sys.exit(1)
+        _say_error(f"{type(exc).__name__}: {exc}")
+        return 1
+    # typer.Exit and Ctrl-C come back as an exit code; the commands themselves return None.
+    return code if isinstance(code, int) else 0

@@ -132,7 +132,9 @@ def push(
 
     Uploads config.json, lens.safetensors, a model card (README.md) and eval.png (when the config holds metrics),
     tags the commit vX.Y.Z, then adds the version to registry/ORG--NAME.yaml as the default. Needs a token with
-    write access (hf auth login, or HF_TOKEN).
+    write access (hf auth login, or HF_TOKEN). Warns when the lens has no held-out evaluation, has untrained
+    layers, or is barely better than the logit lens (verified only means its files are intact). --dry-run works
+    offline too, saying what it could not check.
 
     Example: lens-hub push lenses/smollm2 --repo me/smollm2-lens --license mit --dry-run
     """
@@ -152,5 +154,3 @@ def push(
         dry_run=dry_run,
     )
     print_push(plan.result() if dry_run else execute(plan), console)
-    if plan.note:
-        console.print(f"[yellow]Note:[/] {escape(plan.note)}", highlight=False)

@@ -52,7 +52,9 @@ def registry_list(
         bool, Flag("Print the records as JSON (as lens_hub.registry.catalogue.list_pretrained).", "--json")
     ] = (False),
 ) -> None:
-    """List every base model with a lens: aliases, architecture, versions, format, status, mean KL logit → tuned.
+    """List every base model with a lens: aliases, architecture, versions, format, status, and quality (mean
+    held-out KL logit → tuned, flagged when barely better or partly untrained, or "not evaluated") and tokens trained
+    on. Status verified only means the files are intact.
 
     The same records as lens_hub.registry.catalogue.list_pretrained(); --json prints them as JSON.
     """

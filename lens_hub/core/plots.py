@@ -54,30 +54,34 @@ def consecutive_runs(layers: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-LOG_SCALE_RATIO = 10.0  # max / median above which a linear axis flattens every layer but the largest (layer 0)
+LOG_SCALE_RATIO = 10.0  # largest / smallest value from which a linear axis flattens all but the largest (layer 0)
 
 
 def wants_log_scale(values: Sequence[float]) -> bool:
-    """Whether ``values`` need a log y-axis: all positive and the largest over ``LOG_SCALE_RATIO`` times the median
-    (the embedding, layer 0, often dwarfs the rest)."""
+    """Whether ``values`` need a log y-axis: all positive and spanning at least a decade (``LOG_SCALE_RATIO``): the
+    embedding, layer 0, often dwarfs the rest, and KL near the output is orders of magnitude below it."""
     finite = sorted(v for v in values if math.isfinite(v))
     if len(finite) < 2 or finite[0] <= 0:
         return False
-    return finite[-1] / finite[len(finite) // 2] > LOG_SCALE_RATIO
+    return finite[-1] / finite[0] >= LOG_SCALE_RATIO
 
 
 def evaluation_figure(summary: EvaluationInfo, *, title: str = "", trained: Sequence[int] | None = None):
     """The matplotlib figure of `evaluation_png` (KL and cross-entropy per evaluated layer, tuned vs logit lens).
 
     Lines join only consecutive evaluated layers; with ``trained`` (the tuned lens's trained layers), the tuned
-    lens's untrained layers get hollow markers. An axis whose largest value dwarfs the median is logarithmic.
+    lens's untrained layers get hollow markers. The legend shows only what is drawn (a line style only where some
+    run has two layers, the hollow marker only where one is). An axis spanning a decade or more is logarithmic.
     """
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     fig = figure(figsize=(10, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "kl", "KL(final ‖ lens)"), (axes[1], "cross_entropy", "cross-entropy")):
         plotted: list[float] = []
+        handles: list[Line2D] = []
+        any_hollow = False
         for n, (name, metrics, style) in enumerate(
             (("logit lens", summary.logit, "--"), ("tuned lens", summary.tuned, "-"))
         ):
@@ -87,22 +91,31 @@ def evaluation_figure(summary: EvaluationInfo, *, title: str = "", trained: Sequ
             layers = list(summary.layers or range(len(values)))
             at = dict(zip(layers, values, strict=False))
             color = f"C{n}"
-            for r, run in enumerate(consecutive_runs([x for x in layers if x in at])):
+            runs = consecutive_runs([x for x in layers if x in at])
+            for run in runs:
                 ys = [at[x] for x in run]
-                ax.plot(run, ys, style, color=color, label=name if r == 0 else None)
+                if len(run) > 1:
+                    ax.plot(run, ys, style, color=color)
                 for x, y in zip(run, ys, strict=True):
                     hollow = name == "tuned lens" and trained is not None and x not in trained
+                    any_hollow |= hollow
                     ax.plot([x], [y], "o", markersize=4, color=color, markerfacecolor="white" if hollow else color)
+            joined = any(len(run) > 1 for run in runs)
+            handles.append(Line2D([], [], linestyle=style if joined else "none", marker="o", markersize=4,
+                                  color=color, label=name))  # fmt: skip
             plotted += list(values)
+        if any_hollow:
+            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=4, color="C1",
+                                  markerfacecolor="white", label="tuned, untrained layer (= logit lens)"))  # fmt: skip
         if key == "cross_entropy" and summary.model_cross_entropy is not None:
-            ax.axhline(summary.model_cross_entropy, color="grey", linewidth=0.8, label="model output")
+            handles.append(ax.axhline(summary.model_cross_entropy, color="grey", linewidth=0.8, label="model output"))
         if wants_log_scale(plotted):
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer" + (" (hollow: untrained, = logit lens)" if trained is not None else ""))
-        ax.set_ylabel(f"{label} [bits/byte]")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{label} [bits/byte]" + (", log scale" if ax.get_yscale() == "log" else ""))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(handles=handles)
     if title:
         fig.suptitle(title)
     return fig

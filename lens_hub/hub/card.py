@@ -17,6 +17,7 @@ from urllib.parse import quote
 import yaml
 
 from ..core.config import LayerMetrics, LensConfig, TrainingInfo
+from ..registry.quality import assess
 
 CARD_NAME = "README.md"
 PLOT_NAME = "eval.png"
@@ -34,6 +35,7 @@ class CardInfo:
     subfolder: str = ""
     license: str | None = None
     has_plot: bool = False
+    untrained_layers: tuple[int, ...] | None = None  # from the weights (None: only the provenance is known)
 
 
 def has_metrics(config: LensConfig) -> bool:
@@ -60,7 +62,13 @@ def card_metadata(info: CardInfo) -> dict:
 def build_card(config: LensConfig, info: CardInfo) -> str:
     """The full text of the model card for ``config`` published as described by ``info``."""
     meta = yaml.safe_dump(card_metadata(info), sort_keys=False, allow_unicode=True, width=1000)
-    parts = [f"---\n{meta}---\n", _intro(config, info), _usage(info), _training(config), _evaluation(config, info)]
+    parts = [
+        f"---\n{meta}---\n",
+        _intro(config, info),
+        _usage(info, example_layer(config, info.untrained_layers)),
+        _training(config),
+        _evaluation(config, info),
+    ]
     return "\n".join(p for p in parts if p).rstrip("\n") + "\n"
 
 
@@ -102,7 +110,17 @@ def pinned_uri(info: CardInfo) -> str:
     return f"hf://{info.repo_id}@{quote(info.tag, safe='')}" + (f"/{info.subfolder}" if info.subfolder else "")
 
 
-def _usage(info: CardInfo) -> str:
+def example_layer(config: LensConfig, untrained: tuple[int, ...] | None = None) -> int:
+    """The layer the card's snippet reads: the middle trained one (a layer left untrained would show the logit lens
+    and teach nothing). ``untrained`` defaults to what the provenance says."""
+    if untrained is None:
+        trained_layers = config.training.layers if config.training is not None else None
+        untrained = tuple(i for i in range(config.num_layers) if trained_layers is not None and i not in trained_layers)
+    trained = [i for i in range(config.num_layers) if i not in set(untrained)] or list(range(config.num_layers))
+    return trained[len(trained) // 2]
+
+
+def _usage(info: CardInfo, layer: int) -> str:
     direct = (
         "# straight from this repository, pinned to the release tag\n"
         f'lens = TunedLens.from_pretrained("{pinned_uri(info)}", model=model)'
@@ -120,7 +138,7 @@ def _usage(info: CardInfo) -> str:
         f"{direct}\n\n"
         'input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids\n'
         "hidden = model(input_ids, output_hidden_states=True).hidden_states\n"
-        "logits = lens(hidden[5], 5)  # what layer 5 predicts\n"
+        f"logits = lens(hidden[{layer}], {layer})  # what layer {layer} predicts\n"
         "```\n\n"
         "Every file is checked (size, sha256, and the lens's facts against the model) before a tensor is used.\n"
     )
@@ -131,7 +149,7 @@ def _training(config: LensConfig) -> str:
     if t is None:
         return "## Training\n\nNo training provenance is recorded in `config.json`.\n"
     rows = [
-        ("dataset", dataset_label(t.dataset, t.num_tokens)),
+        ("dataset", public_dataset(t.dataset)),
         ("initialisation", _initialisation(t)),
         ("tokens", f"{t.num_tokens:,}" if t.num_tokens is not None else None),
         ("steps", t.steps),
@@ -236,24 +254,22 @@ def _looks_local(name: str) -> bool:
     )
 
 
-_HELD_OUT = re.compile(r"^(?P<path>.*?)(?P<rest> \([^()]*\))?$")
+_SUFFIX = re.compile(r"^(?P<path>.*?)(?P<rest> \([^()]*\))?$")
+HELD_OUT = " (held out)"  # what `lens_hub.training.data.TokenData.split` appends to the held-out part's source
 
 
-def dataset_label(dataset: str | None, num_tokens: int | None = None) -> str | None:
-    """The dataset as a public card names it: a Hub dataset as recorded; a local file by its base name only
-    (``notes.txt``), and an absolute path as ``local text (N tokens)`` (the path tells a reader nothing and
-    leaks the publisher's directory layout)."""
+def public_dataset(dataset: str | None) -> str | None:
+    """The dataset as a published lens records it: a Hub dataset as recorded (``org/name@commit (train)``); a local
+    file or folder by its name only (``/home/me/notes.txt (held out)`` -> ``notes.txt (held out)``), since a path
+    tells a reader nothing and leaks the publisher's directory layout. Idempotent."""
     if not dataset:
         return dataset
-    match = _HELD_OUT.match(dataset)
+    match = _SUFFIX.match(dataset)
     path, rest = (match["path"], match["rest"] or "") if match else (dataset, "")
     if not _looks_local(path):
         return dataset
-    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith("~"):
-        count = f" ({num_tokens:,} tokens)" if num_tokens else ""
-        return f"local text{count}{rest}"
-    name = PureWindowsPath(path).name if "\\" in path else PurePosixPath(path).name
-    return f"{name or 'local text'}{rest}"
+    name = PureWindowsPath(path).name if "\\" in path or PureWindowsPath(path).drive else PurePosixPath(path).name
+    return f"{name if name and name not in ('~', '.', '..') else 'local text'}{rest}"
 
 
 # Markdown that could turn recorded text into a link, an image, emphasis or a table column; HTML is escaped first.
@@ -288,9 +304,14 @@ def _fmt(metrics: LayerMetrics, key: str, i: int) -> str:
 
 def _evaluation(config: LensConfig, info: CardInfo) -> str:
     ev = config.evaluation
+    caveats = quality_caveats(config, info)
     if ev is None or not has_metrics(config):
-        return "## Evaluation\n\nNo evaluation is recorded in `config.json`; run `lens-hub eval LENS --store`.\n"
-    where = f" on {_cell(dataset_label(ev.dataset, ev.num_tokens))}" if ev.dataset else ""
+        return (
+            "## Evaluation\n\nNo evaluation is recorded in `config.json`, so nothing here says how well this lens "
+            "reads the model (run `lens-hub eval LENS --store` before publishing).\n" + caveats
+        )
+    # The sentence says "held-out" itself: the dataset's own " (held out)" would say it twice.
+    where = f" on {_cell(public_dataset(ev.dataset).removesuffix(HELD_OUT))}" if ev.dataset else ""  # type: ignore[union-attr]
     tokens = f" ({ev.num_tokens:,} tokens)" if ev.num_tokens else ""
     n = max(len(getattr(m, k) or []) for m in (ev.tuned, ev.logit) for k in ("kl", "cross_entropy"))
     lines = [
@@ -310,4 +331,12 @@ def _evaluation(config: LensConfig, info: CardInfo) -> str:
         lines.append(f"\nThe model's own cross-entropy: {ev.model_cross_entropy:.3f} bits per byte.")
     if info.has_plot:
         lines.append(f"\n![KL and cross-entropy per layer, tuned lens vs logit lens]({PLOT_NAME})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + caveats
+
+
+def quality_caveats(config: LensConfig, info: CardInfo) -> str:
+    """The card's warning paragraph: what `lens_hub.registry.quality` flags (barely better than the logit lens,
+    untrained layers), but not the missing evaluation, which the section says itself; '' when nothing is flagged."""
+    quality = assess(config.evaluation, config.training, info.untrained_layers, config.num_layers)
+    problems = quality.problems()[0 if quality.evaluated else 1 :]
+    return "".join(f"\n**Caveat:** {_cell(p)}.\n" for p in problems)

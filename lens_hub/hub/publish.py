@@ -6,7 +6,13 @@ Publishing is split in two so that everything that can be refused is refused bef
 that it may write to the repo's namespace, reads the repo's tags and branch head, picks the version (next patch
 after the newest ``v*`` tag of the subfolder, else ``1.0.0``) and refuses one whose tag or registry version already
 exists, checks the lens against the registry entry of its base model, and builds the model card, the plot and the
-new registry entry (validated by its schema and against the other entries' names). A dry run stops here.
+new registry entry (validated by its schema and against the other entries' names). A dry run stops here; one that
+cannot reach the Hub still shows all of this and says what it could not check (`PushPlan.note`).
+
+What is published says how good the lens is, not only that its files are intact (``verified``): the held-out
+evaluation, the tokens it was trained on and its untrained layers go into the card and the entry, and
+`PushPlan.warnings` flags a lens barely better than the logit lens, one with untrained layers, or one with no
+evaluation (`lens_hub.registry.quality`). A local dataset is recorded by its file name only, never its path.
 
 `execute` then creates the repo if needed and commits ``config.json``, ``lens.safetensors``, the card ``README.md``
 and ``eval.png`` (when the config holds metrics) in ONE commit whose parent is the head the plan read: if anyone
@@ -32,17 +38,20 @@ from typing import Any
 from ..core.config import CONFIG_NAME, WEIGHTS_NAME, LensConfig
 from ..core.format import nonfinite_tensors, read_config, read_tensors
 from ..core.ids import COMMIT_SHA, check_subfolder, check_version, is_semver, semver_key, validate_repo_id
+from ..core.lens import untrained_translators
 from ..errors import (
     AuthenticationError,
     ConcurrentUpdateError,
+    HubUnreachableError,
     LensHubError,
     PublishError,
     RegistryError,
     VersionExistsError,
 )
+from ..registry.quality import Quality, assess
 from ..registry.schema import HubLocation, LensFile, LensVersion, RegistryEntry, entry_with_version
 from ..registry.store import Registry, default_registry_dir, entry_text, registry_filename, write_entry_file
-from .card import CARD_NAME, PLOT_NAME, CardInfo, build_card, has_metrics
+from .card import CARD_NAME, PLOT_NAME, CardInfo, build_card, has_metrics, public_dataset
 from .files import hub_api, hub_errors, sha256_of
 
 DEFAULT_BRANCH = "main"
@@ -80,6 +89,9 @@ class PushResult:
     dry_run: bool = False
     private: bool = False
     base_model: str = ""
+    warnings: list[str] = field(default_factory=list)  # what a reader of the lens should know (its quality)
+    note: str | None = None  # what a dry run could not check
+    hub_checked: bool = True  # False: a dry run that could not reach the Hub (repo, tag and token unchecked)
 
     @property
     def uri(self) -> str:
@@ -107,7 +119,9 @@ class PushPlan:
     repo_exists: bool
     private: bool
     token: str = field(repr=False)
-    note: str | None = None  # what a token-less dry run could not check
+    note: str | None = None  # what a dry run could not check (no token, or the Hub unreachable)
+    warnings: tuple[str, ...] = ()  # the lens's quality problems, each with its fix (`quality_warnings`)
+    hub_checked: bool = True  # False: planned without the Hub (a dry run only; `execute` refuses it)
 
     @property
     def message(self) -> str:
@@ -147,6 +161,9 @@ class PushPlan:
             dry_run=commit is None,
             private=self.private,
             base_model=self.base_model,
+            warnings=list(self.warnings),
+            note=self.note,
+            hub_checked=self.hub_checked,
         )
 
 
@@ -170,15 +187,18 @@ def _check_subfolder(subfolder: str | None) -> str:
         raise PublishError(f"--subfolder {subfolder!r} {exc}.") from None
 
 
-def _lens_config(lens_dir: Path, base_model: str | None) -> LensConfig:
-    """Validate the lens directory; returns its config with the base model id it will be published under.
+def _lens_config(lens_dir: Path, base_model: str | None) -> tuple[LensConfig, list[int]]:
+    """Validate the lens directory; returns its config as it will be published (base model id set, datasets named
+    as `public_dataset` names them) and its untrained layers.
 
     Raises:
         LensFormatError: The directory is not a readable lens.
         PublishError: A tensor holds NaN or infinite values, or no base model id is known.
     """
     config = read_config(lens_dir)
-    nonfinite = nonfinite_tensors(read_tensors(lens_dir, config))
+    tensors = read_tensors(lens_dir, config)
+    untrained = untrained_translators(config, tensors)
+    nonfinite = nonfinite_tensors(tensors)
     if nonfinite:
         # A registry entry would call this lens "verified": its checksums would hold, its predictions would be NaN.
         raise PublishError(
@@ -199,7 +219,33 @@ def _lens_config(lens_dir: Path, base_model: str | None) -> LensConfig:
             "Pass --base-model ORG/NAME (base_model='org/name'), the Hub id of the model it was trained on; it is "
             "written into the published config.json."
         )
-    return config
+    return _public_provenance(config), untrained
+
+
+def _public_provenance(config: LensConfig) -> LensConfig:
+    """``config`` with its datasets as a stranger may read them: a local path becomes its file name."""
+    update: dict[str, Any] = {}
+    if config.training is not None and config.training.dataset:
+        update["training"] = config.training.model_copy(update={"dataset": public_dataset(config.training.dataset)})
+    if config.evaluation is not None and config.evaluation.dataset:
+        dataset = public_dataset(config.evaluation.dataset)
+        update["evaluation"] = config.evaluation.model_copy(update={"dataset": dataset})
+    return config.model_copy(update=update) if update else config
+
+
+def quality_warnings(quality: Quality, lens_dir: Path, base_model: str) -> list[str]:
+    """What `Quality.problems` flags, each with what to do about it, for the publisher to read before a push."""
+    fixes = []
+    if not quality.evaluated:
+        fixes.append(
+            "evaluate it on held-out text before publishing: "
+            f"lens-hub eval {lens_dir} --model {base_model} --data HELDOUT_TEXT --store"
+        )
+    elif quality.barely_better:
+        fixes.append("train it longer (more --steps or tokens) before publishing it")
+    if quality.untrained_layers:
+        fixes.append("the card and the registry entry say so; train them (lens-hub train --layers) if they matter")
+    return [f"{problem}; {fix}." for problem, fix in zip(quality.problems(), fixes, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------------ Hub access
@@ -298,7 +344,12 @@ def next_version(existing: Sequence[str]) -> str:
 
 
 def _lens_version(
-    config: LensConfig, version: str, location: HubLocation, files: Sequence[PlannedFile], license: str | None
+    config: LensConfig,
+    version: str,
+    location: HubLocation,
+    files: Sequence[PlannedFile],
+    license: str | None,
+    untrained: Sequence[int],
 ) -> LensVersion:
     artifact = [f for f in files if f.path_in_repo.rpartition("/")[2] in (CONFIG_NAME, WEIGHTS_NAME)]
     training = config.training
@@ -314,6 +365,7 @@ def _lens_version(
         license=license,
         training=training,
         evaluation=config.evaluation,
+        untrained_layers=list(untrained),
     )
 
 
@@ -357,14 +409,16 @@ def plan_push(
         aliases: Extra registry names for the base model (a list, or ``"a,b"``).
         token: Hub token (default: ``HF_TOKEN`` or the stored login).
         dry_run: Plan for a dry run: without any token, the token check is skipped and the repo's refs are read
-            anonymously (a private or missing repo then reads as new; `PushPlan.note` says so).
+            anonymously (a private or missing repo then reads as new; `PushPlan.note` says so). With the Hub
+            unreachable the plan is still made (``hub_checked`` False: repo, tag and token unchecked, the version
+            picked from the registry alone), and `execute` refuses it.
 
     Raises:
         LensFormatError: The lens directory is invalid.
         PublishError: Bad arguments or a registry conflict; subclasses `VersionExistsError`,
             `AuthenticationError`.
         RegistryError: The registry is, or would become, invalid.
-        HubUnreachableError: The Hub failed.
+        HubUnreachableError: The Hub failed (not for a dry run).
     """
 
     lens_dir = Path(lens_dir)
@@ -374,7 +428,7 @@ def plan_push(
     license = check_license(license)
     alias_list = [a.strip() for a in (aliases.split(",") if isinstance(aliases, str) else aliases or []) if a.strip()]
 
-    config = _lens_config(lens_dir, base_model)
+    config, untrained = _lens_config(lens_dir, base_model)
     reg = Registry.open_to_write(registry if registry is not None else default_registry_dir(), "publishing into it")
     existing = reg.find(config.base_model)  # type: ignore[arg-type]
     canonical = existing.model if existing else config.base_model
@@ -390,19 +444,34 @@ def plan_push(
 
     api = hub_api()
     note = None
-    if dry_run and _find_token(token) is None:
-        # A dry run uploads nothing, so it needs no token: read what anyone may read, and say what stays unknown.
-        token_str, refs = "", _read_refs(api, repo_id, False)
-        note = "no Hugging Face token: the token check was skipped and the refs were read anonymously"
-        if not refs.exists:
-            note += f"; {repo_id} is missing or private (its visibility could not be checked)"
-        note += f". A real push needs a token with write access: {_LOGIN_HINT}."
-    else:
-        token_str = _authenticate(api, token, repo_id.split("/")[0])
-        refs = _read_refs(api, repo_id, token_str)
+    tokenless = dry_run and _find_token(token) is None
+    unreachable: HubUnreachableError | None = None
+    try:
+        if tokenless:
+            # A dry run uploads nothing, so it needs no token: read what anyone may read, and say what stays unknown.
+            token_str, refs = "", _read_refs(api, repo_id, False)
+            note = "no Hugging Face token: the token check was skipped and the refs were read anonymously"
+            if not refs.exists:
+                note += f"; {repo_id} is missing or private (its visibility could not be checked)"
+            note += f". A real push needs a token with write access: {_LOGIN_HINT}."
+        else:
+            token_str = _authenticate(api, token, repo_id.split("/")[0])
+            refs = _read_refs(api, repo_id, token_str)
+    except HubUnreachableError as exc:
+        if not dry_run:
+            raise
+        # Offline, a dry run still shows everything made here (files, card, entry); it says what stayed unchecked.
+        token_str, refs, unreachable = "", _Refs(False, None, {}), exc
     registry_versions = [v.version for v in existing.lenses] if existing else []
     chosen = wanted or next_version(_tag_versions(refs.tags, sub) + registry_versions)
     tag = f"{_tag_prefix(sub)}{chosen}"
+    if unreachable is not None:
+        note = (
+            f"offline dry run: {unreachable}. Not checked: whether {repo_id} exists (and who may see it), whether the "
+            f"tag {tag} is free, whether {'a' if tokenless else 'your'} token may write to {repo_id.split('/')[0]}; "
+            f"version {chosen} was picked from the registry alone. Run the dry run again online before pushing"
+            + (f" (a real push also needs a token with write access: {_LOGIN_HINT})." if tokenless else ".")
+        )
     if tag in refs.tags:
         raise VersionExistsError(
             f"{repo_id} already has the tag {tag} (commit {refs.tags[tag][:12]}); nothing was uploaded. "
@@ -414,10 +483,13 @@ def plan_push(
             f"uploaded. Pick another --version (next: {next_version(registry_versions)})."
         )
 
-    files = _files(lens_dir, config, sub, CardInfo(canonical, repo_id, chosen, tag, sub, license, has_metrics(config)))
+    has_plot = has_metrics(config)
+    info = CardInfo(canonical, repo_id, chosen, tag, sub, license, has_plot, tuple(untrained))  # type: ignore[arg-type]
+    files = _files(lens_dir, config, sub, info)
     location = HubLocation(repo_id=repo_id, subfolder=sub, revision=PLACEHOLDER_COMMIT)
     facts = existing.facts.model_dump() if existing is not None else _facts(config)
-    version_record = _lens_version(config, chosen, location, files, license)
+    version_record = _lens_version(config, chosen, location, files, license, untrained)
+    quality = assess(config.evaluation, config.training, untrained, config.num_layers)
     entry = entry_with_version(existing, canonical, facts, version_record, alias_list)
     clashes = reg.clashes(entry, registry_file)
     if clashes:
@@ -439,6 +511,8 @@ def plan_push(
         private=private,
         token=token_str,
         note=note,
+        warnings=tuple(quality_warnings(quality, lens_dir, canonical)),  # type: ignore[arg-type]
+        hub_checked=unreachable is None,
     )
 
 
@@ -467,7 +541,10 @@ def _files(lens_dir: Path, config: LensConfig, sub: str, info: CardInfo) -> list
     ]
     if info.has_plot:
         title = f"Tuned lens for {info.base_model} v{info.version}"
-        files.append(planned(PLOT_NAME, evaluation_png(config.evaluation, title=title)))  # type: ignore[arg-type]
+        untrained = set(info.untrained_layers or ())
+        trained = [i for i in range(config.num_layers) if i not in untrained] if untrained else None
+        png = evaluation_png(config.evaluation, title=title, trained=trained)  # type: ignore[arg-type]
+        files.append(planned(PLOT_NAME, png))
     return files
 
 
@@ -499,6 +576,11 @@ def execute(plan: PushPlan) -> PushResult:
     """
     from huggingface_hub import CommitOperationAdd
 
+    if not plan.hub_checked:
+        raise PublishError(
+            f"this plan for {plan.repo_id} was made without reaching the Hub (repo, tag and token unchecked); nothing "
+            "was uploaded. Plan again online (plan_push without dry_run) and execute that plan."
+        )
     api, repo_id, token = hub_api(), plan.repo_id, plan.token
     parent = plan.parent_commit
     if not plan.repo_exists:

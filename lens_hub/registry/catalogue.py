@@ -2,8 +2,10 @@
 
 `list_pretrained` reads a registry (the shipped one, ``$LENS_HUB_REGISTRY``, or a directory) and returns one
 `LensRecord` per base model, describing its default lens version: the model's facts, where the lens lives, its
-format and status, and, when the version's evaluation holds them, the per-layer KL divergence from the final layer
-of the tuned and the logit lens (the quality fields of the model card). The result is a `LensList`, a plain list
+format and status, and what its quality is judged by (`lens_hub.registry.quality`): the per-layer held-out KL
+divergence from the final layer of the tuned and the logit lens, the tokens it was trained on and its untrained
+layers (``verified`` only says the files are intact; the ``quality`` column says whether the lens is any good). The
+result is a `LensList`, a plain list
 that also renders as an HTML table in a notebook (``_repr_html_``, every value escaped) and as a rich table in a
 terminal (``__rich__``, no value read as markup). ``lens-hub registry list`` prints this same list, so the command
 line and Python never disagree.
@@ -18,6 +20,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from .quality import Quality, tokens_seen
 from .schema import LensVersion, RegistryEntry
 from .store import Registry
 
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 # Headings of the HTML and rich tables, shared so that both views (and `LensRecord.cells`) say the same.
-_COLUMNS = ("model", "aliases", "type", "d", "layers", "vocab", "default", "format", "status", "KL logit → tuned")
+_COLUMNS = ("model", "aliases", "type", "d", "layers", "vocab", "default", "format", "status", "quality", "tokens")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,21 @@ class LensRecord:
     kl_layers: tuple[int, ...] | None = None
     kl_tuned: tuple[float, ...] | None = None
     kl_logit: tuple[float, ...] | None = None
+    eval_dataset: str | None = None
+    tokens_seen: int | None = None  # in training: the fit's plus the KL steps'
+    untrained_layers: tuple[int, ...] | None = None  # None: not checked
+
+    @property
+    def quality(self) -> Quality:
+        """The judgement the push warnings and the model card make too (`lens_hub.registry.quality`)."""
+        return Quality(
+            mean_kl_tuned=self.mean_kl_tuned,
+            mean_kl_logit=self.mean_kl_logit,
+            eval_dataset=self.eval_dataset,
+            tokens_seen=self.tokens_seen,
+            untrained_layers=self.untrained_layers,
+            num_layers=self.num_layers,
+        )
 
     @property
     def uri(self) -> str:
@@ -75,6 +93,7 @@ class LensRecord:
         """The record as plain JSON-ready values (tuples become lists; the means and ``uri`` are included)."""
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         data.update(uri=self.uri, mean_kl_tuned=self.mean_kl_tuned, mean_kl_logit=self.mean_kl_logit)
+        data.update(quality=self.quality.summary(), quality_problems=self.quality.problems())
         return data
 
     @classmethod
@@ -100,16 +119,14 @@ class LensRecord:
             kl_layers=tuple(ev.layers) if ev is not None and ev.layers is not None else None,
             kl_tuned=tuple(ev.tuned.kl) if ev is not None and ev.tuned.kl else None,
             kl_logit=tuple(ev.logit.kl) if ev is not None and ev.logit.kl else None,
+            eval_dataset=ev.dataset if ev is not None else None,
+            tokens_seen=tokens_seen(v.training),
+            untrained_layers=tuple(v.untrained_layers) if v.untrained_layers is not None else None,
         )
 
     def cells(self) -> tuple[str, ...]:
         """The record's table cells as plain text, in `_COLUMNS` order (``?``: unknown, ``—``: none)."""
         more = f" (+{len(self.versions) - 1})" if len(self.versions) > 1 else ""
-        kl = (
-            f"{self.mean_kl_logit:.2f} → {self.mean_kl_tuned:.2f}"
-            if self.mean_kl_tuned is not None and self.mean_kl_logit is not None
-            else "—"
-        )
         return (
             self.model,
             ", ".join(self.aliases) or "—",
@@ -120,7 +137,8 @@ class LensRecord:
             f"v{self.version}{more}",
             self.format,
             self.status,
-            kl,
+            self.quality.summary(),
+            f"{self.tokens_seen:,}" if self.tokens_seen is not None else "?",
         )
 
 
@@ -154,7 +172,7 @@ class LensList(list[LensRecord]):
         table = Table(title=f"{self.title} ({len(self)} models)")
         for column in _COLUMNS:
             # fold: a long id wraps onto the next line instead of being cut to '…' in a narrow terminal or a pipe
-            numeric = column in ("d", "layers", "vocab")
+            numeric = column in ("d", "layers", "vocab", "tokens")
             table.add_column(column, justify="right" if numeric else "left", overflow="fold")
         for record in self:
             table.add_row(*(Text(cell) for cell in record.cells()))

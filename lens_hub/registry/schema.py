@@ -35,6 +35,7 @@ from ..core.config import (
     NOTES_MAX,
     EvaluationInfo,
     FingerprintText,
+    LayerIndex,
     LensConfig,
     ShortText,
     TrainingInfo,
@@ -201,6 +202,14 @@ class LensVersion(_Strict):
     license: ShortText | None = None
     training: TrainingInfo | None = None
     evaluation: EvaluationInfo | None = None
+    untrained_layers: list[LayerIndex] | None = Field(
+        default=None,
+        max_length=MAX_LAYERS,
+        description="Layers whose translator is the identity (there the lens is the logit lens), found from the "
+        "weights when the lens was published; None: not checked. With `training` (tokens seen) and `evaluation` "
+        "(held-out KL, tuned vs logit lens) this is what a reader judges the lens's quality by: `verified` is only "
+        "about the files' integrity.",
+    )
     notes: text(NOTES_MAX) | None = Field(default=None, description=f"Free text, at most {NOTES_MAX:,} characters.")
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.format import nonfinite_tensors, parse_json, read_text_capped
+from ..core.format import nonfinite_tensors, parse_json, read_text_capped, short_repr
 from ..errors import CheckpointError
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -186,6 +186,48 @@ def load_checkpoint(path: Path) -> Checkpoint:
     lens = _load_tensors(path / "lens.safetensors")
     optimizer = join_optimizer_state(opt_tensors, state["optimizer"])
     return Checkpoint(state["step"], lens, optimizer, state["scheduler"], state["settings"], path)
+
+
+# How a user changes each recorded setting: its command-line flag, or what else it is (settings without a flag of
+# their own name); the rest are spelled --name-with-dashes.
+_SETTING_NAMES = {
+    "fit_ridge": "fit_ridge (--ridge)",
+    "grad_clip": "grad_clip",
+    "bias": "bias",
+    "num_sequences": "num_sequences (how much --data there is)",
+    "world": "world (processes under torchrun)",
+}
+_IDENTITY_NAMES = {"model": "the model (its unembedding)", "data": "the training tokens (--data)"}
+
+
+def _describe_setting(name: str, then: Any, now: Any) -> str:
+    """One differing setting, with its flag and both values: ``steps (--steps): 2 in the checkpoint, 4 now``."""
+    if name in _IDENTITY_NAMES:  # digests: their values mean nothing to a reader
+        return f"{_IDENTITY_NAMES[name]}: not the checkpoint's"
+    label = _SETTING_NAMES.get(name, f"{name} (--{name.replace('_', '-')})")
+
+    def value(v: Any) -> str:
+        return "not set (the default)" if v is None else short_repr(v, 40)
+
+    return f"{label}: {value(then)} in the checkpoint, {value(now)} now"
+
+
+def check_same_run(ckpt: Checkpoint, identity: Mapping[str, Any], out: Path) -> None:
+    """Refuse a checkpoint written by a run with other settings, model or data than ``identity`` (the new run's).
+
+    Raises:
+        CheckpointError: Naming each differing setting with its flag, the checkpoint's value and the new one, and
+            the ways on: rerun with the checkpoint's settings, write elsewhere, or discard the checkpoints.
+    """
+    changed = sorted(k for k in set(identity) | set(ckpt.settings) if identity.get(k) != ckpt.settings.get(k))
+    if not changed:
+        return
+    details = "; ".join(_describe_setting(k, ckpt.settings.get(k), identity.get(k)) for k in changed)
+    raise CheckpointError(
+        f"{out} holds checkpoints of a run with different settings ({', '.join(changed)}): {details}. To resume "
+        "that run, rerun with the checkpoint's settings; to train with the new ones, write to another folder (--out) "
+        "or discard the checkpoints (--restart; in Python, restart(out))."
+    )
 
 
 @dataclass(frozen=True)

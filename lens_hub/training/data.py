@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,35 @@ from ..core.format import text_lines
 from ..errors import DataError, LensHubError
 
 TEXT_SUFFIXES = (".txt", ".md")
+SAMPLES = Path(__file__).parents[1] / "samples"  # texts shipped in the package, named ``sample:FILE`` in `--data`
+SAMPLE_PREFIX = "sample:"
+_READABLE = (*TEXT_SUFFIXES, ".jsonl")
 
 
-def is_local(source: str | Path) -> bool:
-    """Whether `source` names a local file or folder (existing or meant to be) rather than a Hub dataset."""
-    path = Path(source)
-    return path.exists() or path.suffix in (*TEXT_SUFFIXES, ".jsonl") or str(source).startswith((".", "/", "~"))
+def local_path(source: str | os.PathLike[str]) -> Path:
+    """The file or folder a local `source` names: ``sample:NAME`` is ``NAME`` among the package's shipped texts
+    (``sample:persuasion-ch1-8.txt``, so that examples run wherever lens-hub is installed); anything else is itself.
+
+    Raises:
+        DataError: ``sample:NAME`` where the package ships no such text (naming those it ships).
+    """
+    text = os.fspath(source)
+    if not text.startswith(SAMPLE_PREFIX) or Path(text).exists():
+        return Path(text).expanduser()
+    name = text[len(SAMPLE_PREFIX) :]
+    path = SAMPLES / name
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.exists():
+        shipped = sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*") if p.suffix in _READABLE)
+        raise DataError(f"--data {text}: lens-hub ships no such sample; the samples are {', '.join(shipped)}.")
+    return path
+
+
+def is_local(source: str | os.PathLike[str]) -> bool:
+    """Whether `source` names a local file or folder (existing or meant to be, or a shipped ``sample:``) rather than
+    a Hub dataset."""
+    text = os.fspath(source)
+    path = Path(text)
+    return path.exists() or path.suffix in _READABLE or text.startswith((".", "/", "~", SAMPLE_PREFIX))
 
 
 def iter_documents(
@@ -37,8 +61,9 @@ def iter_documents(
 
     Args:
         source: A ``.txt``/``.md`` file (one document), a ``.jsonl`` file (one document per line, in
-            ``text_column``), a folder (every such file inside, sorted), or a Hub dataset (``org/name`` or
-            ``org/name:config``, see [`HubDataset`][lens_hub.training.data.HubDataset]), streamed.
+            ``text_column``), a folder (every such file inside, sorted), a shipped sample (``sample:NAME``, see
+            `local_path`), or a Hub dataset (``org/name`` or ``org/name:config``, see
+            [`HubDataset`][lens_hub.training.data.HubDataset]), streamed.
         text_column: Field holding the text in ``.jsonl`` files and datasets.
         split: Dataset split.
         revision: Dataset branch, tag or commit (default: the main branch, pinned when first resolved).
@@ -46,11 +71,12 @@ def iter_documents(
     Raises:
         DataError: A missing file, a malformed line, or a dataset, config, split or column that does not exist.
     """
-    path = Path(source)
     if not is_local(source):
         yield from HubDataset.resolve(str(source), revision).documents(split=split, text_column=text_column)
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (*TEXT_SUFFIXES, ".jsonl") and p.is_file())
+        return
+    path = local_path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in _READABLE and p.is_file())
         if not files:
             raise DataError(f"{path} holds no .txt, .md or .jsonl files.")
         for file in files:
@@ -263,7 +289,10 @@ def tokenize(
     if max_sequences is not None:
         n = min(n, max_sequences)
     if n == 0:
-        raise DataError(f"{source or 'the data'} holds {len(stream)} tokens, less than one sequence of {seq_len}.")
+        raise DataError(
+            f"{source or 'the data'} holds {len(stream):,} tokens, less than one sequence of seq_len {seq_len:,} "
+            "tokens; lower seq_len (--seq-len) or give more text."
+        )
     sequences = torch.tensor(stream[: n * seq_len], dtype=torch.int64).view(n, seq_len)
     return TokenData(sequences, num_bytes, len(stream), source)
 

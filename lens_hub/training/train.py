@@ -36,9 +36,9 @@ from torch import nn
 
 from .._version import __version__
 from ..core.config import TrainingInfo
-from ..core.format import short_repr
 from ..core.models import hidden_states
 from ..core.options import DEFAULT_FIT_TOKENS, Optimizer
+from ..core.progress import ProgressReport
 from ..errors import (
     CheckpointError,
     DataError,
@@ -53,13 +53,14 @@ from .checkpoint import (
     Checkpoint,
     ResumeSpec,
     check_resumable,
+    check_same_run,
     join_optimizer_state,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
     split_optimizer_state,
 )
-from .data import TokenData, is_local, shuffled
+from .data import TokenData, is_local, local_path, shuffled
 from .fit import FitReport, fit_lens
 from .losses import choose_kernel, fused_lens_losses
 from .settings import TrainSettings
@@ -112,7 +113,7 @@ def check_data_source(source: str | os.PathLike[str]) -> None:
     """
     if not is_local(source):
         return
-    path = Path(source).expanduser()
+    path = local_path(source)
     if not path.exists():
         raise DataError(f"--data {source}: no such file or folder; give a .txt/.md/.jsonl file or a folder of them.")
     if path.is_file() and not path.read_bytes().strip():
@@ -192,7 +193,8 @@ def make_plan(settings: TrainSettings, data: TokenData, world: int) -> Plan:
         raise DataError(
             f"{settings.steps} steps of {plan.sequences_per_step * data.seq_len} tokens need {needed} sequences of "
             f"{data.seq_len} tokens ({needed * data.seq_len:,} tokens), but {data.source} gives "
-            f"{len(data.sequences)}. Add data, or lower steps / tokens_per_step / seq_len."
+            f"{len(data.sequences)}. Add data, or lower steps (--steps), tokens_per_step (--tokens-per-step) or "
+            "seq_len (--seq-len)."
         )
     if settings.initialisation == "fit":
         fit_sequences(settings, data)
@@ -399,17 +401,7 @@ def _newest_checkpoint(ckpt_dir: Path, identity: dict[str, Any]) -> Checkpoint |
     if not previous:
         return None
     ckpt = load_checkpoint(previous[-1])
-    changed = sorted(k for k in set(identity) | set(ckpt.settings) if identity.get(k) != ckpt.settings.get(k))
-    if changed:
-        what = {"model": "the model (its unembedding)", "data": "the training tokens"}
-        details = "; ".join(
-            f"{what.get(k, k)}: {short_repr(ckpt.settings.get(k), 40)} then, {short_repr(identity.get(k), 40)} now"
-            for k in changed[:6]
-        )
-        raise CheckpointError(
-            f"{ckpt_dir.parent} holds checkpoints of a run with different settings ({', '.join(changed)}): "
-            f"{details}. Write to another folder, or discard them (--restart; in Python, restart(out))."
-        )
+    check_same_run(ckpt, identity, ckpt_dir.parent)
     return ckpt
 
 
@@ -834,25 +826,8 @@ def _loggers(kinds: list[str], out: Path) -> list[Callable[[int, dict[str, float
     return loggers
 
 
-def _bar(label: str, console: Any) -> Any:
-    """A started rich progress bar: label, bar, done/total, time left, and a free ``info`` field."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
-    bar.start()
-    return bar
-
-
 class _Progress:
-    """Rich progress bar: step, tokens/s, the lens loss in bits per byte (as ``lens-hub eval``), ETA.
+    """Training progress (`ProgressReport`): step, tokens/s, the lens loss in bits per byte (as ``lens-hub eval``).
 
     With up to 4 trained layers each layer's loss is shown; with more, the mean of three groups of layers, each
     labelled with its layer range.
@@ -862,8 +837,8 @@ class _Progress:
         self.layers = run.layers
         self.data = run.data
         self.name = "KL" if run.settings.loss == "kl" else "CE"
-        self.bar = _bar("polishing" if run.settings.initialisation == "fit" else "training", console)
-        self.task = self.bar.add_task("train", total=run.settings.steps, completed=start, info="")
+        label = "polishing" if run.settings.initialisation == "fit" else "training"
+        self.report = ProgressReport(label, console, total=run.settings.steps, unit="steps", done=start)
 
     def describe(self, losses: list[float]) -> str:
         """The losses (nats per token) as bits per byte, per layer or per group of layers."""
@@ -882,24 +857,25 @@ class _Progress:
         return f"{self.name} bits/byte: {'  '.join(parts)}"
 
     def update(self, step: int, losses: list[float], rate: float) -> None:
-        self.bar.update(self.task, completed=step, info=f"{rate:,.0f} tok/s  {self.describe(losses)}")
+        self.report.update(step, info=f"{rate:,.0f} tok/s  {self.describe(losses)}")
 
     def close(self) -> None:
-        self.bar.stop()
+        self.report.close()
 
 
 class _FitProgress:
-    """Rich progress bar of the closed-form fit: forward passes done (of all passes over the data), tokens/s, ETA."""
+    """Progress of the closed-form fit (`ProgressReport`): forward passes done (of all passes over the data),
+    tokens/s."""
 
     def __init__(self, run: _Run, sequences: int, console: Any) -> None:
         self.tokens_per_batch = run.settings.batch_size * run.data.seq_len * run.world
         self.start = time.perf_counter()
-        self.bar = _bar("fitting", console)
-        self.task = self.bar.add_task("fit", total=None, info=f"{len(run.layers)} layers, {sequences} sequences")
+        info = f"{len(run.layers)} layers, {sequences} sequences"
+        self.report = ProgressReport("fitting", console, unit="forward passes", info=info)
 
     def update(self, done: int, total: int) -> None:
         rate = done * self.tokens_per_batch / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.update(self.task, completed=done, total=total, info=f"{rate:,.0f} tok/s (forward passes)")
+        self.report.update(done, total, info=f"{rate:,.0f} tok/s")
 
     def close(self) -> None:
-        self.bar.stop()
+        self.report.close()
