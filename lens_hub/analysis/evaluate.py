@@ -6,12 +6,16 @@ i applied to layer j). Everything is reported in bits per byte of text, so numbe
 
 The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
 
-    {"schema": "lens-hub-eval/1", "model": str, "lens": str | null, "dataset": str, "num_tokens": int,
+    {"schema": "lens-hub-eval/1", "model": str,
+     "lens": str | null,  # the tuned lens as it was named (directory, registry name, hf://...); null: none
+     "dataset": str, "num_tokens": int,
      "layers": [int],  # the layers every list below refers to, in order
      "tokens_per_byte": float, "unit": "bits_per_byte", "model_cross_entropy": float,
      "tuned": {"kl": [L floats], "cross_entropy": [...], "entropy": [...]} | null,
      "logit": {"kl": [...], "cross_entropy": [...], "entropy": [...]},
      "transfer": [[L floats] x L] | null,  # transfer[a][b]: KL with translator layers[a] on layers[b]
+     "transfer_cross_entropy": [[L floats] x L] | null,  # the same, cross-entropy against the labels
+     "token_shift": int,                    # labels are the tokens this far ahead (1: the next token)
      "logit_stats": {...} | null,           # evaluate(..., logit_stats=True), lens-hub eval --logit-stats
      "trained_layers": [int] | null}        # the lens's trained layers (null: all, or no tuned lens)
 
@@ -25,8 +29,8 @@ The JSON written by `write_json` has this schema (``lens-hub-eval/1``)::
          # alpha_0 = sum(alpha) of the maximum-likelihood Dirichlet of the per-token distributions (null where
          # the fit did not converge, with a warning)
 
-Files written before ``logit_stats`` or ``trained_layers`` existed lack the key; readers should treat both as
-optional.
+Files written before ``logit_stats``, ``trained_layers``, ``transfer_cross_entropy`` or ``token_shift`` existed
+lack the key; readers should treat them as optional (``token_shift`` then is 1).
 
 Evaluating costs two unembeddings per token and layer, so `default_layers` picks the layers worth it: those the
 lens was trained on (an untrained translator is the identity, i.e. the logit lens). `evaluate` prints nothing; pass
@@ -39,7 +43,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,7 @@ from torch import nn
 from ..core.config import EvaluationInfo, LayerMetrics
 from ..core.lens import BaseTunedLens, Lens, LogitLens
 from ..core.models import hidden_states
+from ..core.progress import Progress, ProgressReport
 from ..errors import DirichletFitError, StatsError
 from ..training.data import TokenData
 from .stats import LogitStats
@@ -74,6 +79,8 @@ class EvalResult:
     lens: str | None = None
     logit_stats: dict[str, Any] | None = None  # schema in the module docstring
     trained_layers: list[int] | None = None  # the tuned lens's trained layers; None: all (or no tuned lens)
+    transfer_cross_entropy: list[list[float]] | None = None
+    token_shift: int = 1
 
     def is_trained(self, layer: int) -> bool | None:
         """Whether the tuned lens was trained at ``layer`` (None without a tuned lens)."""
@@ -108,6 +115,8 @@ class EvalResult:
             "transfer": self.transfer,
             "logit_stats": self.logit_stats,
             "trained_layers": self.trained_layers,
+            "transfer_cross_entropy": self.transfer_cross_entropy,
+            "token_shift": self.token_shift,
         }
 
 
@@ -129,14 +138,23 @@ class _Sums:
 
 ROW_ELEMENTS = 1 << 25  # logits per chunk of rows: 128 MiB in fp32
 
-Progress = Callable[[int, int], None]  # called with (batches done, batches in all) after every batch
+
+def shifted_labels(ids: torch.Tensor, shift: int) -> torch.Tensor:
+    """Labels of each position of ``ids`` [batch, seq]: the token ``shift`` positions on, -1 where there is none."""
+    labels = torch.full_like(ids, -1)
+    if shift >= 0:
+        labels[:, : ids.shape[1] - shift] = ids[:, shift:]
+    else:
+        labels[:, -shift:] = ids[:, :shift]
+    return labels
 
 
 def trained_layers(lens: BaseTunedLens | None) -> list[int] | None:
-    """The layers ``lens`` was trained on, sorted; None for all (or unknown provenance, or no lens)."""
-    if lens is None or lens.config.training is None or lens.config.training.layers is None:
+    """The layers ``lens`` was trained on, sorted; None for all (or no lens). See `BaseTunedLens.untrained_layers`."""
+    untrained = set(lens.untrained_layers()) if lens is not None else set()
+    if not untrained:
         return None
-    return sorted(set(lens.config.training.layers))
+    return [i for i in range(lens.num_layers) if i not in untrained]  # type: ignore[union-attr]
 
 
 def default_layers(lens: BaseTunedLens | None, num_layers: int) -> list[int]:
@@ -151,25 +169,10 @@ def default_layers(lens: BaseTunedLens | None, num_layers: int) -> list[int]:
 
 @contextmanager
 def rich_progress(console: Any, description: str = "Evaluating") -> Iterator[Progress]:
-    """A rich progress bar (batches done, elapsed, ETA) on ``console``, as a `Progress` callback for `evaluate`."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"))
-    columns += (TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+    """Batch-by-batch progress on ``console`` (a `ProgressReport`: a bar on a terminal, plain lines in a log), as a
+    `Progress` callback for `evaluate`."""
+    with ProgressReport(description, console, unit="batches") as report:
+        yield report
 
 
 @torch.no_grad()
@@ -184,6 +187,8 @@ def evaluate(
     layers: list[int] | None = None,
     logit_stats: bool = False,
     progress: Progress | None = None,
+    lens_name: str | None = None,
+    token_shift: int = 1,
 ) -> EvalResult:
     """Evaluate the logit lens, and ``lens`` if given, on ``data``.
 
@@ -195,23 +200,32 @@ def evaluate(
         lens: A tuned lens (``None``: the logit lens alone).
         batch_size: Sequences per forward pass.
         max_sequences: Evaluate at most this many sequences.
-        transfer: Also compute the transfer matrix (translator i on layer j; costs layers x layers unembeddings).
+        transfer: Also compute the transfer matrices (translator i on layer j; costs layers x layers unembeddings),
+            of KL to the model's output and of cross-entropy against the labels.
         layers: Evaluate only these layers (each costs two unembeddings per token); default: `default_layers`, the
             layers ``lens`` was trained on (all for the logit lens alone or a lens trained on every layer).
         logit_stats: Also measure each layer's marginal prediction bias (`lens_hub.analysis.stats.LogitStats`): the KL
             from the model's marginal to the lens's, and the precision of a Dirichlet fit
             (``EvalResult.logit_stats``; keeps 2 x layers x vocab float64 numbers per lens, plus the model's).
         progress: Called with (batches done, batches in all) after every batch; nothing is printed without it.
+        lens_name: What ``lens`` is (a directory, registry name or hf:// address), recorded as ``EvalResult.lens``;
+            default: "tuned lens of BASE_MODEL".
+        token_shift: The cross-entropy's labels are the tokens this far from each position: 1 the next token (the
+            default, what the model is trained on), 0 the current one, -1 the previous one, 2 the one after next.
+            KL and entropy do not depend on it.
     """
     logit = LogitLens.from_model(model)
     chosen = layers if layers is not None else default_layers(lens, logit.num_layers)
     num_layers = len(chosen)
     device = logit.unembed.parts.output_embedding.weight.device
     seqs = data.sequences[: max_sequences or len(data.sequences)]
+    if not -seqs.shape[1] < token_shift < seqs.shape[1]:
+        raise ValueError(f"token_shift={token_shift} leaves no label in sequences of {seqs.shape[1]} tokens")
     lenses: dict[str, Lens] = {"logit": logit} | ({"tuned": lens} if lens is not None else {})
     sums = {name: _Sums(num_layers, device) for name in lenses}
     model_ce = torch.zeros((), dtype=torch.float64, device=device)
     trans = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=device)
+    trans_ce = torch.zeros_like(trans)
     vocab = logit.unembed.parts.vocab_size
     rows = max(1, ROW_ELEMENTS // vocab)
     marginals = {name: LogitStats(num_layers, vocab, device=device) for name in lenses} if logit_stats else {}
@@ -221,7 +235,7 @@ def evaluate(
         progress(0, num_batches)
     for start in range(0, len(seqs), batch_size):
         ids = seqs[start : start + batch_size].to(device)
-        labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1).reshape(-1)
+        labels = shifted_labels(ids, token_shift).reshape(-1)
         hs = [h.flatten(0, 1) for h in hidden_states(model, ids)]
         for r in range(0, len(labels), rows):
             sl = slice(r, r + rows)
@@ -241,10 +255,11 @@ def evaluate(
                     for m, j in enumerate(chosen):
                         log_q = lens.unembed(lens.transform_hidden(hs[j][sl], i)).float().log_softmax(-1)
                         trans[k, m] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+                        trans_ce[k, m] -= log_q[has].gather(-1, labels[sl][has, None]).sum(dtype=torch.float64)
         if progress is not None:
             progress(start // batch_size + 1, num_batches)
     n_tokens = seqs.numel()
-    n_predicted = seqs.shape[0] * (seqs.shape[1] - 1)
+    n_predicted = seqs.shape[0] * (seqs.shape[1] - abs(token_shift))
     to_bpb = data.tokens_per_byte / math.log(2)
 
     def bpb(x: torch.Tensor, n: int) -> list[float]:
@@ -263,9 +278,11 @@ def evaluate(
         logit=metrics["logit"],
         tuned=metrics.get("tuned"),
         transfer=[bpb(row, n_tokens) for row in trans] if transfer and lens is not None else None,
+        transfer_cross_entropy=[bpb(row, n_predicted) for row in trans_ce] if transfer and lens is not None else None,
+        token_shift=token_shift,
         logit_stats=_logit_stats_summary(marginals, model_marginal, chosen) if model_marginal is not None else None,
         model=getattr(model.config, "_name_or_path", None),
-        lens=lens.config.base_model if lens is not None else None,
+        lens=None if lens is None else lens_name or f"tuned lens of {lens.config.base_model or 'a local model'}",
         trained_layers=trained_layers(lens),
     )
 
@@ -336,6 +353,8 @@ def table(result: EvalResult) -> Any:
             cell(tuned, "entropy"),
         )
     t.caption = f"model output cross-entropy: {result.model_cross_entropy:.3f} bits/byte"
+    if result.token_shift != 1:
+        t.caption += f"; cross-entropy against the token {result.token_shift:+d} positions on (--token-shift)"
     if marked and result.trained_layers is not None:
         t.caption += f"; lens trained on layers {', '.join(map(str, result.trained_layers))} (others: identity)"
     return t

@@ -8,9 +8,17 @@ chunks of positions, and all statistics are computed in float32 whatever the mod
 
 Comparing two lenses (say the tuned lens with the logit lens) needs both full distributions, so it is done during
 construction: pass ``compare_with=other_lens`` and the trajectory also holds the Jensen-Shannon divergence
-(``.js``, in nats, at most ln 2) and the total-variation distance (``.tv``, in [0, 1]) between the two lenses'
-distributions at every row and position. `js_divergence` and `tv_distance` implement the definitions on explicit
-log-probabilities (e.g. two prompts of the same length, read layer by layer with ``lens(h, i)``).
+(``.js``, in nats, at most ln 2), the total-variation distance (``.tv``, in [0, 1]) and the KL divergence both
+ways (``.kl_to_compared``: KL(lens || compared), ``.kl_from_compared``: KL(compared || lens)) between the two
+lenses' distributions at every row and position. Two trajectories read from different hidden states of the same
+input (a clean and an ablated run, two residual components) are compared after construction instead: build both
+with ``keep_log_probs=True`` (which keeps the full distributions) and call `PredictionTrajectory.kl_divergence`.
+`js_divergence` and `tv_distance` implement the definitions on explicit log-probabilities (e.g. two such
+trajectories' ``log_probs``, or two prompts of the same length read layer by layer with ``lens(h, i)``).
+
+Positions can be masked (``mask_positions``: hold no prediction, e.g. a BOS token), and input tokens excluded from
+the distributions (``mask_input``, as in the original). `PredictionTrajectory.mean` averages a statistic over the
+batch; ``traj[b, 2:5]``, ``traj[:, 2:5]`` and `PredictionTrajectory.slice_positions` cut a trajectory.
 
 Targets and anti-targets: ``target`` (default: the next input token) is tracked everywhere by its rank, probability
 and log-probability; an ``anti_target`` adds its log-probability, and `PredictionTrajectory.log_prob_diff` gives
@@ -49,6 +57,8 @@ STAT_LABELS = {
     "log_prob": "log-probability of the target token (nats)",
     "log_prob_diff": "log p(target) - log p(anti-target) (nats)",
     "delta_log_prob_diff": "change of log p(target) - log p(anti-target) from the previous row (nats)",
+    "kl_to_compared": "KL(lens || compared lens) (nats)",
+    "kl_from_compared": "KL(compared lens || lens) (nats)",
 }
 # Visible stand-ins for whitespace in token labels.
 _VISIBLE = {" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"}
@@ -85,6 +95,14 @@ def tv_distance(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (0.5 * (logp.float().exp() - logq.float().exp()).abs().sum(-1)).clamp(0.0, 1.0)
 
 
+# The tensor fields, by how `PredictionTrajectory._select` cuts them: [batch, rows, positions, ...] or
+# [batch, positions].
+_ROW_TENSORS = (
+    "top_ids", "top_probs", "entropy", "ce", "kl", "rank", "prob", "js", "tv", "log_prob", "anti_log_prob",
+    "kl_to_compared", "kl_from_compared", "log_probs",
+)  # fmt: skip
+_POSITION_IDS = ("input_ids", "target_ids", "anti_target_ids")
+
 # A tracked token: one id for every position, one per sequence ([batch]), or one per position ([batch, positions];
 # -1 where there is none). `TrajectoryOptions` also takes a token's text, turned into its id with the tokenizer.
 TokenSpec = int | torch.Tensor
@@ -115,6 +133,20 @@ class TrajectoryOptions:
             text ``target`` or ``anti_target`` into its id.
         lengths: The true length of each right-padded sequence (default: every sequence fills all positions).
         chunk_size: Positions read at a time (default: about 64 Mi floats of logits per chunk).
+        mask_positions: Positions that hold no prediction, as padding does (NaN statistics, the id -1 in the
+            top-k, no target; an empty label in the views), e.g. ``0`` to hide a BOS token. One position or a
+            list of them, counted in every sequence (a negative one from that sequence's end: ``-1`` is its last
+            token), or a bool tensor, True where masked, [positions] or [batch, positions]. The model still reads
+            these tokens: only their predictions are hidden, and the means leave them out.
+        mask_input: Exclude every token of a sequence's input from the distributions read on it (the original
+            tuned-lens's ``mask_input``): those tokens get probability 0 in every row and the rest is renormalised,
+            which shows what a layer predicts besides copying the prompt. The original masks only the lens rows;
+            here the output row is masked too, so that KL(final || layer) compares two distributions of the same
+            support (with the output row unmasked it is infinite everywhere). A next token or target that occurs
+            in the input then has probability 0 (ce infinite).
+        keep_log_probs: Also keep every row's full log-probabilities (``log_probs``, [batch, rows, positions,
+            vocab] float32 on the CPU: batch x rows x positions x vocab x 4 bytes, 52 MB for 13 rows of 20 GPT-2
+            positions), which `PredictionTrajectory.kl_divergence` needs to compare two trajectories.
     """
 
     layers: Sequence[int] | None = None
@@ -125,6 +157,9 @@ class TrajectoryOptions:
     tokenizer: Any = None
     lengths: Sequence[int] | None = None
     chunk_size: int | None = None
+    mask_positions: int | Sequence[int] | torch.Tensor | None = None
+    mask_input: bool = False
+    keep_log_probs: bool = False
 
     @classmethod
     def _of_call(cls, caller: str, options: dict[str, Any], *, taken: tuple[str, ...] = ()) -> TrajectoryOptions:
@@ -165,7 +200,11 @@ class PredictionTrajectory:
     prediction: NaN in every float tensor (``top_probs`` included) and the id -1, which is no token, in ``top_ids``,
     ``rank``, ``target_ids`` and ``anti_target_ids`` (``input_ids`` keeps the padding token). Positions without a
     target hold NaN in ``prob`` and ``log_prob`` and -1 in ``rank``, and positions without a next token NaN in
-    ``ce``. ``traj[b]`` is sequence ``b`` alone, cut to its length (``traj[-1]``: the last sequence).
+    ``ce``. Positions masked with ``mask_positions`` hold no prediction either, as padding does.
+
+    ``traj[b]`` is sequence ``b`` alone, cut to its length (``traj[-1]``: the last sequence); ``traj[b, 2:5]`` and
+    ``traj[:, 2:5]`` also cut positions (see `__getitem__` and `slice_positions`). `mean` averages a statistic over
+    the batch, `kl_divergence` compares two trajectories built with ``keep_log_probs=True``.
 
     ``log_prob`` is the log-probability of the target token (``prob`` is its exponential); ``anti_target_ids`` and
     ``anti_log_prob`` are set when the trajectory was built with an ``anti_target`` (see `log_prob_diff`). The
@@ -191,9 +230,17 @@ class PredictionTrajectory:
     anti_log_prob: torch.Tensor | None = None
     input_labels: list[list[str]] = field(default_factory=list)
     top_labels: list[list[list[list[str]]]] = field(default_factory=list)
+    # With compare_with: KL(this lens || compared lens) and KL(compared lens || this lens), nats.
+    kl_to_compared: torch.Tensor | None = None
+    kl_from_compared: torch.Tensor | None = None
+    # With keep_log_probs=True: every row's full log-probabilities, [B, rows, T, vocab] (NaN where no prediction).
+    log_probs: torch.Tensor | None = None
     # What was read, for the views' default titles ("tuned lens" / "logit lens"; the model's Hub id or directory).
     lens_name: str | None = None
     model_name: str | None = None
+    # The layers of ``layers`` where the lens read is exactly the logit lens (an untrained, identity translator:
+    # `lens.untrained_layers()`), so that the views can mark them without the lens. Empty for the logit lens.
+    untrained_layers: list[int] = field(default_factory=list)
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -366,24 +413,31 @@ class PredictionTrajectory:
         rows = _check_rows(lens, opts.layers, opts.compare_with)
         hidden = _check_hidden_states(lens, hidden_states, input_ids)
         batch, seq = input_ids.shape
-        valid = _valid_mask(input_ids, lengths)
+        # Masked positions are treated as padding from here on: no target, no prediction.
+        valid = _valid_mask(input_ids, lengths) & ~_masked_positions(opts.mask_positions, lengths, seq)
         device = hidden[0].device
         vocab = lens.unembed.parts.output_embedding.weight.shape[0]
         next_ids, target_ids = _next_and_target_ids(input_ids, lengths, valid, opts.target, vocab)
+        next_ids[~valid] = -1
         anti_ids = None if opts.anti_target is None else _tracked_ids(valid, opts.anti_target, vocab, "anti_target")
         compare_with = opts.compare_with
+        excluded = _input_tokens(input_ids, lengths, vocab).to(device) if opts.mask_input else None
 
         k = min(opts.top_k, vocab)
         chunk = opts.chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
         acc = _Accumulator.empty(
-            (batch, len(rows) + 1, seq), k, compared=compare_with is not None, anti=anti_ids is not None
+            (batch, len(rows) + 1, seq),
+            k,
+            compared=compare_with is not None,
+            anti=anti_ids is not None,
+            vocab=vocab if opts.keep_log_probs else None,
         )
         for start in range(0, seq, chunk):
             sl = slice(start, min(seq, start + chunk))
             chunk_hidden = [h[:, sl] for h in hidden]
             nxt, tgt = next_ids[:, sl].to(device), target_ids[:, sl].to(device)
             anti = None if anti_ids is None else anti_ids[:, sl].to(device)
-            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, anti, k)
+            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, anti, k, excluded)
         acc.mask_padding(valid)
 
         traj = cls(
@@ -403,7 +457,11 @@ class PredictionTrajectory:
             log_prob=acc.log_prob,
             anti_target_ids=anti_ids,
             anti_log_prob=acc.anti_log_prob,
+            kl_to_compared=acc.kl_to_compared,
+            kl_from_compared=acc.kl_from_compared,
+            log_probs=acc.log_probs,
             lens_name="tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens",
+            untrained_layers=_untrained_rows(lens, rows),
         )
         traj.set_labels(opts.tokenizer)
         return traj
@@ -412,9 +470,10 @@ class PredictionTrajectory:
         """(Re)compute the printable labels of the input tokens and top-k tokens.
 
         Args:
-            tokenizer: Decodes the ids; ``None`` labels tokens by id (``#123``).
+            tokenizer: Decodes the ids; ``None`` labels tokens by id (``#123``). The id -1 (no prediction, at a
+                masked position) is labelled "".
         """
-        cache: dict[int, str] = {}
+        cache: dict[int, str] = {-1: ""}
 
         def label(i: int) -> str:
             if i not in cache:
@@ -436,6 +495,13 @@ class PredictionTrajectory:
         return [str(i) for i in self.layers] + ["output"]
 
     @property
+    def untrained_rows(self) -> list[bool]:
+        """One flag per row (layers, then the output): True where the lens is untrained there (see
+        ``untrained_layers``), which the views mark. The output row is never untrained."""
+        untrained = set(self.untrained_layers)
+        return [i in untrained for i in self.layers] + [False]
+
+    @property
     def num_rows(self) -> int:
         return len(self.layers) + 1
 
@@ -453,7 +519,8 @@ class PredictionTrajectory:
         names = ["entropy", "kl", "ce", "rank", "prob"]
         names += ["log_prob"] if self.log_prob is not None else []
         names += ["log_prob_diff", "delta_log_prob_diff"] if self.anti_log_prob is not None else []
-        return names + [name for name in ("js", "tv") if getattr(self, name) is not None]
+        compared = ("js", "tv", "kl_to_compared", "kl_from_compared")
+        return names + [name for name in compared if getattr(self, name) is not None]
 
     def _summary(self) -> dict[str, str]:
         """The facts `__repr__` and `_repr_html_` show (never the tensors: they are thousands of numbers)."""
@@ -483,24 +550,52 @@ class PredictionTrajectory:
         )
         return f"<table><caption>PredictionTrajectory</caption>{cells}</table>"
 
-    def __getitem__(self, b: int) -> PredictionTrajectory:
-        """The trajectory of sequence ``b`` alone, cut to its length.
+    def __getitem__(self, key: int | tuple[int | slice, int | slice]) -> PredictionTrajectory:
+        """One sequence (``traj[b]``), or sequences and positions (``traj[b, 2:5]``, ``traj[:, 2:5]``).
+
+        ``traj[b]`` is sequence ``b`` alone, cut to its length. ``traj[b, positions]`` then cuts that sequence's
+        positions (so ``traj[b, -3:]`` is its last three tokens); ``traj[sequences, positions]`` with a slice of
+        sequences keeps those sequences and cuts their positions as `slice_positions` does. A position given as an
+        integer keeps that one position (the result is still a trajectory). A bare slice (``traj[0:2]``) is
+        refused, as before: write ``traj[0:2, :]``.
 
         Args:
-            b: The sequence's index; a negative one counts from the end, as for a list (``-1``: the last sequence).
+            key: A sequence's index (negative: from the end, as for a list), or a pair (sequences, positions) of an
+                index or slice each; position slices take no step.
 
         Returns:
-            A trajectory of batch 1 and ``lengths[b]`` positions.
+            A trajectory with every tensor, length and label cut alike.
 
         Raises:
-            IndexError: If ``b`` is out of range (the message gives the valid range).
-            TypeError: If ``b`` is not an integer (a slice, for example).
+            IndexError: If an index is out of range (the message gives the valid range).
+            TypeError: If a sequence index is neither an integer nor, in a pair, a slice.
+            TrajectoryError: If the positions leave a sequence empty, or a slice has a step.
         """
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise TypeError(f"a trajectory is indexed by [sequences, positions], not {len(key)} indices")
+            seqs, positions = key
+            if isinstance(seqs, slice):
+                chosen = list(range(*seqs.indices(len(self))))
+                if not chosen:
+                    raise IndexError(f"sequence slice {seqs} selects none of the {len(self)} sequences")
+                sub = self._select(chosen, 0, self.input_ids.shape[1])
+            else:
+                sub = self[seqs]
+            if isinstance(positions, slice):
+                if positions.step not in (None, 1):
+                    raise TrajectoryError("a position slice takes no step: positions stay contiguous")
+                return sub.slice_positions(positions.start, positions.stop)
+            t, width = operator.index(positions), sub.input_ids.shape[1]
+            if not -width <= t < width:
+                raise IndexError(f"position {t} is out of range: index {-width} .. {width - 1}")
+            return sub.slice_positions(t % width, t % width + 1)
         try:
-            b = operator.index(b)
+            b = operator.index(key)
         except TypeError:
             raise TypeError(
-                f"a trajectory is indexed by one sequence's integer index, not {type(b).__name__}"
+                "a trajectory is indexed by one sequence's integer index (traj[0]) or by [sequences, positions] "
+                f"(traj[0:2, :], traj[0, 2:5]), not {type(key).__name__}"
             ) from None
         size = len(self)
         if not -size <= b < size:
@@ -509,33 +604,69 @@ class PredictionTrajectory:
                 f"{'s' if size != 1 else ''}, index {-size} .. {size - 1}"
             )
         b %= size
-        n = self.lengths[b]
+        return self._select([b], 0, self.lengths[b])
+
+    def slice_positions(self, start: int | None = None, stop: int | None = None) -> PredictionTrajectory:
+        """Positions ``start`` .. ``stop - 1`` of every sequence (the original tuned-lens's ``slice_sequence``).
+
+        Every tensor, length and label is cut alike; ``lengths`` become what is left of each sequence. The
+        statistics stay those computed on the whole input (``ce`` at the slice's last position is still against
+        the next input token, which the slice no longer shows).
+
+        Args:
+            start: First position kept (default 0); negative counts from the padded width, as for a list (for one
+                sequence's own end, index it first: ``traj[b, -3:]``).
+            stop: The position after the last one kept (default: the end).
+
+        Returns:
+            The cut trajectory, as wide as its longest remaining sequence.
+
+        Raises:
+            TrajectoryError: If the slice leaves a sequence with no position (cut it out first, e.g. ``traj[0:1,
+                5:]``).
+        """
+        first, last, _ = slice(start, stop).indices(self.input_ids.shape[1])
+        return self._select(list(range(len(self))), first, last)
+
+    def _select(self, seqs: list[int], start: int, stop: int) -> PredictionTrajectory:
+        """Sequences ``seqs`` cut to positions ``start`` .. ``stop - 1`` (0 <= start, stop <= width), every
+        tensor, length and label alike.
+
+        Raises:
+            TrajectoryError: If a sequence would be left with no position.
+        """
+        lengths = [min(self.lengths[b], stop) - start for b in seqs]
+        if any(n <= 0 for n in lengths):
+            empty = [b for b, n in zip(seqs, lengths, strict=True) if n <= 0]
+            raise TrajectoryError(
+                f"positions {start} .. {stop - 1} leave sequence{'s' if len(empty) > 1 else ''} {empty} (lengths "
+                f"{[self.lengths[b] for b in empty]}) with no position: leave them out, e.g. traj[b, {start}:{stop}]"
+            )
+        end = start + max(lengths)
+        # A run of consecutive sequences is cut by slicing (a view); any other choice by indexing (a copy).
+        contiguous = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        which: slice | torch.Tensor = slice(seqs[0], seqs[0] + len(seqs)) if contiguous else torch.tensor(seqs)
 
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[b : b + 1, :, :n]
+            return None if t is None else t[which][:, :, start:end]
 
         def cut_ids(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[b : b + 1, :n]
+            return None if t is None else t[which][:, start:end]
 
+        labelled = bool(self.input_labels)  # a trajectory built field by field may have none yet
         return replace(
             self,
-            input_ids=self.input_ids[b : b + 1, :n],
-            lengths=[n],
-            top_ids=cut(self.top_ids),
-            top_probs=cut(self.top_probs),
-            entropy=cut(self.entropy),
-            ce=cut(self.ce),
-            kl=cut(self.kl),
-            rank=cut(self.rank),
-            prob=cut(self.prob),
-            target_ids=cut_ids(self.target_ids),
-            js=cut(self.js),
-            tv=cut(self.tv),
-            log_prob=cut(self.log_prob),
-            anti_target_ids=cut_ids(self.anti_target_ids),
-            anti_log_prob=cut(self.anti_log_prob),
-            input_labels=[self.input_labels[b]],
-            top_labels=[self.top_labels[b]],
+            **{name: cut(getattr(self, name)) for name in _ROW_TENSORS},
+            **{name: cut_ids(getattr(self, name)) for name in _POSITION_IDS},
+            lengths=lengths,
+            input_labels=[self.input_labels[b][start : start + n] for b, n in zip(seqs, lengths, strict=True)]
+            if labelled
+            else [],
+            top_labels=[
+                [row[start : start + n] for row in self.top_labels[b]] for b, n in zip(seqs, lengths, strict=True)
+            ]
+            if labelled
+            else [],
         )
 
     def log_prob_diff(self, *, delta: bool = False) -> torch.Tensor:
@@ -567,8 +698,9 @@ class PredictionTrajectory:
         """One statistic as a float tensor [batch, rows, positions].
 
         Args:
-            name: One of `STATISTICS`; also ``js`` and ``tv`` for a compared trajectory, and ``log_prob_diff`` and
-                ``delta_log_prob_diff`` (`log_prob_diff` with ``delta=True``) for one with an anti-target.
+            name: One of `STATISTICS`; also ``js``, ``tv``, ``kl_to_compared`` and ``kl_from_compared`` for a
+                compared trajectory, and ``log_prob_diff`` and ``delta_log_prob_diff`` (`log_prob_diff` with
+                ``delta=True``) for one with an anti-target.
 
         Returns:
             The statistic, NaN where it is undefined (rank: where there is no target).
@@ -586,14 +718,14 @@ class PredictionTrajectory:
             return self.log_prob
         if name in ("log_prob_diff", "delta_log_prob_diff"):
             return self.log_prob_diff(delta=name == "delta_log_prob_diff")
-        if name in ("js", "tv"):
+        if name in ("js", "tv", "kl_to_compared", "kl_from_compared"):
             value = getattr(self, name)
             if value is None:
                 raise TrajectoryError(f"no {name}: build the trajectory with compare_with=another lens")
             return value
         raise TrajectoryError(
-            f"unknown statistic {name!r}: choose from {', '.join(STATISTICS)}, js, tv, log_prob_diff, "
-            "delta_log_prob_diff"
+            f"unknown statistic {name!r}: choose from {', '.join(STATISTICS)}, js, tv, kl_to_compared, "
+            "kl_from_compared, log_prob_diff, delta_log_prob_diff"
         )
 
     def mean_by_row(self, name: str) -> list[float]:
@@ -607,6 +739,66 @@ class PredictionTrajectory:
         """
         value = self.stat(name)
         return [float(value[:, r].nanmean()) for r in range(self.num_rows)]
+
+    def mean(self, name: str) -> torch.Tensor:
+        """A statistic averaged over the batch: position ``t`` of row ``r`` is the mean over the sequences that
+        have a value there (padding, masked positions and other NaNs are left out).
+
+        The original tuned-lens averages every statistic over the batch this way when it plots, but counts every
+        sequence (its batches are never padded); ``rank`` there is 1-based, here 0-based.
+
+        Args:
+            name: A statistic `stat` accepts.
+
+        Returns:
+            A float tensor [rows, positions]; NaN where no sequence has a value.
+        """
+        return self.stat(name).nanmean(dim=0)
+
+    def kl_divergence(self, other: PredictionTrajectory) -> torch.Tensor:
+        """KL(self || other) between the two trajectories' distributions at every row and position, in nats.
+
+        Both must be built with ``keep_log_probs=True`` from the same input (same ids and lengths) and the same
+        rows, e.g. from a model's clean and ablated hidden states, or two residual components of one cache. For
+        two lenses on the same hidden states, ``compare_with=`` gives this (``kl_to_compared``) without keeping
+        the distributions. The original tuned-lens's ``kl_divergence(other)`` is the same sum averaged over the
+        batch: ``.nanmean(0)`` of this.
+
+        Args:
+            other: The trajectory to compare with.
+
+        Returns:
+            A float tensor [batch, rows, positions]: 0 where the two agree, infinite where ``other`` gives
+            probability 0 to a token ``self`` does not (``mask_input``), NaN where either holds no prediction.
+
+        Raises:
+            TrajectoryError: If either has no ``log_probs``, or the two differ in rows, input ids, lengths or
+                vocabulary.
+        """
+        mine, theirs = self.log_probs, other.log_probs
+        if mine is None or theirs is None:
+            missing = [which for which, t in (("self", mine), ("other", theirs)) if t is None]
+            raise TrajectoryError(
+                f"no log_probs in {' and '.join(missing)}: build both trajectories with keep_log_probs=True (or, for "
+                "two lenses on the same hidden states, one with compare_with=the other lens: kl_to_compared)"
+            )
+        if other.layers != self.layers:
+            raise TrajectoryError(f"the trajectories read different rows: layers {self.layers} and {other.layers}")
+        if other.lengths != self.lengths or not torch.equal(other.input_ids, self.input_ids):
+            raise TrajectoryError(
+                "the trajectories were read from different inputs (input ids or lengths differ): compare two reads "
+                "of the same tokens"
+            )
+        if theirs.shape != mine.shape:
+            raise TrajectoryError(
+                f"the trajectories' distributions differ in shape: {tuple(mine.shape)} and {tuple(theirs.shape)} "
+                "(two vocabularies?)"
+            )
+        # Row by row, so the temporaries stay one row's size.
+        kl = torch.stack([_plogq(p.exp(), p, q) for p, q in zip(mine.unbind(1), theirs.unbind(1), strict=True)], dim=1)
+        # _plogq reads NaN probabilities as 0; where either holds no prediction there is no KL.
+        missing_here = mine[..., 0].isnan() | theirs[..., 0].isnan()
+        return kl.clamp_min(0.0).masked_fill(missing_here, float("nan"))
 
 
 # ------------------------------------------------------------------------------------------ construction pieces
@@ -652,6 +844,46 @@ def _valid_mask(input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     return torch.arange(input_ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]
 
 
+def _masked_positions(mask: int | Sequence[int] | torch.Tensor | None, lengths: list[int], seq: int) -> torch.Tensor:
+    """[batch, positions] bool: True at the positions ``mask_positions`` masks (see `TrajectoryOptions`).
+
+    Raises:
+        TrajectoryError: If a position is outside the padded width, or a bool mask is not [positions] or
+            [batch, positions].
+    """
+    batch = len(lengths)
+    masked = torch.zeros((batch, seq), dtype=torch.bool)
+    if mask is None:
+        return masked
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+        if tuple(mask.shape) not in ((seq,), (batch, seq)):
+            raise TrajectoryError(
+                f"mask_positions has shape {tuple(mask.shape)}: pass a bool mask of [{seq}] or [{batch}, {seq}] "
+                "(True where masked), or positions"
+            )
+        return masked | mask.cpu()
+    if isinstance(mask, torch.Tensor):
+        positions = [int(p) for p in mask.reshape(-1).tolist()]
+    else:
+        positions = [operator.index(mask)] if not isinstance(mask, Sequence) else [operator.index(p) for p in mask]
+    for p in positions:
+        if not -seq <= p < seq:
+            raise TrajectoryError(f"mask_positions {p} is outside the {seq} positions (index {-seq} .. {seq - 1})")
+    for b, n in enumerate(lengths):
+        for p in positions:
+            if -n <= p < n:  # a position past a shorter sequence's end is padding already
+                masked[b, p % n] = True
+    return masked
+
+
+def _input_tokens(input_ids: torch.Tensor, lengths: list[int], vocab: int) -> torch.Tensor:
+    """[batch, vocab] bool: True at the tokens of each sequence's input (``mask_input``)."""
+    excluded = torch.zeros((len(lengths), vocab), dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        excluded[b, input_ids[b, :n]] = True
+    return excluded
+
+
 def _check_rows(lens: Lens, layers: Sequence[int] | None, compare_with: Lens | None) -> list[int]:
     """The sorted, distinct lens layers to read (default all of them), each checked against the lens.
 
@@ -668,6 +900,14 @@ def _check_rows(lens: Lens, layers: Sequence[int] | None, compare_with: Lens | N
     for i in rows:
         lens._check_index(i)
     return rows
+
+
+def _untrained_rows(lens: Lens, rows: list[int]) -> list[int]:
+    """The layers of ``rows`` where ``lens`` is the logit lens (`BaseTunedLens.untrained_layers`); none for a lens
+    without that method (a wrapper lens built elsewhere)."""
+    untrained = getattr(lens, "untrained_layers", None)
+    marked = set(untrained()) if callable(untrained) else set()
+    return [i for i in rows if i in marked]
 
 
 def _check_hidden_states(
@@ -756,6 +996,7 @@ def _row_statistics(
     tgt: torch.Tensor,
     anti: torch.Tensor | None,
     k: int,
+    keep: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The statistics of one row over one chunk of positions, moved to the CPU.
 
@@ -767,6 +1008,7 @@ def _row_statistics(
         tgt: Tracked token ids [batch, chunk], -1 where there is none (rank -1, prob and log_prob NaN there).
         anti: Anti-target ids [batch, chunk] (-1: none, anti_log_prob NaN there), or None without an anti-target.
         k: How many top tokens to keep.
+        keep: Also return ``logp`` itself (``keep_log_probs``).
     """
     nan = float("nan")
     p = logp.exp()
@@ -792,6 +1034,10 @@ def _row_statistics(
     if other is not None:
         stats["js"] = js_divergence(logp, other)
         stats["tv"] = tv_distance(logp, other)
+        stats["kl_to_compared"] = _plogq(p, logp, other).clamp_min(0.0)
+        stats["kl_from_compared"] = _plogq(other.exp(), other, logp).clamp_min(0.0)
+    if keep:
+        stats["log_probs"] = logp
     return {name: value.cpu() for name, value in stats.items()}
 
 
@@ -806,22 +1052,32 @@ def _read_chunk(
     tgt: torch.Tensor,
     anti: torch.Tensor | None,
     k: int,
+    excluded: torch.Tensor | None = None,
 ) -> None:
     """Every row's statistics over one chunk of ``positions`` (``hidden``: all hidden states cut to the chunk).
 
     The lens rows come first, the model's own output last. One row's [batch, chunk, vocab] log-probabilities
     (two with ``compare_with``) exist at a time, besides the output row's, which every row's KL needs.
+    ``excluded`` ([batch, vocab] bool, ``mask_input``) names the tokens given probability 0 in every row.
     """
+
+    def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if excluded is not None:
+            logits = logits.masked_fill(excluded[:, None, :], float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+    keep = acc.log_probs is not None
     # The model's own distribution: the last hidden state is already final-normed, only the head applies.
-    final = torch.log_softmax(lens.unembed.head(hidden[-1]).float(), dim=-1)
+    final = log_softmax(lens.unembed.head(hidden[-1]))
     for r, i in enumerate(rows):
-        logp = torch.log_softmax(lens(hidden[i], i).float(), dim=-1)
-        other = None if compare_with is None else torch.log_softmax(compare_with(hidden[i], i).float(), dim=-1)
-        acc.write(r, positions, _row_statistics(logp, final, other, nxt, tgt, anti, k))
+        logp = log_softmax(lens(hidden[i], i))
+        other = None if compare_with is None else log_softmax(compare_with(hidden[i], i))
+        acc.write(r, positions, _row_statistics(logp, final, other, nxt, tgt, anti, k, keep))
         del logp, other
-    # Both lenses share the output row, so with compare_with it is compared with itself (js = tv = 0).
+    # Both lenses share the output row, so with compare_with it is compared with itself (js = tv = kl = 0).
     other = None if compare_with is None else final
-    acc.write(len(rows), positions, _row_statistics(final, final, other, nxt, tgt, anti, k))
+    acc.write(len(rows), positions, _row_statistics(final, final, other, nxt, tgt, anti, k, keep))
 
 
 @dataclass
@@ -840,11 +1096,16 @@ class _Accumulator:
     anti_log_prob: torch.Tensor | None
     js: torch.Tensor | None
     tv: torch.Tensor | None
+    kl_to_compared: torch.Tensor | None
+    kl_from_compared: torch.Tensor | None
+    log_probs: torch.Tensor | None
 
     @classmethod
-    def empty(cls, shape: tuple[int, int, int], k: int, *, compared: bool, anti: bool) -> _Accumulator:
-        """Tensors of ``shape`` = (batch, rows, positions): NaN statistics, rank -1; js and tv only if
-        ``compared``, anti_log_prob only if there is an ``anti``-target."""
+    def empty(
+        cls, shape: tuple[int, int, int], k: int, *, compared: bool, anti: bool, vocab: int | None = None
+    ) -> _Accumulator:
+        """Tensors of ``shape`` = (batch, rows, positions): NaN statistics, rank -1; js, tv and the two KLs only
+        if ``compared``, anti_log_prob only if there is an ``anti``-target, log_probs only with a ``vocab``."""
         nan = float("nan")
         return cls(
             top_ids=torch.zeros((*shape, k), dtype=torch.long),
@@ -858,6 +1119,9 @@ class _Accumulator:
             anti_log_prob=torch.full(shape, nan) if anti else None,
             js=torch.zeros(shape) if compared else None,
             tv=torch.zeros(shape) if compared else None,
+            kl_to_compared=torch.zeros(shape) if compared else None,
+            kl_from_compared=torch.zeros(shape) if compared else None,
+            log_probs=torch.full((*shape, vocab), nan) if vocab is not None else None,
         )
 
     def write(self, row: int, positions: slice, stats: dict[str, torch.Tensor]) -> None:
@@ -866,10 +1130,11 @@ class _Accumulator:
             getattr(self, name)[:, row, positions] = value
 
     def mask_padding(self, valid: torch.Tensor) -> None:
-        """No prediction at padding positions: NaN for the distribution statistics and the top-k probabilities, -1
-        for the top-k ids (ce, rank, prob and the log-probabilities are masked by their ids)."""
+        """No prediction at padding (and masked) positions: NaN for the distribution statistics, the top-k
+        probabilities and the kept log-probabilities, -1 for the top-k ids (ce, rank, prob and the target's
+        log-probabilities are masked by their ids)."""
         pad = ~valid[:, None, :].expand(self.entropy.shape)
-        for t in (self.entropy, self.kl, self.js, self.tv):
+        for t in (self.entropy, self.kl, self.js, self.tv, self.kl_to_compared, self.kl_from_compared, self.log_probs):
             if t is not None:
                 t[pad] = float("nan")
         self.top_probs[pad] = float("nan")

@@ -3,14 +3,17 @@
 This is the core of lens-hub: it knows models (through `lens_hub.core.adapters`) and the lens directory format,
 never the Hub or the registry. ``lens_hub.TunedLens`` is this class plus the Hub methods of `lens_hub.hub.mixin`.
 
-A lens maps a hidden state ``h`` taken after layer ``i`` to logits. The logit lens applies the model's own
-unembedding (final norm, output embedding, and any logit post-processing). The tuned lens first applies an affine
-translator, ``h + W_i h + b_i``; W and b start at zero, so an untrained tuned lens *is* the logit lens.
+A lens maps a hidden state ``h = hidden_states[i]`` (the input of block ``i``; ``i = 0``: the embedding output) to
+logits. The logit lens applies the model's own unembedding (final norm, output embedding, and any logit
+post-processing). The tuned lens first applies an affine translator, ``h + W_i h + b_i``; W and b start at zero,
+so an untrained tuned lens *is* the logit lens.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -22,6 +25,19 @@ from .adapters import ArchitectureSpec, ModelParts, find_model_parts
 from .compat import check_compatibility
 from .config import WEIGHTS_NAME, LensConfig
 from .format import TORCH_DTYPES, dtype_name, nonfinite_tensors, read_config, read_tensors, write_lens_dir
+
+
+@dataclass
+class Inversion:
+    """Result of `Unembed.invert`."""
+
+    hidden: torch.Tensor
+    """The raw (un-normalised) residual-stream states found, ``[..., d]``; ``unembed(hidden)`` approximates the
+    target."""
+    kl: torch.Tensor
+    """KL(target || unembed(hidden)) per row, in nats, ``[...]``."""
+    steps: int
+    """Objective evaluations the optimiser made."""
 
 
 class Unembed:
@@ -72,6 +88,59 @@ class Unembed:
         """Logits for a raw (un-normalised) residual-stream state."""
         return self.head(self.normalize(h))
 
+    def invert(
+        self, logits: torch.Tensor, *, h0: torch.Tensor | None = None, max_steps: int = 200, tol: float = 1e-7
+    ) -> Inversion:
+        """Find raw hidden states whose unembedding predicts the distribution of ``logits``: logits back to a state.
+
+        Minimises KL(softmax(logits) || softmax(unembed(h))) over h with L-BFGS. The unembedding maps d numbers to
+        ``vocab`` logits, so most distributions have no exact preimage (the softmax bottleneck): the result is the
+        closest state in that sense, and ``kl`` says how close.
+
+        Args:
+            logits: Target logits, ``[..., vocab]``.
+            h0: Starting states, ``[..., d]``. Default: the least-squares solution of ``W x = logits - mean`` for
+                the output embedding W (exact for a model without final norm, and a good start otherwise).
+            max_steps: Most objective evaluations.
+            tol: Stop when the mean KL changes by less than this between steps.
+
+        Raises:
+            ValueError: ``logits`` does not end in the vocabulary size, or ``h0`` has the wrong shape.
+        """
+        parts = self.parts
+        if logits.shape[-1] != parts.vocab_size:
+            raise ValueError(f"logits end in {logits.shape[-1]} entries, the vocabulary has {parts.vocab_size}")
+        shape = (*logits.shape[:-1], parts.hidden_size)
+        weight = parts.output_embedding.weight.detach().float()  # [vocab, d]
+        target = logits.detach().float()
+        if h0 is None:
+            centred = (target - target.mean(-1, keepdim=True)).reshape(-1, target.shape[-1])
+            gram = weight.T @ weight
+            gram.diagonal().add_(1e-6 * gram.diagonal().mean())  # tied or low-rank embeddings stay solvable
+            h0 = torch.linalg.solve(gram, weight.T @ centred.T).T.reshape(shape)
+        elif tuple(h0.shape) != shape:
+            raise ValueError(f"h0 has shape {tuple(h0.shape)}; logits of shape {tuple(logits.shape)} need {shape}")
+        log_p = target.log_softmax(-1)
+        p = log_p.exp()
+        h = h0.detach().float().clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([h], max_iter=max_steps, tolerance_change=tol, line_search_fn="strong_wolfe")
+        steps = 0
+
+        def objective() -> torch.Tensor:
+            nonlocal steps
+            steps += 1
+            log_q = self(h).float().log_softmax(-1)
+            loss = (p * (log_p - log_q)).sum(-1).mean()
+            # the gradient of h only: backward() would also fill the model's own .grad fields
+            (h.grad,) = torch.autograd.grad(loss, h)
+            return loss.detach()
+
+        with torch.enable_grad():
+            optimizer.step(objective)
+        with torch.no_grad():
+            kl = (p * (log_p - self(h).float().log_softmax(-1))).sum(-1)
+        return Inversion(hidden=h.detach(), kl=kl, steps=steps)
+
 
 class Lens(nn.Module):
     """Common interface of `LogitLens` and `BaseTunedLens`."""
@@ -93,7 +162,8 @@ class Lens(nn.Module):
             )
 
     def transform_hidden(self, h: torch.Tensor, idx: int) -> torch.Tensor:
-        """Map the hidden state after layer ``idx`` into the final layer's basis (identity for the logit lens)."""
+        """Map ``hidden_states[idx]`` (the input of block ``idx``) into the final layer's basis (identity for the logit
+        lens)."""
         raise NotImplementedError
 
     def forward(self, h: torch.Tensor, idx: int) -> torch.Tensor:
@@ -134,8 +204,26 @@ class LogitLens(Lens):
         """Build the logit lens of a Hugging Face causal LM."""
         return cls(find_model_parts(model, architecture))
 
+    def untrained_layers(self) -> list[int]:
+        """Layers where this lens is the logit lens: none (it has no translators to train)."""
+        return []
+
     def transform_hidden(self, h: torch.Tensor, idx: int) -> torch.Tensor:
         return h
+
+
+def untrained_translators(config: LensConfig, tensors: Mapping[str, torch.Tensor]) -> list[int]:
+    """`BaseTunedLens.untrained_layers` from a config and its tensors (``translators.{i}.weight`` / ``.bias``), for
+    a lens directory read without its model (publishing): the layers its provenance says were not trained, and those
+    whose translator is all zero."""
+    trained = config.training.layers if config.training is not None else None
+    out = []
+    for i in range(config.num_layers):
+        params = [tensors.get(f"translators.{i}.{name}") for name in ("weight", "bias")]
+        zero = all(not bool(p.detach().any()) for p in params if p is not None)
+        if zero or (trained is not None and i not in trained):
+            out.append(i)
+    return out
 
 
 class BaseTunedLens(Lens):
@@ -202,6 +290,11 @@ class BaseTunedLens(Lens):
             fingerprint=parts.fingerprint,
         )
         return cls(parts, config)
+
+    def untrained_layers(self) -> list[int]:
+        """Layers whose translator is the identity, where this lens reads exactly what the logit lens reads: those
+        its provenance says were not trained, and those whose weight and bias are all zero (a fresh lens: all)."""
+        return untrained_translators(self.config, self.state_dict())
 
     def transform_hidden(self, h: torch.Tensor, idx: int) -> torch.Tensor:
         translator = self.translators[idx]
