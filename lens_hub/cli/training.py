@@ -192,6 +192,10 @@ def train(
     fit_bytes = None if fit_memory is None else int(fit_memory * (1 << 30))
     settings = TrainSettings(**given | {"layers": parsed_layers, "fit_memory": fit_bytes, "log": log or []})
     settings.check_device(train_device)  # refuses what cannot run here, before the model loads
+    if fsdp:
+        from ..training.train import check_fsdp_launch
+
+        check_fsdp_launch()
     from .preflight import capped_seq_len, check_lens_arg, check_model_args, check_train_data
 
     config = check_model_args(model, revision=revision, layers=parsed_layers)

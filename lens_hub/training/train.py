@@ -277,6 +277,16 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def check_fsdp_launch() -> None:
+    """Refuse ``--fsdp`` outside torchrun, from the environment alone (before the model loads).
+
+    Raises:
+        LensHubError: This process was not launched by torchrun with several processes.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise LensHubError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N")
+
+
 def shard_model(model: nn.Module) -> nn.Module:
     """Shard a frozen model's transformer layers across processes with FSDP2 (``torchrun ... --fsdp``).
 
