@@ -8,6 +8,7 @@ Run as a script (``python tests/test_serve.py --lens DIR``) it regenerates the d
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import torch
@@ -39,8 +41,8 @@ from lens_hub.serve.render import write_html, write_png
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from lens_hub.errors import ServeError
-from lens_hub.serve.app import MAX_BODY_BYTES, create_app
+from lens_hub.errors import ExplorerRequestError, ServeError
+from lens_hub.serve.app import EXAMPLE_PROMPT, MAX_BODY_BYTES, create_app
 
 PROMPT = "The capital of France is <b>Paris</b>."
 STATS = ("entropy", "kl", "ce", "rank", "prob", "log_prob", "js", "tv")
@@ -189,6 +191,8 @@ def test_without_a_comparison_lens_js_is_refused_and_the_window_caps_prompts(mod
         create_app(model, tokenizer, tuned, layers=[0, 3])
     with pytest.raises(ServeError, match="max_tokens must be at least 1"):
         create_app(model, tokenizer, tuned, max_tokens=0)
+    with pytest.raises(ServeError, match="layers is empty"):
+        create_app(model, tokenizer, tuned, layers=[])
     app = create_app(model, tokenizer, tuned, max_tokens=256, top_k=TOP_K)
     with running(app) as url:
         health = json.loads(call(url, "/api/health")[2])
@@ -243,29 +247,74 @@ def test_a_burst_of_parallel_requests_is_served_by_one_model(model, tokenizer, t
     assert final["peak_in_flight"] > 1 and final["in_flight"] == 0  # the requests did overlap
 
 
-def test_each_lens_runs_once_per_layer_for_a_request_with_a_comparison_lens(model, tokenizer, tuned, logit):
-    # Each lens's trajectory used to be built by its own call with the other lens as compare_with, which ran both
-    # lenses twice per layer.
+def test_each_lens_reads_all_layers_in_one_batched_pass(model, tokenizer, tuned, logit):
+    # Each lens used to run once per layer: one product with the whole unembedding per layer and lens, each reading
+    # its weights again (most of a short prompt's time). Now one product per lens covers every layer.
     app = create_app(model, tokenizer, tuned, logit, max_tokens=MAX_TOKENS, top_k=TOP_K)
-    with recorded_calls(tuned) as tuned_calls, recorded_calls(logit) as logit_calls, running(app) as url:
+    head = model.get_output_embeddings()
+    positions = len(tokenizer(PROMPT)["input_ids"])
+    with (
+        recorded_calls(head) as head_calls,
+        recorded_calls(tuned.translators[1]) as translator_calls,
+        running(app) as url,
+    ):
         status, _, body = call(url, "/api/trajectory", {"prompt": PROMPT, "stat": "js"})
         assert status == 200, body
-        assert [i for _, i in tuned_calls] == [i for _, i in logit_calls] == [0, 1, 2]  # once per layer, in order
-        assert all(h.shape[0] == 1 for h, _ in tuned_calls + logit_calls)  # each on the prompt's one copy
+        # The tuned lens's 3 layers in one product, the logit lens's 3 in another (kept for its own trajectory),
+        # and the model's output for each of the two trajectories: no layer twice.
+        assert len(head_calls) == 4
+        assert sum(args[0].shape[:-1].numel() for args in head_calls) == (3 + 3 + 1 + 1) * positions
+        assert [args[0].shape[0] for args in translator_calls] == [1]  # the layer's translator, once
         # A download of that prompt reads the cached trajectories: no lens runs again.
         status, headers, _ = call(url, "/api/trajectory.png", {"prompt": PROMPT, "stat": "tv", "lens": "compare"})
         assert status == 200 and headers["Content-Type"] == "image/png"
-        assert len(tuned_calls) == len(logit_calls) == 3 and app.state.explorer.trajectories == 1
+        assert len(head_calls) == 4 and app.state.explorer.trajectories == 1
+        reading = app.state.explorer.read(PROMPT)  # cached: the trajectories the request was answered from
     first, second = expected(tuned, logit, model, tokenizer, PROMPT)
     lens_panel, compare_panel = json.loads(body)["panels"]
     assert_same_values(lens_panel["values"], first.js[0])
     assert_same_values(compare_panel["values"], second.js[0])
-    reading = app.state.explorer.read(PROMPT)  # cached: the trajectories the request was answered from
     assert (reading.trajectory.lens_name, reading.compared.lens_name) == ("tuned lens", "logit lens")
     for got, want in ((reading.trajectory, first), (reading.compared, second)):
         assert got.lens_name == want.lens_name
         assert got.top_labels == want.top_labels and got.input_labels == want.input_labels
         torch.testing.assert_close(got.tv, want.tv, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("batch_positions", "block_floats", "kept_floats", "layers"),
+    [(256, 1 << 25, 1 << 26, None), (8, 1 << 25, 1 << 26, None), (8, 3 * 50257, 0, [0, 2]), (1, 1 << 25, 0, [1])],
+    ids=["one-pass", "two-rows-and-a-spare-slot", "chunked-positions-recomputed", "one-layer-recomputed"],
+)
+def test_batched_readings_are_the_trajectories_layer_by_layer(
+    monkeypatch, model, tokenizer, tuned, logit, batch_positions, block_floats, kept_floats, layers
+):
+    # However the layers are laid out in the batch (all in one row; two rows of two slots, one a spare copy of the
+    # last layer; positions in chunks), and whether the comparison lens's logits are kept or computed again, each
+    # lens's trajectory is the one `PredictionTrajectory` gives directly.
+    import lens_hub.serve.app as serve
+
+    monkeypatch.setattr(serve, "_BATCH_POSITIONS", batch_positions)
+    monkeypatch.setattr(serve, "_BLOCK_FLOATS", block_floats)
+    monkeypatch.setattr(serve, "_KEPT_FLOATS", kept_floats)
+    explorer = create_app(model, tokenizer, tuned, logit, layers=layers, top_k=TOP_K, cache_size=0).state.explorer
+    reading = explorer.read(PROMPT)
+    kw = {"top_k": TOP_K, "tokenizer": tokenizer, "layers": layers}
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    first = PredictionTrajectory.from_ids(tuned, model, ids, compare_with=logit, **kw)
+    second = PredictionTrajectory.from_ids(logit, model, ids, compare_with=tuned, **kw)
+    for got, want in ((reading.trajectory, first), (reading.compared, second)):
+        assert (got.layers, got.lengths, got.lens_name) == (want.layers, want.lengths, want.lens_name)
+        assert got.input_labels == want.input_labels and got.top_labels == want.top_labels
+        for name in ("input_ids", "target_ids", "top_ids"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        torch.testing.assert_close(got.top_probs, want.top_probs, equal_nan=True, rtol=1e-5, atol=1e-6)
+        for name in STATS:  # a rank deep in a flat distribution moves by one with the last bit of a near-tied logit
+            tolerance = {"rtol": 1e-3, "atol": 1} if name == "rank" else {"rtol": 1e-5, "atol": 1e-6}
+            torch.testing.assert_close(got.stat(name), want.stat(name), equal_nan=True, **tolerance, msg=name)
+        for name in ("kl_to_compared", "kl_from_compared"):  # the directed KLs, where trajectories have them
+            if getattr(want, name, None) is not None:
+                torch.testing.assert_close(getattr(got, name), getattr(want, name), equal_nan=True, msg=name)
 
 
 def test_load_app_loads_the_model_once_and_reads_it_through_both_lenses(tmp_path, monkeypatch, model, tokenizer, tuned):
@@ -286,6 +335,72 @@ def test_load_app_loads_the_model_once_and_reads_it_through_both_lenses(tmp_path
     head = model.get_output_embeddings()  # both lenses unembed with the loaded model's own head, not a copy's
     assert all(read.unembed.parts.output_embedding is head for read in (explorer.lens, explorer.compare))
     assert explorer.health()["model"] == "tiny-gpt2" and explorer.health()["compare"] == "logit"
+
+
+def test_stop_abandons_the_reading_in_progress_and_those_waiting(model, tokenizer, tuned, logit):
+    # Ctrl-C used to wait for the reading in progress to run to its end, then for each request queued behind it.
+    app = create_app(model, tokenizer, tuned, logit, cache_size=0)
+    explorer = app.state.explorer
+    blocks = tuned.unembed.parts.layers
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_module, _args, _output):  # the reading in progress, held after the model's first block
+        entered.set()
+        release.wait(timeout=30)
+
+    hook = blocks[0].register_forward_hook(hold)
+    try:
+        with recorded_calls(blocks[1]) as later, ThreadPoolExecutor(2) as pool:
+            reading = pool.submit(explorer.read, PROMPT)
+            assert entered.wait(timeout=30)
+            waiting = pool.submit(explorer.read, "Another prompt")  # queued for the model behind it
+            explorer.stop()
+            release.set()
+            for future in (reading, waiting):
+                with pytest.raises(ExplorerRequestError, match="stopping") as refused:
+                    future.result(timeout=30)
+                assert refused.value.status == 503
+        assert later == [] and explorer.trajectories == 0  # no block ran after the stop, for either prompt
+    finally:
+        hook.remove()
+    # The server stops its explorer when it shuts down, and a server started on it again resumes it.
+    with running(app) as url:
+        assert call(url, "/api/trajectory", {"prompt": PROMPT})[0] == 200
+    with pytest.raises(ExplorerRequestError, match="stopping"):
+        explorer.read("After the server stopped")
+
+
+def test_untrained_layers_are_marked_in_the_api(model, tokenizer, logit):
+    # A lens trained on layers 0 and 2 only: at layer 1 it is the logit lens, which the page must not pass off as
+    # tuned.
+    partial = lens_trained_on(model, [0, 2])
+    assert partial.untrained_layers() == [1]
+    app = create_app(model, tokenizer, partial, logit, top_k=TOP_K, lens_name="./partial", compare_name="logit")
+    with running(app) as url:
+        health = json.loads(call(url, "/api/health")[2])
+        assert health["untrained"] == {"lens": [1], "compare": []}
+        status, _, body = call(url, "/api/trajectory", {"prompt": PROMPT, "stat": "js"})
+        assert status == 200, body
+        data = json.loads(body)
+        assert [p["untrained"] for p in data["panels"]] == [[1], []]
+        assert max(data["panels"][0]["values"][1]) < 1e-5 < min(data["panels"][0]["values"][0])  # the logit lens there
+    alone = create_app(model, tokenizer, partial, layers=[0, 2], top_k=TOP_K).state.explorer
+    assert [p["untrained"] for p in alone.payload(alone.read(PROMPT), "kl")["panels"]] == [[]]  # layer 1 not shown
+    assert alone.health()["untrained"] == {"lens": [1], "compare": None}
+
+
+def lens_trained_on(model, layers: list[int]):
+    """A tuned lens as training on ``layers`` leaves it: provenance naming them, random translators there only."""
+    from lens_hub import TunedLens
+    from lens_hub.core.config import TrainingInfo
+
+    lens = TunedLens.from_model(model)
+    trained = random_lens(model)
+    with torch.no_grad():
+        for i in layers:
+            lens.translators[i].load_state_dict(trained.translators[i].state_dict())
+    lens.config = lens.config.model_copy(update={"training": TrainingInfo(steps=4, loss="kl", layers=layers)})
+    return lens
 
 
 def test_downloads_are_the_render_views(server, model, tokenizer, tuned, logit, tmp_path):
@@ -359,12 +474,20 @@ def test_the_page_in_headless_chromium(server, model, tokenizer, tuned, logit, t
         _wait(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-connected"), what="/api/health")
         assert [o.text for o in Select(driver.find_element(By.ID, "stat")).options] == list(STATS)
 
-        # An empty prompt: the server's message in the page, with its 4xx status.
+        # A new page is not blank: it reads the example at once, and its address becomes a link to it.
+        _wait(lambda: _answered(driver, 0), what="the example")
+        assert driver.find_element(By.ID, "prompt").get_attribute("value") == EXAMPLE_PROMPT
+        example = len(tokenizer(EXAMPLE_PROMPT)["input_ids"]) * rows
+        assert len(driver.find_elements(By.CSS_SELECTOR, 'section[data-lens="lens"] td.cell')) == example
+        assert _address(driver) == {"prompt": [EXAMPLE_PROMPT], "stat": ["entropy"]}
+
+        # An empty prompt: the server's message in the page, with its 4xx status; the example stays.
         after = _submit(driver, "")
         error = driver.find_element(By.ID, "error")
         _wait(error.is_displayed, what="the error message")
         assert error.get_attribute("data-status") == "422" and "prompt is empty" in error.text
-        assert not driver.find_elements(By.CSS_SELECTOR, "td.cell")
+        assert len(driver.find_elements(By.CSS_SELECTOR, 'section[data-lens="lens"] td.cell')) == example
+        assert _address(driver)["prompt"] == [EXAMPLE_PROMPT]
         _submit(driver, " word" * (MAX_TOKENS + 1))
         _wait(lambda: "41 tokens long" in error.text, what="the too-long message")
         assert error.get_attribute("data-status") == "422" and f"at most {MAX_TOKENS}" in error.text
@@ -407,6 +530,7 @@ def test_the_page_in_headless_chromium(server, model, tokenizer, tuned, logit, t
                 assert_same_values(values, traj.stat(stat)[0])
         assert [c for _, c in kl[0]] != [c for _, c in entropy[0]]
         assert kl[0][-1][0] == "0"  # the output row has no KL to itself, and is coloured as the lowest value
+        assert _address(driver) == {"prompt": [PROMPT], "stat": ["kl"]}
 
         # Download: the PNG view of the compared lens arrives as a file.
         driver.find_element(By.CSS_SELECTOR, 'section[data-lens="compare"] button[data-kind="png"]').click()
@@ -414,8 +538,38 @@ def test_the_page_in_headless_chromium(server, model, tokenizer, tuned, logit, t
         saved = _wait(lambda: list(downloads.glob("trajectory-compare-kl.png")), what="the downloaded file")
         assert_png(saved[0].read_bytes())
         driver.save_screenshot(str(tmp_path / "explorer.png"))
+
+        # A shared link: the page opens on its prompt and statistic.
+        shared = "Hello world, again & again?"
+        driver.get(server + "?" + urlencode({"prompt": shared, "stat": "kl"}))
+        _wait(lambda: _answered(driver, 0), what="the linked prompt")
+        assert driver.find_element(By.ID, "prompt").get_attribute("value") == shared
+        assert Select(driver.find_element(By.ID, "stat")).first_selected_option.get_attribute("value") == "kl"
+        shown = driver.execute_script("return window.lensHubExplorer.last();")
+        assert (shown["prompt"], shown["stat"]) == (shared, "kl")
+        assert_same_values(shown["panels"][1]["values"], expected(tuned, logit, model, tokenizer, shared)[1].kl[0])
+        # A link with a statistic this explorer does not show gets the server's message.
+        driver.get(server + "?" + urlencode({"prompt": shared, "stat": "loss"}))
+        _wait(lambda: driver.find_element(By.ID, "error").is_displayed(), what="the unknown statistic's message")
+        assert "unknown statistic 'loss'" in driver.find_element(By.ID, "error").text
+
+        # Layers a lens was not trained on are marked: row label and a note.
+        partial = create_app(model, tokenizer, lens_trained_on(model, [0, 2]), logit, top_k=TOP_K)
+        with running(partial) as url:
+            driver.get(url + "?" + urlencode({"prompt": PROMPT}))
+            _wait(lambda: _answered(driver, 0), what="the partly trained lens")
+            marked = driver.find_elements(By.CSS_SELECTOR, 'section[data-lens="lens"] th.row.untrained')
+            assert [th.text for th in marked] == ["1*"]
+            note = driver.find_element(By.CSS_SELECTOR, 'section[data-lens="lens"] .untrained-note').text
+            assert note.startswith("* untrained layer 1:") and "logit lens" in note
+            assert driver.find_elements(By.CSS_SELECTOR, 'section[data-lens="compare"] th.row.untrained') == []
     finally:
         driver.quit()
+
+
+def _address(driver) -> dict[str, list[str]]:
+    """The query of the page's address, decoded."""
+    return parse_qs(urlsplit(driver.current_url).query)
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -454,12 +608,20 @@ def test_cli_serve_answers_and_stops_on_ctrl_c(tmp_path, model, tuned):
             assert time.monotonic() < deadline, "no address printed"
         health = json.loads(call(url, "/api/health")[2])
         assert (health["lens"], health["compare"], health["layers"], health["top_k"]) == ("./lens", "logit", [0, 2], 3)
+        # The page's example was read before the address was printed: the first page shows it at once.
+        assert health["example"] == EXAMPLE_PROMPT and health["trajectories"] == 1
+        assert call(url, "/api/trajectory", {"prompt": EXAMPLE_PROMPT})[0] == 200
         status, _, body = call(url, "/api/trajectory", {"prompt": "Hello there", "stat": "js"})
         data = json.loads(body)
         assert status == 200 and data["rows"] == ["0", "2", "output"] and len(data["panels"][0]["top"][0][0]) == 3
-        assert json.loads(call(url, "/api/health")[2])["trajectories"] == 1  # one prompt read, by one forward pass
+        assert json.loads(call(url, "/api/health")[2])["trajectories"] == 2  # one forward pass per prompt
+        # A browser keeps its connection open after an answer; Ctrl-C must not wait for it (nor for anything).
+        browser = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")), timeout=10)
+        browser.request("GET", "/api/health")
+        assert browser.getresponse().read() and browser.sock is not None  # kept alive
         child.send_signal(signal.SIGINT)  # Ctrl-C
-        child.wait(timeout=20)
+        child.wait(timeout=5)
+        browser.close()
         stderr = child.stderr.read()
         assert child.returncode == 0, stderr
         assert "Traceback" not in stderr

@@ -7,11 +7,13 @@ the lenses once; every request reads them. Routes:
 ``GET /``
     The page (``lens_hub/serve/static/``: one HTML file, one script, one stylesheet; nothing from other hosts).
 ``GET /api/health``
-    Liveness, the configuration the page needs (lens names, statistics, limits) and counters: how many prompts
-    were read (forward passes run) and how many requests are in flight.
+    Liveness, the configuration the page needs (lens names, statistics, limits, the example prompt it opens on, each
+    lens's untrained layers) and counters: how many prompts were read (forward passes run) and how many requests are
+    in flight.
 ``POST /api/trajectory``
     `TrajectoryRequest`, ``{"prompt": str, "stat": str}`` -> the input tokens, the row labels and, for each lens
-    (``panels``), the statistic's value and the top-k tokens with their probabilities at every row and position.
+    (``panels``), the statistic's value and the top-k tokens with their probabilities at every row and position, and
+    the layers shown that the lens has not trained.
 ``POST /api/trajectory.png`` and ``POST /api/trajectory.html``
     `DownloadRequest`, ``{"prompt": str, "stat": str, "lens": "lens" | "compare"}`` -> the file
     `lens_hub.serve.render.write_png` or `lens_hub.serve.render.write_html` writes for that lens's trajectory, as a
@@ -32,9 +34,9 @@ import socket
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -59,6 +61,7 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TOP_K = 5
 MAX_BODY_BYTES = 256 * 1024  # a request body past this is refused (413) before it is parsed
+SHUTDOWN_SECONDS = 2  # Ctrl-C waits at most this for requests in flight (a stopped reading ends sooner)
 _EXTRA = 'pip install "lens-hub[serve]"'
 _STATIC = "static"
 _COMPARE_LABELS = {
@@ -67,6 +70,7 @@ _COMPARE_LABELS = {
 }
 _STATISTICS = ("entropy", "kl", "ce", "rank", "prob", "log_prob")  # every explorer's; js and tv need --compare
 _EMPTY_PROMPT = "the prompt is empty: type some text first"
+EXAMPLE_PROMPT = "The capital of France is"  # what the page shows before anything is typed (read at start-up)
 
 
 def check_serve_extra() -> None:
@@ -152,12 +156,15 @@ class Explorer:
         lock_timeout: Seconds a request waits for the model before it is answered 503.
 
     Raises:
-        ServeError: If ``max_tokens`` or ``top_k`` is below 1, a layer is not the lens's, or the lenses read
-            different numbers of layers.
+        ServeError: If ``max_tokens`` or ``top_k`` is below 1, ``layers`` is empty or holds a layer that is not the
+            lens's, or the lenses read different numbers of layers.
 
     Attributes:
         trajectories: How many prompts were read (forward passes run), cache hits excluded.
         in_flight: Trajectory and download requests being served now; ``peak_in_flight`` is the most at once.
+        untrained: ``{"lens": [...], "compare": [...] | None}``, each lens's ``untrained_layers()``: layers it reads
+            exactly as the logit lens does (identity translators), which the page marks.
+        example: `EXAMPLE_PROMPT`, shown before anything is typed; None if it is longer than `limit`.
     """
 
     def __init__(
@@ -188,6 +195,8 @@ class Explorer:
                 f"the comparison lens reads {compare.num_layers} layers but the lens reads {lens.num_layers}: "
                 "compare two lenses of the same model"
             )
+        if layers is not None and len(layers) == 0:
+            raise ServeError("layers is empty: pass the layers to show, or None for all of them")
         outside = [i for i in layers or () if not 0 <= int(i) < lens.num_layers]
         if outside:  # checked now: at request time it would be every request's error
             raise ServeError(
@@ -214,7 +223,12 @@ class Explorer:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._cache: OrderedDict[str, Reading] = OrderedDict()
+        # Layers each lens leaves as the logit lens reads them (identity translators), to be marked as such.
+        self.untrained = {"lens": _untrained(lens), "compare": None if compare is None else _untrained(compare)}
+        fits = 0 < len(self.tokenizer(EXAMPLE_PROMPT)["input_ids"]) <= self.limit
+        self.example = EXAMPLE_PROMPT if fits else None
 
     @property
     def limit(self) -> int:
@@ -235,6 +249,8 @@ class Explorer:
             "window": self.window,
             "limit": self.limit,
             "top_k": self.top_k,
+            "example": self.example,
+            "untrained": self.untrained,
             "trajectories": self.trajectories,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -250,11 +266,13 @@ class Explorer:
         """
         if not prompt:  # refused before waiting for the model (`TrajectoryRequest` refuses it first over HTTP)
             raise ExplorerRequestError(422, _EMPTY_PROMPT)
+        self._check_stopping()
         if not self._lock.acquire(timeout=self.lock_timeout):
             raise ExplorerRequestError(
                 503, f"the explorer was busy for {self.lock_timeout:.0f} s with other prompts: try again"
             )
         try:
+            self._check_stopping()  # stopped while this request waited: the model is not run again
             cached = self._cache.get(prompt)
             if cached is not None:
                 self._cache.move_to_end(prompt)
@@ -284,34 +302,68 @@ class Explorer:
         return ids
 
     def _compute(self, prompt: str, ids: "torch.Tensor") -> Reading:
-        """One forward pass, then both lenses' trajectories from its hidden states (called under the lock).
+        """One forward pass, then every lens's trajectory from its hidden states (called under the lock).
 
-        Each lens runs once per layer: with a comparison lens, `_read_pair` builds both trajectories (and their
-        divergences) in one `PredictionTrajectory.from_hidden_states` call.
+        `_read_lenses` reads all layers of all lenses in a few batched passes; `stop` aborts both steps between
+        layers.
         """
         import torch
 
-        from ..analysis.trajectory import PredictionTrajectory, token_label
+        from ..analysis.trajectory import token_label
         from ..core.models import hidden_states
 
         ids = ids[None]
         device = next(self.model.parameters()).device
-        with torch.no_grad():
+        lenses = [self.lens] if self.compare is None else [self.lens, self.compare]
+        with torch.inference_mode(), self._abortable():
             hidden = hidden_states(self.model, ids.to(device), attention_mask=torch.ones_like(ids).to(device))
-        common = {"layers": self.layers, "top_k": self.top_k, "tokenizer": self.tokenizer}
-        if self.compare is None:
-            traj, compared = PredictionTrajectory.from_hidden_states(self.lens, hidden, ids, **common), None
-        else:
-            traj, compared = _read_pair(self.lens, self.compare, hidden, ids, common)
+            rows = self.layers if self.layers is not None else list(range(self.lens.num_layers))
+            trajectories = _read_lenses(lenses, hidden, ids, rows, self.top_k, self.tokenizer, self._check_stopping)
+        traj, compared = trajectories[0], trajectories[1] if len(trajectories) > 1 else None
         targets = [None if i < 0 else token_label(self.tokenizer, i) for i in traj.target_ids[0].tolist()]
         return Reading(prompt=prompt, trajectory=traj, compared=compared, targets=targets)
 
+    def stop(self) -> None:
+        """Stop reading prompts, as Ctrl-C asks: the reading in progress is abandoned at its next layer, and every
+        request still waiting for the model, or arriving later, is answered 503 (`resume` undoes it)."""
+        self._stopping.set()
+
+    def resume(self) -> None:
+        """Read prompts again after `stop` (a server started on this explorer calls it)."""
+        self._stopping.clear()
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise ExplorerRequestError(503, "the explorer is stopping (Ctrl-C): start lens-hub serve again")
+
+    @contextmanager
+    def _abortable(self) -> Iterator[None]:
+        """While it lasts, each block of the model checks `stop` before it runs (in this thread only: the model may
+        be shared), so a forward pass in progress ends at the next block instead of running to its end."""
+        thread = threading.get_ident()
+
+        def check(_module: Any, _args: Any) -> None:
+            if threading.get_ident() == thread:
+                self._check_stopping()
+
+        hooks = [block.register_forward_pre_hook(check) for block in self.lens.unembed.parts.layers]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
     def payload(self, reading: Reading, stat: str) -> dict[str, Any]:
-        """The JSON answer of ``POST /api/trajectory``: labels, and each lens's values and top-k per cell."""
+        """The JSON answer of ``POST /api/trajectory``: labels, and each lens's values and top-k per cell.
+
+        Each panel's ``untrained`` lists the layers shown that its lens has not trained (see `untrained`).
+        """
         panels = [_panel("lens", self.lens_name, reading.trajectory, stat)]
         if reading.compared is not None:
             panels.append(_panel("compare", self.compare_name or "compare", reading.compared, stat))
         traj = reading.trajectory
+        for panel in panels:
+            panel["untrained"] = [i for i in traj.layers if i in (self.untrained[panel["key"]] or ())]
         return {
             "prompt": reading.prompt,
             "stat": stat,
@@ -355,6 +407,12 @@ class Explorer:
             return path.read_bytes(), filename
 
 
+def _untrained(lens: "Lens") -> list[int]:
+    """``lens.untrained_layers()``; none for a lens class without translators to train (it does not have it)."""
+    method = getattr(lens, "untrained_layers", None)
+    return sorted(method()) if method is not None else []
+
+
 def _finite(rows: list[list[float]]) -> list[list[float | None]]:
     """NaN and infinities as None (JSON has no NaN): the page shows those cells as undefined."""
     return [[v if math.isfinite(v) else None for v in row] for row in rows]
@@ -372,58 +430,126 @@ def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict
     return {"key": key, "name": name, "values": _finite(traj.stat(stat)[0].tolist()), "top": top}
 
 
-def _read_pair(
-    lens: "Lens", compare: "Lens", hidden: Sequence["torch.Tensor"], ids: "torch.Tensor", options: dict[str, Any]
-) -> tuple["PredictionTrajectory", "PredictionTrajectory"]:
-    """Both lenses' trajectories of one prompt, each compared with the other, running each lens once per layer.
+# Layers are read this many prompt positions at a time at least (`_read_lenses`): enough for one product with the
+# unembedding to be bound by arithmetic, not by reading its weights; more would only repeat the output row.
+_BATCH_POSITIONS = 64
+_BLOCK_FLOATS = 1 << 25  # the most floats of one [batch, positions, vocabulary] block of statistics (128 MB)
+_KEPT_FLOATS = 1 << 27  # the comparison lens's logits are kept for its own trajectory up to this size (512 MB)
 
-    Two `PredictionTrajectory.from_hidden_states` calls, each with the other lens as ``compare_with``, would run
-    each lens twice per layer. Instead one call reads the prompt as a batch of two copies: copy 0 through ``lens``,
-    copy 1 through ``compare``; its ``compare_with`` lens hands back the logits just computed with the copies
-    swapped, so copy 0's js and tv compare ``lens`` with ``compare`` and copy 1's the reverse (the same values: both
-    divergences are symmetric). Memory stays that of one call with ``compare_with``: one row of both lenses' logits
-    at a time.
+
+def _read_lenses(
+    lenses: Sequence["Lens"],
+    hidden: Sequence["torch.Tensor"],
+    ids: "torch.Tensor",
+    rows: Sequence[int],
+    top_k: int,
+    tokenizer: Any,
+    check: Callable[[], None],
+) -> list["PredictionTrajectory"]:
+    """The trajectory of one prompt through each of ``lenses`` (the lens, then the comparison lens if any), as
+    ``PredictionTrajectory.from_hidden_states(lens, hidden, ids, layers=rows, compare_with=other)`` gives it.
+
+    That call reads one layer at a time: for a short prompt each layer's product with the unembedding is bound by
+    reading its weights, and each of some thirty statistics is a small operation, slow on a busy CPU. Here layers
+    are read as a batch instead: slot ``b`` of the batch holds the prompt's state at layer ``rows[b * R + r]`` in
+    the batch's row ``r``, so R rows of B slots (B * R >= the number of layers; spare slots repeat the last layer)
+    cover every layer, B the fewest that fill `_BATCH_POSITIONS`. The output row, the same in every slot, is
+    unembedded once. The batch is then cut back into one trajectory per lens: every number still comes from
+    `PredictionTrajectory`.
+
+    The statistics between the two lenses (js, tv, both KLs) are computed once, with the lens's trajectory, and
+    given to the comparison lens's (js and tv are symmetric, the KLs swap). Reading both lenses in one batch would
+    compute them for each, which costs more than all the rest: dozens of passes over the logits. The comparison
+    lens's logits are kept between the two readings up to `_KEPT_FLOATS`, and computed again past it.
 
     Args:
-        lens: The explorer's lens (copy 0).
-        compare: The comparison lens (copy 1), of the same model.
-        hidden: The prompt's hidden states, [1, positions, hidden] each.
+        lenses: The lens, and the comparison lens if any (of the same model).
+        hidden: The prompt's hidden states, ``num_layers + 1`` tensors [1, positions, hidden].
         ids: Its token ids, [1, positions].
-        options: The other keyword options of `PredictionTrajectory.from_hidden_states`.
+        rows: The lens layers to read, sorted.
+        top_k: Top tokens kept per cell.
+        tokenizer: Labels the tokens.
+        check: Called before each batch row is unembedded; raises to abandon the reading.
 
     Returns:
-        The trajectory through ``lens`` and the one through ``compare``, as the two calls would give them.
+        One trajectory per lens.
     """
     import torch
 
     from ..analysis.trajectory import PredictionTrajectory
-    from ..core.lens import BaseTunedLens, Lens
+    from ..core.lens import BaseTunedLens, Lens, Unembed
 
-    latest: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # the pair's last logits, taken by the swapped lens
+    positions = ids.shape[1]
+    slots = min(len(rows), max(1, -(-_BATCH_POSITIONS // positions)))
+    depth = -(-len(rows) // slots)  # R, the batch's rows
+    slots = -(-len(rows) // depth)  # B: as few slots as R rows need
 
-    class Pair(Lens):
-        def forward(self, h: torch.Tensor, idx: int) -> torch.Tensor:
-            logits = torch.cat([lens(h[:1], idx), compare(h[1:], idx)])
-            latest[:] = [(h, idx, logits)]
+    def layer(b: int, r: int) -> int:
+        return rows[min(b * depth + r, len(rows) - 1)]
+
+    parts = lenses[0].unembed.parts
+    stacked = [torch.cat([hidden[layer(b, r)] for b in range(slots)]) for r in range(depth)]
+    # The unused rows' states are never read; the last state feeds the output row, the same in every slot.
+    states = [*stacked, *[stacked[0]] * (parts.num_layers - depth), hidden[-1].expand(slots, -1, -1)]
+
+    class FirstCopyHead(Unembed):
+        """The model's head on the first slot only, shared by all (every slot holds the same last state)."""
+
+        def head(self, h: torch.Tensor) -> torch.Tensor:
+            return super().head(h[:1]).expand(h.shape[0], *h.shape[1:-1], -1)
+
+    class Batched(Lens):
+        """``lens`` on a batch row: slot ``b`` through the translator of its layer, one unembedding for all."""
+
+        def __init__(self, lens: Lens, kept: dict[tuple, torch.Tensor] | None = None) -> None:
+            super().__init__(parts)
+            self.unembed = FirstCopyHead(parts)
+            self.lens = lens
+            self.kept = kept  # logits by the exact input (row, storage, shape), for the next reading to take
+
+        def forward(self, h: torch.Tensor, r: int) -> torch.Tensor:
+            check()
+            key = (r, h.data_ptr(), tuple(h.shape), tuple(h.stride()))
+            if self.kept is not None and key in self.kept:
+                return self.kept.pop(key)
+            translated = [self.lens.transform_hidden(h[b : b + 1], layer(b, r)) for b in range(slots)]
+            logits = self.lens.unembed(torch.cat(translated))
+            if self.kept is not None:
+                self.kept[key] = logits
             return logits
 
-    class Swapped(Lens):
-        def forward(self, h: torch.Tensor, idx: int) -> torch.Tensor:
-            # A row is read through the lens, then at once through compare_with. Were it ever not, the logits are
-            # computed again rather than taken from another row.
-            seen = latest.pop() if latest else None
-            if seen is not None and seen[0] is h and seen[1] == idx:
-                return seen[2].flip(0)
-            return torch.cat([compare(h[:1], idx), lens(h[1:], idx)])
+    def read(lens: Batched, other: Batched | None) -> PredictionTrajectory:
+        batch = PredictionTrajectory.from_hidden_states(
+            lens,
+            states,
+            ids.expand(slots, -1),
+            layers=range(depth),
+            top_k=top_k,
+            compare_with=other,
+            chunk_size=max(1, _BLOCK_FLOATS // (slots * parts.vocab_size)),
+        )
+        tensors = {f.name: unbatch(v) for f in fields(batch) if isinstance(v := getattr(batch, f.name), torch.Tensor)}
+        traj = replace(batch, **tensors, lengths=[positions], layers=list(rows), input_labels=[], top_labels=[])
+        traj.lens_name = "tuned lens" if isinstance(lens.lens, BaseTunedLens) else "logit lens"  # views' titles
+        traj.set_labels(tokenizer)
+        return traj
 
-    parts = lens.unembed.parts
-    both = PredictionTrajectory.from_hidden_states(
-        Pair(parts), [h.expand(2, -1, -1) for h in hidden], ids.repeat(2, 1), compare_with=Swapped(parts), **options
-    )
-    first, second = both[0], both[1]
-    for traj, read in ((first, lens), (second, compare)):  # the views' default titles, as one lens's call sets them
-        traj.lens_name = "tuned lens" if isinstance(read, BaseTunedLens) else "logit lens"
-    return first, second
+    def unbatch(value: torch.Tensor) -> torch.Tensor:
+        """A batch tensor as the trajectory of the prompt alone holds it."""
+        if value.dim() == 2:  # [batch, positions]: the same in every slot
+            return value[:1]
+        per_layer = value[:, :depth].reshape(slots * depth, *value.shape[2:])[: len(rows)]
+        return torch.cat([per_layer, value[0, depth][None]])[None]
+
+    if len(lenses) == 1:
+        return [read(Batched(lenses[0]), None)]
+    kept = {} if slots * depth * positions * parts.vocab_size <= _KEPT_FLOATS else None
+    first = read(Batched(lenses[0]), Batched(lenses[1], kept))
+    # What the comparison lens's own reading with compare_with=lens would give: the same js and tv, the KLs swapped.
+    between = {"js": first.js, "tv": first.tv}
+    if {f.name for f in fields(first)} >= {"kl_to_compared", "kl_from_compared"}:
+        between |= {"kl_to_compared": first.kl_from_compared, "kl_from_compared": first.kl_to_compared}
+    return [first, replace(read(Batched(lenses[1], kept), None), **between)]
 
 
 # -------------------------------------------------------------------------------------------------------- HTTP
@@ -756,11 +882,29 @@ def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server"
     """A uvicorn server for ``app`` on 127.0.0.1 (run it with ``server.run(sockets=[sock])``, stop it with
     ``server.should_exit = True``).
 
+    Stopping (Ctrl-C) is prompt: idle keep-alive connections are closed at once, the app's `Explorer` is stopped
+    (`Explorer.stop`: the reading in progress ends at its next layer, with a 503), and what is still in flight after
+    `SHUTDOWN_SECONDS` is cancelled. Otherwise a long prompt's reading would run to its end first (seconds to
+    minutes on a CPU), and each request queued behind it after that.
+
     Raises:
         MissingExtraError: If uvicorn is not installed.
     """
     check_serve_extra()
     import uvicorn
+
+    explorer = getattr(app.state, "explorer", None)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            if explorer is not None:
+                explorer.resume()
+            await super().startup(sockets)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if explorer is not None:
+                explorer.stop()
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         app,
@@ -771,10 +915,10 @@ def make_server(app: "FastAPI", *, port: int = DEFAULT_PORT) -> "uvicorn.Server"
         access_log=False,
         server_header=False,
         limit_concurrency=128,  # past this, new connections get 503 at once instead of piling up
-        timeout_graceful_shutdown=5,  # Ctrl-C waits at most this for requests in flight
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
         lifespan="off",
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 HEADER_SECONDS = 10.0  # a connection must send a whole request head within this, or it is closed

@@ -101,11 +101,16 @@
     });
   }
 
+  // Whether row r of a panel is a layer its lens has not trained (read exactly as the logit lens reads it).
+  function untrained(data, panel, r) {
+    return (panel.untrained || []).indexOf(Number(data.rows[r])) >= 0; // never the output row (NaN)
+  }
+
   function tipText(data, panel, r, t) {
     var lines = [
       (data.rows[r] === "output" ? "model output" : "layer " + data.rows[r]) + ", position " + t +
         " (" + data.tokens[t] + ")",
-      "lens: " + panel.name,
+      "lens: " + panel.name + (untrained(data, panel, r) ? " (untrained here: the logit lens)" : ""),
     ];
     if (data.targets[t] !== null) lines.push("next token: " + data.targets[t]);
     lines.push(data.stat + " = " + format(data.stat, panel.values[r][t]));
@@ -201,6 +206,11 @@
         var th = document.createElement("th");
         th.className = "row";
         th.textContent = rowLabel;
+        if (untrained(data, panel, r)) {
+          th.className = "row untrained";
+          th.textContent = rowLabel + "*";
+          th.title = "untrained layer: an identity translator, read exactly as the logit lens reads it";
+        }
         tr.appendChild(th);
         panel.values[r].forEach(function (value, t) {
           var td = tr.insertCell();
@@ -227,6 +237,14 @@
       scroll.className = "scroll";
       scroll.appendChild(table);
       section.appendChild(scroll);
+      if ((panel.untrained || []).length) {
+        var note = document.createElement("p");
+        note.className = "untrained-note";
+        note.textContent = "* untrained layer" + (panel.untrained.length > 1 ? "s " : " ") +
+          panel.untrained.join(", ") + ": this lens was not trained there (an identity translator), so there it " +
+          "reads exactly what the logit lens reads.";
+        section.appendChild(note);
+      }
       section.appendChild(legend(data.stat, range[0], range[1]));
       panels.appendChild(section);
     });
@@ -244,6 +262,7 @@
         lastPrompt = prompt;
         lastData = data;
         render(data);
+        remember(prompt, stat);
         status.textContent = data.tokens.length + " tokens × " + data.rows.length + " rows";
         document.body.setAttribute("data-ready", String(mine));
       })
@@ -253,6 +272,27 @@
         status.textContent = "";
       })
       .finally(function () { if (mine === sequence) submit.disabled = false; });
+  }
+
+  // The address links to what the page shows: ?prompt=...&stat=... (other parameters are kept).
+  function remember(prompt, stat) {
+    var params = new URLSearchParams(window.location.search);
+    params.set("prompt", prompt);
+    params.set("stat", stat);
+    window.history.replaceState(null, "", window.location.pathname + "?" + params.toString());
+  }
+
+  // On load: the prompt and statistic of the address, else the server's example, read at once.
+  function first(info) {
+    var params = new URLSearchParams(window.location.search);
+    if (info.example) promptBox.placeholder = info.example;
+    var prompt = params.get("prompt") || info.example;
+    var stat = params.get("stat");
+    if (stat !== null && info.statistics[stat] !== undefined) statBox.value = stat;
+    if (!prompt) return;
+    promptBox.value = prompt;
+    // An unknown statistic in the address is sent as is: the server's answer names the ones there are.
+    show(prompt, stat === null ? statBox.value : stat);
   }
 
   form.addEventListener("submit", function (e) {
@@ -278,6 +318,7 @@
     about.textContent = "model " + info.model + " · lens " + info.lens +
       (info.compare ? " · compared with " + info.compare : "") + " · prompts up to " + info.limit + " tokens";
     document.body.setAttribute("data-connected", "true");
+    first(info);
   }).catch(function () { about.textContent = "cannot reach the explorer's server"; });
 
   // For tests and the curious: the latest answer.
