@@ -597,7 +597,7 @@ def test_cli_serve_answers_and_stops_on_ctrl_c(tmp_path, model, tuned):
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # start-up: imports, the model, the example read
         url = None
         while url is None:
             assert child.poll() is None, child.stderr.read()
