@@ -903,10 +903,8 @@ def _check_rows(lens: Lens, layers: Sequence[int] | None, compare_with: Lens | N
 
 
 def _untrained_rows(lens: Lens, rows: list[int]) -> list[int]:
-    """The layers of ``rows`` where ``lens`` is the logit lens (`BaseTunedLens.untrained_layers`); none for a lens
-    without that method (a wrapper lens built elsewhere)."""
-    untrained = getattr(lens, "untrained_layers", None)
-    marked = set(untrained()) if callable(untrained) else set()
+    """The layers of ``rows`` where ``lens`` is the logit lens (`Lens.untrained_layers`)."""
+    marked = set(lens.untrained_layers())
     return [i for i in rows if i in marked]
 
 

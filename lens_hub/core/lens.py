@@ -161,6 +161,11 @@ class Lens(nn.Module):
                 f"(hidden_states[{self.num_layers}] is already final-normed; use lens.unembed.head on it)"
             )
 
+    def untrained_layers(self) -> list[int]:
+        """Layers where this lens reads exactly what the logit lens reads because nothing was trained there: none
+        for a lens without translators (the logit lens); `BaseTunedLens` answers from its translators."""
+        return []
+
     def transform_hidden(self, h: torch.Tensor, idx: int) -> torch.Tensor:
         """Map ``hidden_states[idx]`` (the input of block ``idx``) into the final layer's basis (identity for the logit
         lens)."""
@@ -203,10 +208,6 @@ class LogitLens(Lens):
     def from_model(cls, model: nn.Module, *, architecture: ArchitectureSpec | None = None) -> LogitLens:
         """Build the logit lens of a Hugging Face causal LM."""
         return cls(find_model_parts(model, architecture))
-
-    def untrained_layers(self) -> list[int]:
-        """Layers where this lens is the logit lens: none (it has no translators to train)."""
-        return []
 
     def transform_hidden(self, h: torch.Tensor, idx: int) -> torch.Tensor:
         return h

@@ -226,7 +226,10 @@ class Explorer:
         self._stopping = threading.Event()
         self._cache: OrderedDict[str, Reading] = OrderedDict()
         # Layers each lens leaves as the logit lens reads them (identity translators), to be marked as such.
-        self.untrained = {"lens": _untrained(lens), "compare": None if compare is None else _untrained(compare)}
+        self.untrained = {
+            "lens": lens.untrained_layers(),
+            "compare": None if compare is None else compare.untrained_layers(),
+        }
         fits = 0 < len(self.tokenizer(EXAMPLE_PROMPT)["input_ids"]) <= self.limit
         self.example = EXAMPLE_PROMPT if fits else None
 
@@ -405,12 +408,6 @@ class Explorer:
             path = Path(tmp) / filename
             (write_png if kind == "png" else write_html)(traj, path, stat, title=title)
             return path.read_bytes(), filename
-
-
-def _untrained(lens: "Lens") -> list[int]:
-    """``lens.untrained_layers()``; none for a lens class without translators to train (it does not have it)."""
-    method = getattr(lens, "untrained_layers", None)
-    return sorted(method()) if method is not None else []
 
 
 def _finite(rows: list[list[float]]) -> list[list[float | None]]:
