@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ from lens_hub.training.checkpoint import list_checkpoints
 from lens_hub.training.data import TokenData, load_token_data, tokenize
 from lens_hub.training.losses import fused_lens_losses, reference_lens_losses
 from lens_hub.training.settings import TrainSettings
-from lens_hub.training.train import hidden_states, plan_for, train_lens
+from lens_hub.training.train import _interrupt_deferred, hidden_states, plan_for, train_lens
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +392,20 @@ def test_fsdp_needs_several_processes(tmp_path):
     assert done.returncode != 0
     assert "torchrun --nproc-per-node" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_ctrl_c_during_the_update_is_held_until_the_step_is_logged_and_saved():
+    finished = []
+
+    def update_log_and_checkpoint() -> None:
+        with _interrupt_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the update
+            finished.append("update, log line and checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        update_log_and_checkpoint()
+    assert finished == ["update, log line and checkpoint"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+    with _interrupt_deferred():  # no Ctrl-C: nothing raised
+        finished.append("next step")
+    assert finished[-1] == "next step"

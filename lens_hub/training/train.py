@@ -24,8 +24,11 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -322,7 +325,7 @@ def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
 
 @dataclass
 class _Run:
-    """The moving parts of one training run, built by `_build_run` and advanced by `_train_step`."""
+    """The moving parts of one training run, built by `_build_run` and advanced by `_train_step` and `_apply_step`."""
 
     model: nn.Module
     data: TokenData
@@ -571,8 +574,8 @@ def _fit(run: _Run, console: Any) -> FitReport:
 
 
 def _train_step(run: _Run, step: int) -> list[float]:
-    """One optimizer step: forward passes over this rank's share of the step's sequences, gradients averaged
-    over ranks, clipped, applied. Returns the step's per-layer losses (nats, averaged over ranks)."""
+    """One step's gradients: forward passes over this rank's share of the step's sequences, gradients averaged
+    over ranks and clipped (`_apply_step` applies them). Returns the per-layer losses (nats, averaged over ranks)."""
     plan, settings = run.plan, run.settings
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda")
     running = torch.zeros(len(run.layers), device=run.device)
@@ -594,10 +597,35 @@ def _train_step(run: _Run, step: int) -> list[float]:
     *losses, total = torch.cat([running, norm.reshape(1).to(running)]).tolist()
     if not all(math.isfinite(v) for v in (*losses, total)):
         raise _non_finite(run, step, losses, total)
+    return losses
+
+
+def _apply_step(run: _Run) -> None:
+    """Apply the gradients of the step `_train_step` computed and advance the learning-rate schedule."""
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
-    return losses
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it as `KeyboardInterrupt`.
+
+    The optimizer update, the step's log line and a due checkpoint are one unit: a Ctrl-C inside it would leave
+    parameters half-updated, or a step applied and saved but never logged. Outside the main thread (where signal
+    handlers cannot be set) the block runs unshielded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _non_finite(run: _Run, step: int, losses: list[float], norm: float) -> NonFiniteLossError:
@@ -755,17 +783,19 @@ def train_lens(
         for step in range(start, settings.steps):
             t0 = time.perf_counter()
             losses = _train_step(run, step)
-            done = step + 1
-            if rank == 0:
-                _log_step(run, done, losses, time.perf_counter() - t0, progress, loggers)
-                if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    _save_checkpoint(run, out, done)
-                    saved = done
+            with _interrupt_deferred():
+                _apply_step(run)
+                done = step + 1
+                if rank == 0:
+                    _log_step(run, done, losses, time.perf_counter() - t0, progress, loggers)
+                    if done % settings.checkpoint_every == 0 or done == settings.steps:
+                        _save_checkpoint(run, out, done)
+                        saved = done
             if on_step:
                 on_step(done, losses)
     except KeyboardInterrupt:
-        # Ctrl-C lands mid-step, before that step's optimizer update (the forward and backward passes are nearly
-        # all of a step): the lens and optimizer are as the last completed step left them, so save those.
+        # Ctrl-C lands in a step's forward or backward pass, or is held until its update, log line and checkpoint
+        # are done: the lens and optimizer are always as the last completed step left them, so save those.
         checkpoint = None
         if rank == 0 and done > saved:
             _save_checkpoint(run, out, done)
