@@ -281,3 +281,11 @@ def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
         os.environ.clear()
         os.environ.update(saved_env)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a child that a test stops with Ctrl-C: SIGINT back to its default, since a suite started
+    as a background job (``cmd &`` in a script) hands its children an ignored SIGINT, which Python then keeps."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

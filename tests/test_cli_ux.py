@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer.main
-from helpers import SAMPLE, random_lens, save_model
+from helpers import SAMPLE, gpt2_real_vocab, random_lens, save_model, sigint_as_in_a_terminal
 from tiny_models import tiny_model
 from typer.testing import CliRunner
 
@@ -198,7 +198,7 @@ def test_ctrl_c_saves_a_checkpoint_and_rerunning_resumes(workdir, tmp_path):
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "lens_hub.cli", *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) <= before):
@@ -222,6 +222,25 @@ def test_ctrl_c_saves_a_checkpoint_and_rerunning_resumes(workdir, tmp_path):
     second, _ = interrupted_run()
     assert second.returncode == 130
     assert f"resuming from step {step} of 1900" in " ".join(second.stdout.split())
+
+
+def test_a_lens_of_another_model_is_refused_naming_the_flag_that_loads_it_anyway(workdir, tmp_path):
+    # Same architecture, other weights: the unembedding fingerprint differs, which an expert may override.
+    other = random_lens(gpt2_real_vocab(seed=7)).save(tmp_path / "other-lens")
+    refused = _cli("show", "model", "hello world", "--lens", str(other), cwd=workdir)
+    _one_line_error(refused, "IncompatibleLensError", "fingerprint", "--allow-mismatch")
+
+    shown = _cli("show", "model", "hello world", "--lens", str(other), "--allow-mismatch", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    (warning,) = [line for line in shown.stderr.splitlines() if "warn" in line.lower()]  # one line, no traceback
+    assert warning.startswith("warning: Lens loaded despite a mismatch") and "fingerprint" in warning, shown.stderr
+
+    # Fine-tuning a lens of another model (a base model's lens for its chat variant, say) is the same opt-out.
+    args = ["train", "model", "--data", str(SAMPLE), "--out", str(tmp_path / "tuned"), *SMALL, "--init-from"]
+    _one_line_error(_cli(*args, str(other), cwd=workdir), "--allow-mismatch")
+    tuned = _cli(*args, str(other), "--allow-mismatch", cwd=workdir)
+    assert tuned.returncode == 0, tuned.stderr
+    assert TunedLens.load(tmp_path / "tuned", gpt2_real_vocab()).config.training.init == "lens"
 
 
 def test_rerunning_a_finished_run_says_it_is_complete(workdir, tmp_path):

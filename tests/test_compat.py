@@ -63,3 +63,19 @@ def test_matching_model_in_other_dtype_loads_without_warning(saved, recwarn):
     model = tiny_model("llama").to(torch.bfloat16)
     TunedLens.load(saved, model)
     assert not [w for w in recwarn if issubclass(w.category, LensCompatibilityWarning)]
+
+
+def test_a_lens_adopted_by_another_model_records_that_model_and_loads_with_it(saved, tmp_path):
+    other = tiny_model("llama", seed=1, vocab_size=100)
+    other.config._name_or_path = "org/chat-variant"
+    with pytest.warns(LensCompatibilityWarning):
+        lens = TunedLens.load(saved, other, allow_mismatch=True)
+    lens.config = lens.config.model_copy(update={"base_model": "org/base"})
+    lens.adopt_model()
+    assert (lens.config.base_model, lens.config.vocab_size) == ("org/chat-variant", 100)
+    TunedLens.load(lens.save(tmp_path / "adopted"), other)  # no mismatch left, no warning needed
+
+    own = TunedLens.load(saved, tiny_model("llama"))
+    own.config = own.config.model_copy(update={"base_model": "org/base"})
+    own.adopt_model()  # its own model: the id it records stays (a local model directory names no id)
+    assert own.config.base_model == "org/base"

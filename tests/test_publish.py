@@ -569,3 +569,20 @@ def test_a_barely_trained_lens_is_flagged_at_push_and_in_the_dry_run(loopback_hu
     (warning,) = unevaluated.warnings
     assert warning.startswith("the lens has no held-out evaluation recorded") and "lens-hub eval" in warning
     assert "--store" in warning and "Warning: the lens has no held-out evaluation" in text
+
+
+def test_push_to_hub_of_an_unevaluated_lens_names_a_fix_that_works_in_python(loopback_hub, registry, model):
+    from lens_hub.analysis.evaluate import evaluate
+    from lens_hub.training.data import TokenData
+
+    lens = _lens(model, seed=3, metrics=False)
+    (warning,) = lens.push_to_hub(REPO, registry=registry, dry_run=True).warnings
+    assert "lens-hub-push-" not in warning  # not the temporary directory, gone before anyone reads this
+    assert "evaluate(model, heldout, lens).summary()" in warning and "lens.save(DIR)" in warning
+
+    # The fix as the warning spells it, on held-out tokens.
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    heldout = TokenData(ids, num_bytes=4 * 16 * 4, num_tokens_read=4 * 16, source="heldout.txt")
+    lens.config = lens.config.model_copy(update={"evaluation": evaluate(model, heldout, lens).summary()})
+    after = lens.push_to_hub(REPO, registry=registry, dry_run=True).warnings
+    assert not any("no held-out evaluation" in w for w in after)  # (a random lens may still be judged barely better)

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers and tiny_models, also when run as a script
 
-from helpers import TOKENIZER, assert_png, call, headless_chromium, random_lens, running
+from helpers import TOKENIZER, assert_png, call, headless_chromium, random_lens, running, sigint_as_in_a_terminal
 from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
@@ -593,6 +593,7 @@ def test_cli_serve_answers_and_stops_on_ctrl_c(tmp_path, model, tuned):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=sigint_as_in_a_terminal,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()

@@ -395,17 +395,24 @@ def test_fsdp_needs_several_processes(tmp_path):
 
 
 def test_a_ctrl_c_during_the_update_is_held_until_the_step_is_logged_and_saved():
-    finished = []
+    finished, before = [], signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 
     def update_log_and_checkpoint() -> None:
         with _interrupt_deferred():
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the update
             finished.append("update, log line and checkpoint")
 
-    with pytest.raises(KeyboardInterrupt):
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            update_log_and_checkpoint()
+        assert finished == ["update, log line and checkpoint"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+        with _interrupt_deferred():  # no Ctrl-C: nothing raised
+            finished.append("next step")
+        assert finished[-1] == "next step"
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job or nohup: SIGINT stays ignored
         update_log_and_checkpoint()
-    assert finished == ["update, log line and checkpoint"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
-    with _interrupt_deferred():  # no Ctrl-C: nothing raised
-        finished.append("next step")
-    assert finished[-1] == "next step"
+        assert finished[-1] == "update, log line and checkpoint"
+    finally:
+        signal.signal(signal.SIGINT, before)

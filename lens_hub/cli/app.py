@@ -173,6 +173,16 @@ DataRevisionOption = Annotated[
 ]
 
 
+AllowMismatchOption = Annotated[
+    bool,
+    Flag(
+        "Load a lens made for another model despite a different model type, vocabulary size or unembedding "
+        "fingerprint (warns). A different layer count or hidden size is always refused.",
+        "--allow-mismatch",
+    ),
+]
+
+
 RegistryOption = Annotated[
     Path | None, typer.Option("--registry", help="Registry directory (default: $LENS_HUB_REGISTRY or the shipped one).")
 ]

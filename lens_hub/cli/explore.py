@@ -12,7 +12,19 @@ import typer
 from ..core.options import (
     Statistic,
 )
-from .app import DeviceOption, DtypeOption, Flag, ModelArg, RevisionOption, _device, _dtype, _parse_layers, app, console
+from .app import (
+    AllowMismatchOption,
+    DeviceOption,
+    DtypeOption,
+    Flag,
+    ModelArg,
+    RevisionOption,
+    _device,
+    _dtype,
+    _parse_layers,
+    app,
+    console,
+)
 
 
 @app.command()
@@ -34,6 +46,7 @@ def show(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Top tokens kept per cell (shown on hover in the HTML page).")] = 5,
+    allow_mismatch: AllowMismatchOption = False,
     revision: RevisionOption = None,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
@@ -73,7 +86,9 @@ def show(
         raise typer.BadParameter(f"TEXT is {n_tokens} tokens, longer than the model's window of {window}; shorten it.")
 
     def load_lens(name: str):
-        return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
+        if name == "logit":
+            return LogitLens.from_model(net)
+        return TunedLens.from_pretrained(name, model=net, allow_mismatch=allow_mismatch)
 
     def lens_label(name: str) -> str:  # the views' name of a lens: which kind, and which tuned lens
         return "logit lens" if name == "logit" else f"tuned lens ({name})"
@@ -163,6 +178,7 @@ def detect(
         Flag("Read each prompt as a user turn of the model's chat template, at the position where the reply starts."),
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results and all scores as JSON.")] = None,
+    allow_mismatch: AllowMismatchOption = False,
     revision: RevisionOption = None,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
@@ -188,7 +204,8 @@ def detect(
     if task:
         _detect_tasks(model, task, names, method, shots=shots, items=items, seeds=seeds, bootstrap=bootstrap,
                       seed=seed, json_out=json_out, png=png, revision=revision, dtype=dtype, device=device,
-                      baseline_every=baseline_every, baseline_index=baseline_index)  # fmt: skip
+                      baseline_every=baseline_every, baseline_index=baseline_index,
+                      allow_mismatch=allow_mismatch)  # fmt: skip
         return
     if normal is None or anomalous is None:
         raise typer.BadParameter("give --normal and --anomalous prompt files, or --task for the paper's experiment")
@@ -222,7 +239,10 @@ def detect(
         check_lens_arg(name, config, flag="--lens")
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
-    sources = {labels[n]: n if n in (LOGIT, HIDDEN) else TunedLens.from_pretrained(n, model=net) for n in names}
+    sources = {
+        labels[n]: n if n in (LOGIT, HIDDEN) else TunedLens.from_pretrained(n, model=net, allow_mismatch=allow_mismatch)
+        for n in names
+    }
     from ..core.progress import ProgressReport
 
     total, reading = len(fit) + len(held_out) + len(attacks), f"through {', '.join(sources)}"
@@ -273,6 +293,7 @@ def _detect_tasks(
     device: str | None,
     baseline_every: int,
     baseline_index: int,
+    allow_mismatch: bool,
 ) -> None:
     """`detect --task`: the paper's prompt-injection experiment (`lens_hub.analysis.injection`)."""
     from .. import TunedLens
@@ -294,7 +315,10 @@ def _detect_tasks(
         check_lens_arg(name, config, flag="--lens")
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=_device(device))
-    sources = {labels[n]: n if n == "logit" else TunedLens.from_pretrained(n, model=net) for n in names}
+    sources = {
+        labels[n]: n if n == "logit" else TunedLens.from_pretrained(n, model=net, allow_mismatch=allow_mismatch)
+        for n in names
+    }
     with ProgressReport("detect", console, unit="prompts", info=f"through {', '.join(sources)}") as progress:
         report = run_injection_experiment(
             net, tokenizer, sources, tasks, shots=shots, limit=items, prompt_seed=seed, seeds=seeds,
@@ -326,6 +350,7 @@ def serve(
     ] = 256,
     top_k: Annotated[int, typer.Option(min=1, max=100, help="Top tokens shown when hovering a cell.")] = 5,
     layers: Annotated[str | None, typer.Option(help="Show only these layers, e.g. 0,5-7 (default: all).")] = None,
+    allow_mismatch: AllowMismatchOption = False,
     revision: RevisionOption = None,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
@@ -354,6 +379,7 @@ def serve(
                 model,
                 lens=lens,
                 compare=compare,
+                allow_mismatch=allow_mismatch,
                 revision=revision,
                 dtype=_dtype(dtype),
                 device=_device(device),

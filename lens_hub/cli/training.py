@@ -13,6 +13,7 @@ from rich.markup import escape
 from ..core.options import DEFAULT_FIT_TOKENS, PAPER, POLISH, Init, Kernel, Loss, Optimizer
 from ..training.settings import DEFAULTS, TrainSettings
 from .app import (
+    AllowMismatchOption,
     DataOption,
     DataRevisionOption,
     DeviceOption,
@@ -144,6 +145,7 @@ def train(
         "keep_checkpoints"
     ],
     restart: Annotated[bool, Flag("Discard OUT's checkpoints instead of resuming.")] = False,
+    allow_mismatch: AllowMismatchOption = False,
     fsdp: Annotated[bool, Flag("Shard the model's layers across torchrun processes (FSDP2).")] = False,
     heldout: Annotated[
         int, typer.Option(help="Sequences held out of training and used to evaluate the lens at the end (0: none).")
@@ -232,6 +234,7 @@ def train(
             version=version,
             registry=registry,
             fresh=restart,
+            allow_mismatch=allow_mismatch,
             console=console,
         )
     except TrainingInterrupted as stop:
@@ -312,6 +315,7 @@ def eval_(
         ),
     ] = None,
     store: Annotated[bool, Flag("Store the summary in the lens directory's config.json.")] = False,
+    allow_mismatch: AllowMismatchOption = False,
     logit_stats: Annotated[
         bool,
         Flag(
@@ -350,7 +354,7 @@ def eval_(
         data, model=model, revision=revision, seq_len=capped_seq_len(seq_len, config), text_column=text_column
     )
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=eval_device)
-    tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net)
+    tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net, allow_mismatch=allow_mismatch)
     length = min(seq_len, max_positions(net) or seq_len)
     if max_sequences is None and not is_local(data):
         max_sequences = HUB_EVAL_SEQUENCES  # a streamed split may be endless

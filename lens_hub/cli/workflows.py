@@ -44,19 +44,23 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 evaluates, publishes and talks
 
 
-def _starting_lens(model: nn.Module, settings: TrainSettings, base_model: str | None) -> TunedLens | None:
-    """The lens training starts from when the base model id must be set (else `train_lens` builds it)."""
-    if base_model is None:
-        return None
-    try:
-        validate_repo_id(base_model)
-    except ValueError as exc:
-        raise LensHubError(f"base_model: {exc}") from None
+def _starting_lens(
+    model: nn.Module, settings: TrainSettings, base_model: str | None, allow_mismatch: bool
+) -> TunedLens | None:
+    """The lens training starts from: ``init_from``'s, or a fresh one when the base model id must be set (else
+    `train_lens` builds it)."""
+    if base_model is not None:
+        try:
+            validate_repo_id(base_model)
+        except ValueError as exc:
+            raise LensHubError(f"base_model: {exc}") from None
     if settings.init_from:
-        lens = TunedLens.from_pretrained(settings.init_from, model=model)
-        lens.config = lens.config.model_copy(update={"base_model": base_model})
+        lens = TunedLens.from_pretrained(settings.init_from, model=model, allow_mismatch=allow_mismatch)
+        lens.adopt_model()  # before the id below: a lens of another model names that model until adopted
+        if base_model is not None:
+            lens.config = lens.config.model_copy(update={"base_model": base_model})
         return lens
-    return TunedLens.from_model(model, bias=settings.bias, base_model=base_model)
+    return None if base_model is None else TunedLens.from_model(model, bias=settings.bias, base_model=base_model)
 
 
 def train_evaluate_publish(
@@ -75,6 +79,7 @@ def train_evaluate_publish(
     version: str | None = None,
     registry: str | os.PathLike[str] | None = None,
     fresh: bool = False,
+    allow_mismatch: bool = False,
     console: Any = None,
 ) -> WorkflowResult:
     """Train a tuned lens, evaluate it against the logit lens on held-out text, and optionally publish it.
@@ -96,6 +101,8 @@ def train_evaluate_publish(
         version: Version to publish (default: the next one).
         registry: Registry directory the published version is recorded in.
         fresh: Discard ``out``'s checkpoints instead of resuming.
+        allow_mismatch: Start from ``settings.init_from`` despite a model type, vocabulary or fingerprint mismatch
+            (fine-tuning a lens of another model, e.g. a base model's lens for its chat variant; warns).
         console: A rich console for progress (``None``: silent but for the training progress bar's default).
 
     Raises:
@@ -104,7 +111,7 @@ def train_evaluate_publish(
         PublishError: Publishing was refused (nothing uploaded).
     """
     out = Path(out)
-    start = _starting_lens(model, settings, base_model)
+    start = _starting_lens(model, settings, base_model, allow_mismatch)
     if fresh:
         restart(out)
     limit = None

@@ -67,8 +67,8 @@ def check_compatibility(config: LensConfig, parts: ModelParts, *, allow_mismatch
     if other and not allow_mismatch:
         raise IncompatibleLensError(
             other,
-            hint=f"Load the lens{base} with its own base model, or pass allow_mismatch=True if you know the "
-            "difference is harmless (for example an embedding matrix padded for speed).",
+            hint=f"Load the lens{base} with its own base model, or pass allow_mismatch=True (--allow-mismatch on the "
+            "command line) if you know the difference is harmless (for example an embedding matrix padded for speed).",
         )
     for line in other:
         warnings.warn(f"Lens loaded despite a mismatch: {line}", LensCompatibilityWarning, stacklevel=3)

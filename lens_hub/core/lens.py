@@ -292,6 +292,21 @@ class BaseTunedLens(Lens):
         )
         return cls(parts, config)
 
+    def adopt_model(self) -> None:
+        """Record the facts of the model this lens reads through in its config, before training it for that model.
+
+        A lens loaded for another model (``allow_mismatch=True``: a base model's lens fine-tuned for its chat
+        variant, say) still names that model; once trained for this one, loading it with this one must pass the
+        checks. Model type, vocabulary size and fingerprint always come from this model; the base model id and
+        revision too when the lens was another model's (an unchanged lens keeps the id it records).
+        """
+        parts = self.unembed.parts
+        facts = {"model_type": parts.model_type, "vocab_size": parts.vocab_size, "fingerprint": parts.fingerprint}
+        update: dict[str, object] = dict(facts)
+        if any(getattr(self.config, name) != value for name, value in facts.items()):
+            update |= {"base_model": parts.base_model_id, "base_revision": parts.base_revision}
+        self.config = self.config.model_copy(update=update)
+
     def untrained_layers(self) -> list[int]:
         """Layers whose translator is the identity, where this lens reads exactly what the logit lens reads: those
         its provenance says were not trained, and those whose weight and bias are all zero (a fresh lens: all)."""

@@ -133,8 +133,17 @@ class LensHubMixin:
         keyword arguments (``version``, ``subfolder``, ``private``, ``dry_run``, ``registry``, ``base_model``,
         ``license``, ``aliases``, ``token``).
         """
+        kwargs.setdefault("evaluate_hint", _EVALUATE_IN_PYTHON)
         with tempfile.TemporaryDirectory(prefix="lens-hub-push-") as tmp:
             return push(self.save(tmp), repo_id, **kwargs)
+
+
+# The lens of `push_to_hub` lives in memory (its saved copy is a temporary directory), so the fix is Python.
+_EVALUATE_IN_PYTHON = (
+    "lens.config = lens.config.model_copy(update={'evaluation': evaluate(model, heldout, lens).summary()}) "
+    "with evaluate from lens_hub.analysis.evaluate and heldout from lens_hub.training.data.load_token_data, then "
+    "push again (or lens.save(DIR) and run lens-hub eval DIR --model MODEL --data HELDOUT_TEXT --store)"
+)
 
 
 class TunedLens(LensHubMixin, core.BaseTunedLens):

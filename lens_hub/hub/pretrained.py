@@ -542,7 +542,9 @@ def check_entry_fits_model(
     structural, other = find_mismatches(entry.facts, find_model_parts(model, architecture))
     if structural or (other and not allow_mismatch):
         hint = f"The registry's lens is for {entry.model}; nothing was downloaded. Load it with that model"
-        hint += "." if structural else ", or pass allow_mismatch=True if the difference is harmless."
+        if not structural:
+            hint += ", or pass allow_mismatch=True (--allow-mismatch on the command line) if the difference is harmless"
+        hint += "."
         raise IncompatibleLensError(structural + other, hint=hint)
 
 

@@ -233,14 +233,15 @@ def _public_provenance(config: LensConfig) -> LensConfig:
     return config.model_copy(update=update) if update else config
 
 
-def quality_warnings(quality: Quality, lens_dir: Path, base_model: str) -> list[str]:
-    """What `Quality.problems` flags, each with what to do about it, for the publisher to read before a push."""
+def quality_warnings(quality: Quality, evaluate_hint: str) -> list[str]:
+    """What `Quality.problems` flags, each with what to do about it, for the publisher to read before a push.
+
+    ``evaluate_hint`` says how this publisher evaluates the lens (a command for a lens directory, Python for a lens
+    in memory: its temporary directory is gone by the time anyone reads the warning).
+    """
     fixes = []
     if not quality.evaluated:
-        fixes.append(
-            "evaluate it on held-out text before publishing: "
-            f"lens-hub eval {lens_dir} --model {base_model} --data HELDOUT_TEXT --store"
-        )
+        fixes.append(f"evaluate it on held-out text before publishing: {evaluate_hint}")
     elif quality.barely_better:
         fixes.append("train it longer (more --steps or tokens) before publishing it")
     if quality.untrained_layers:
@@ -391,6 +392,7 @@ def plan_push(
     aliases: Sequence[str] | str | None = None,
     token: str | bool | None = None,
     dry_run: bool = False,
+    evaluate_hint: str | None = None,
 ) -> PushPlan:
     """Decide and validate everything a push will do, reading only (the Hub's refs, the registry, the lens).
 
@@ -412,6 +414,8 @@ def plan_push(
             anonymously (a private or missing repo then reads as new; `PushPlan.note` says so). With the Hub
             unreachable the plan is still made (``hub_checked`` False: repo, tag and token unchecked, the version
             picked from the registry alone), and `execute` refuses it.
+        evaluate_hint: How to evaluate the lens, in the warning for a lens without a held-out evaluation; default:
+            the ``lens-hub eval ... --store`` command for ``lens_dir``.
 
     Raises:
         LensFormatError: The lens directory is invalid.
@@ -511,7 +515,11 @@ def plan_push(
         private=private,
         token=token_str,
         note=note,
-        warnings=tuple(quality_warnings(quality, lens_dir, canonical)),  # type: ignore[arg-type]
+        warnings=tuple(
+            quality_warnings(
+                quality, evaluate_hint or f"lens-hub eval {lens_dir} --model {canonical} --data HELDOUT_TEXT --store"
+            )
+        ),
         hub_checked=unreachable is None,
     )
 

@@ -838,6 +838,7 @@ def load_app(
     revision: str | None = None,
     dtype: "torch.dtype | None" = None,
     device: str | None = None,
+    allow_mismatch: bool = False,
     **options: Any,
 ) -> "FastAPI":
     """Load a model and its lens(es) by name, once, and build the explorer app (what ``lens-hub serve`` does).
@@ -849,6 +850,7 @@ def load_app(
         revision: Model revision.
         dtype: Model dtype (None: as saved).
         device: Device to run on (None: the CPU).
+        allow_mismatch: Load a lens despite a model type, vocabulary or fingerprint mismatch (warns).
         **options: The `Explorer`'s keyword options (``layers``, ``max_tokens``, ``top_k``, ...); the page names
             the model and lenses as given here unless told otherwise.
 
@@ -867,7 +869,9 @@ def load_app(
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=dtype, device=device)
 
     def load_lens(name: str) -> "Lens":
-        return LogitLens.from_model(net) if name == "logit" else TunedLens.from_pretrained(name, model=net)
+        if name == "logit":
+            return LogitLens.from_model(net)
+        return TunedLens.from_pretrained(name, model=net, allow_mismatch=allow_mismatch)
 
     reader = load_lens(lens)
     other = None if compare is None else load_lens(compare)

@@ -378,6 +378,7 @@ def _build_run(
             if settings.init_from
             else TunedLens.from_model(model, bias=settings.bias)
         )
+    lens.adopt_model()  # what it is trained for is what it will be checked against when loaded
     layers = settings.layers if settings.layers is not None else list(range(lens.num_layers))
     check_layers(layers, lens.num_layers)
     params = trainable_parameters(lens, layers, settings.bias_only)
@@ -612,10 +613,14 @@ def _interrupt_deferred() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) until the block ends, then raise it as `KeyboardInterrupt`.
 
     The optimizer update, the step's log line and a due checkpoint are one unit: a Ctrl-C inside it would leave
-    parameters half-updated, or a step applied and saved but never logged. Outside the main thread (where signal
-    handlers cannot be set) the block runs unshielded.
+    parameters half-updated, or a step applied and saved but never logged. Only Python's own Ctrl-C handler is
+    replaced: an ignored SIGINT (``nohup``, a background job) stays ignored, a program's own handler is left alone,
+    and outside the main thread (where handlers cannot be set) the block runs as it is.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     caught: list[int] = []
