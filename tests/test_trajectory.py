@@ -594,3 +594,28 @@ def test_docs_trajectory_analyses_example_runs(model, tokenizer, tuned):
     assert namespace["middle"].lengths == [3, 3]
     torch.testing.assert_close(kl[:, :, 1:], traj.kl_to_compared[:, :, 1:], rtol=1e-4, atol=1e-4, equal_nan=True)
     assert clean.log_probs.shape[:3] == traj.entropy.shape
+
+
+def test_small_divergences_keep_their_digits(model, tokenizer):
+    # A lens a hair away from the logit lens: the divergences between the two are 1e-6 .. 1e-3 nats, where a
+    # difference of two large sums (entropies of ~10 nats) would keep only rounding (~1e-5).
+    near, logit = random_lens(model, std=1e-3), LogitLens.from_model(model)
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    traj = PredictionTrajectory.from_ids(near, model, ids, compare_with=logit)
+    with torch.no_grad():  # the reference in float64 from the same float32 logits
+        hs = model(ids, output_hidden_states=True).hidden_states
+        p, q = (
+            torch.stack([torch.log_softmax(lens(hs[i], i)[0].double(), -1) for i in range(lens.num_layers)])
+            for lens in (near, logit)
+        )
+    m = torch.logaddexp(p, q) - math.log(2)
+    want = {
+        "kl_to_compared": kl(p, q),
+        "kl_from_compared": kl(q, p),
+        "js": 0.5 * kl(p, m) + 0.5 * kl(q, m),
+        "tv": 0.5 * (p.exp() - q.exp()).abs().sum(-1),
+    }
+    for name, rows in want.items():
+        assert rows.min() > 1e-7 and rows.max() < 1e-2, name
+        torch.testing.assert_close(getattr(traj, name)[0, :-1].double(), rows, rtol=1e-2, atol=1e-6)
+        assert (getattr(traj, name)[0, -1] == 0).all(), name  # the output row, shared by both lenses
