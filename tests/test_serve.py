@@ -260,15 +260,15 @@ def test_each_lens_reads_all_layers_in_one_batched_pass(model, tokenizer, tuned,
     ):
         status, _, body = call(url, "/api/trajectory", {"prompt": PROMPT, "stat": "js"})
         assert status == 200, body
-        # The tuned lens's 3 layers in one product, the logit lens's 3 in another (kept for its own trajectory),
-        # and the model's output for each of the two trajectories: no layer twice.
-        assert len(head_calls) == 4
-        assert sum(args[0].shape[:-1].numel() for args in head_calls) == (3 + 3 + 1 + 1) * positions
+        # The tuned lens's 3 layers in one product, the logit lens's 3 in another (read for the divergences and
+        # its own trajectory alike), and the model's output once: nothing twice.
+        assert len(head_calls) == 3
+        assert sum(args[0].shape[:-1].numel() for args in head_calls) == (3 + 3 + 1) * positions
         assert [args[0].shape[0] for args in translator_calls] == [1]  # the layer's translator, once
         # A download of that prompt reads the cached trajectories: no lens runs again.
         status, headers, _ = call(url, "/api/trajectory.png", {"prompt": PROMPT, "stat": "tv", "lens": "compare"})
         assert status == 200 and headers["Content-Type"] == "image/png"
-        assert len(head_calls) == 4 and app.state.explorer.trajectories == 1
+        assert len(head_calls) == 3 and app.state.explorer.trajectories == 1
         reading = app.state.explorer.read(PROMPT)  # cached: the trajectories the request was answered from
     first, second = expected(tuned, logit, model, tokenizer, PROMPT)
     lens_panel, compare_panel = json.loads(body)["panels"]
@@ -282,21 +282,19 @@ def test_each_lens_reads_all_layers_in_one_batched_pass(model, tokenizer, tuned,
 
 
 @pytest.mark.parametrize(
-    ("batch_positions", "block_floats", "kept_floats", "layers"),
-    [(256, 1 << 25, 1 << 26, None), (8, 1 << 25, 1 << 26, None), (8, 3 * 50257, 0, [0, 2]), (1, 1 << 25, 0, [1])],
-    ids=["one-pass", "two-rows-and-a-spare-slot", "chunked-positions-recomputed", "one-layer-recomputed"],
+    ("batch_positions", "block_floats", "layers"),
+    [(256, 1 << 25, None), (8, 1 << 25, None), (8, 3 * 50257, [0, 2]), (1, 1 << 25, [1])],
+    ids=["one-pass", "two-rows-and-a-spare-slot", "chunked-positions", "one-layer"],
 )
 def test_batched_readings_are_the_trajectories_layer_by_layer(
-    monkeypatch, model, tokenizer, tuned, logit, batch_positions, block_floats, kept_floats, layers
+    monkeypatch, model, tokenizer, tuned, logit, batch_positions, block_floats, layers
 ):
     # However the layers are laid out in the batch (all in one row; two rows of two slots, one a spare copy of the
-    # last layer; positions in chunks), and whether the comparison lens's logits are kept or computed again, each
-    # lens's trajectory is the one `PredictionTrajectory` gives directly.
+    # last layer; positions in chunks), each lens's trajectory is the one `PredictionTrajectory` gives directly.
     import lens_hub.serve.app as serve
 
     monkeypatch.setattr(serve, "_BATCH_POSITIONS", batch_positions)
     monkeypatch.setattr(serve, "_BLOCK_FLOATS", block_floats)
-    monkeypatch.setattr(serve, "_KEPT_FLOATS", kept_floats)
     explorer = create_app(model, tokenizer, tuned, logit, layers=layers, top_k=TOP_K, cache_size=0).state.explorer
     reading = explorer.read(PROMPT)
     kw = {"top_k": TOP_K, "tokenizer": tokenizer, "layers": layers}

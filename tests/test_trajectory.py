@@ -619,3 +619,34 @@ def test_small_divergences_keep_their_digits(model, tokenizer):
         assert rows.min() > 1e-7 and rows.max() < 1e-2, name
         torch.testing.assert_close(getattr(traj, name)[0, :-1].double(), rows, rtol=1e-2, atol=1e-6)
         assert (getattr(traj, name)[0, -1] == 0).all(), name  # the output row, shared by both lenses
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"mask_input": True}, {"target": " Paris", "anti_target": " London"}, {"layers": [0, 2], "keep_log_probs": 1}],
+    ids=["plain", "mask_input", "targets", "layers+log_probs"],
+)
+def test_read_compared_gives_the_compared_lens_trajectory_in_the_same_pass(model, tokenizer, tuned, options):
+    logit, texts = LogitLens.from_model(model), ["The capital of France is Paris.", "Hi there"]
+    both = PredictionTrajectory.from_text(
+        tuned, model, tokenizer, texts, **options, compare_with=logit, read_compared=True
+    )
+    alone = PredictionTrajectory.from_text(logit, model, tokenizer, texts, **options, compare_with=tuned)
+    got = both.compared
+    own = ("top_ids", "top_probs", "entropy", "ce", "kl", "rank", "prob", "log_prob", "anti_log_prob", "js", "tv")
+    for name in own:
+        if getattr(alone, name) is None:
+            assert getattr(got, name) is None, name
+        else:
+            torch.testing.assert_close(getattr(got, name), getattr(alone, name), equal_nan=True, rtol=1e-5, atol=1e-6)
+    for name in ("kl_to_compared", "kl_from_compared", "log_probs"):
+        if getattr(alone, name) is not None:
+            torch.testing.assert_close(getattr(got, name), getattr(alone, name), equal_nan=True, rtol=1e-4, atol=1e-5)
+    assert (got.lens_name, got.model_name, got.untrained_layers) == (alone.lens_name, alone.model_name, [])
+    assert got.top_labels == alone.top_labels and got.js is not both.js  # its own tensors
+    assert both[1, 1:3].compared.entropy.shape == both[1, 1:3].entropy.shape  # cut alike
+
+
+def test_read_compared_needs_a_compared_lens(model, tokenizer, tuned):
+    with pytest.raises(TrajectoryError, match="compare_with"):
+        PredictionTrajectory.from_text(tuned, model, tokenizer, TEXT, read_compared=True)

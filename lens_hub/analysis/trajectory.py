@@ -129,6 +129,9 @@ class TrajectoryOptions:
             forms as ``target``). Default: none.
         compare_with: A second lens of the same model; fills ``.js`` and ``.tv`` between the two lenses'
             distributions.
+        read_compared: With ``compare_with``, also build that lens's own trajectory in the same pass (``.compared``:
+            what a second call with the two lenses swapped would give), from the logits the divergences need
+            anyway: one forward pass and one product with the unembedding per lens and layer instead of two.
         tokenizer: Decodes the token labels (without one, a token is labelled by its id, ``#123``) and turns a
             text ``target`` or ``anti_target`` into its id.
         lengths: The true length of each right-padded sequence (default: every sequence fills all positions).
@@ -154,6 +157,7 @@ class TrajectoryOptions:
     target: TokenSpec | str | None = None
     anti_target: TokenSpec | str | None = None
     compare_with: Lens | None = None
+    read_compared: bool = False
     tokenizer: Any = None
     lengths: Sequence[int] | None = None
     chunk_size: int | None = None
@@ -241,6 +245,8 @@ class PredictionTrajectory:
     # The layers of ``layers`` where the lens read is exactly the logit lens (an untrained, identity translator:
     # `lens.untrained_layers()`), so that the views can mark them without the lens. Empty for the logit lens.
     untrained_layers: list[int] = field(default_factory=list)
+    # With read_compared=True: the compared lens's own trajectory (its js and tv are these, its KLs these swapped).
+    compared: PredictionTrajectory | None = None
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -400,6 +406,8 @@ class PredictionTrajectory:
         hidden = _run_model(model, input_ids.to(device), valid.long().to(device))
         traj = cls._read(lens, hidden, input_ids, replace(opts, lengths=lengths))
         traj.model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        if traj.compared is not None:
+            traj.compared.model_name = traj.model_name
         return traj
 
     @classmethod
@@ -421,49 +429,62 @@ class PredictionTrajectory:
         next_ids[~valid] = -1
         anti_ids = None if opts.anti_target is None else _tracked_ids(valid, opts.anti_target, vocab, "anti_target")
         compare_with = opts.compare_with
+        if opts.read_compared and compare_with is None:
+            raise TrajectoryError("read_compared=True reads the compared lens: give it as compare_with")
         excluded = _input_tokens(input_ids, lengths, vocab).to(device) if opts.mask_input else None
 
         k = min(opts.top_k, vocab)
         chunk = opts.chunk_size or max(1, (1 << 26) // max(1, batch * vocab))
-        acc = _Accumulator.empty(
-            (batch, len(rows) + 1, seq),
-            k,
-            compared=compare_with is not None,
-            anti=anti_ids is not None,
-            vocab=vocab if opts.keep_log_probs else None,
-        )
+
+        def accumulator(compared: bool) -> _Accumulator:
+            shape = (batch, len(rows) + 1, seq)
+            vocab_kept = vocab if opts.keep_log_probs else None
+            return _Accumulator.empty(shape, k, compared=compared, anti=anti_ids is not None, vocab=vocab_kept)
+
+        acc = accumulator(compare_with is not None)
+        # The compared lens's own statistics; its divergences are this lens's (below).
+        acc_compared = accumulator(False) if opts.read_compared else None
         for start in range(0, seq, chunk):
             sl = slice(start, min(seq, start + chunk))
             chunk_hidden = [h[:, sl] for h in hidden]
             nxt, tgt = next_ids[:, sl].to(device), target_ids[:, sl].to(device)
             anti = None if anti_ids is None else anti_ids[:, sl].to(device)
-            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, anti, k, excluded)
+            _read_chunk(acc, sl, lens, compare_with, chunk_hidden, rows, nxt, tgt, anti, k, excluded, acc_compared)
         acc.mask_padding(valid)
 
-        traj = cls(
-            input_ids=input_ids.cpu(),
-            lengths=lengths,
-            layers=rows,
-            top_ids=acc.top_ids,
-            top_probs=acc.top_probs,
-            entropy=acc.entropy,
-            ce=acc.ce,
-            kl=acc.kl,
-            rank=acc.rank,
-            prob=acc.prob,
-            target_ids=target_ids,
-            js=acc.js,
-            tv=acc.tv,
-            log_prob=acc.log_prob,
-            anti_target_ids=anti_ids,
-            anti_log_prob=acc.anti_log_prob,
-            kl_to_compared=acc.kl_to_compared,
-            kl_from_compared=acc.kl_from_compared,
-            log_probs=acc.log_probs,
-            lens_name="tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens",
-            untrained_layers=_untrained_rows(lens, rows),
-        )
-        traj.set_labels(opts.tokenizer)
+        def build(acc: _Accumulator, lens: Lens, **divergences: torch.Tensor | None) -> PredictionTrajectory:
+            traj = cls(
+                input_ids=input_ids.cpu(),
+                lengths=lengths,
+                layers=rows,
+                top_ids=acc.top_ids,
+                top_probs=acc.top_probs,
+                entropy=acc.entropy,
+                ce=acc.ce,
+                kl=acc.kl,
+                rank=acc.rank,
+                prob=acc.prob,
+                target_ids=target_ids,
+                log_prob=acc.log_prob,
+                anti_target_ids=anti_ids,
+                anti_log_prob=acc.anti_log_prob,
+                log_probs=acc.log_probs,
+                lens_name="tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens",
+                untrained_layers=_untrained_rows(lens, rows),
+                **divergences,
+            )
+            traj.set_labels(opts.tokenizer)
+            return traj
+
+        between = {"js": acc.js, "tv": acc.tv, "kl_to_compared": acc.kl_to_compared}
+        traj = build(acc, lens, **between, kl_from_compared=acc.kl_from_compared)
+        if acc_compared is not None and compare_with is not None:
+            acc_compared.mask_padding(valid)
+            # What reading compare_with with compare_with=lens would give: the same js and tv, the KLs swapped.
+            swapped = {"js": acc.js, "tv": acc.tv, "kl_to_compared": acc.kl_from_compared}
+            swapped["kl_from_compared"] = acc.kl_to_compared
+            copies = {name: None if t is None else t.clone() for name, t in swapped.items()}  # each its own tensors
+            traj.compared = build(acc_compared, compare_with, **copies)
         return traj
 
     def set_labels(self, tokenizer) -> None:
@@ -656,6 +677,7 @@ class PredictionTrajectory:
         labelled = bool(self.input_labels)  # a trajectory built field by field may have none yet
         return replace(
             self,
+            compared=None if self.compared is None else self.compared._select(seqs, start, stop),
             **{name: cut(getattr(self, name)) for name in _ROW_TENSORS},
             **{name: cut_ids(getattr(self, name)) for name in _POSITION_IDS},
             lengths=lengths,
@@ -986,6 +1008,9 @@ def _next_and_target_ids(
     return next_ids, target_ids
 
 
+_DIVERGENCES = ("js", "tv", "kl_to_compared", "kl_from_compared")  # between two lenses, not of one
+
+
 def _dot_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v a * b over the vocabulary, overwriting ``a`` (a temporary of the caller's) with the products.
 
@@ -1090,12 +1115,14 @@ def _read_chunk(
     anti: torch.Tensor | None,
     k: int,
     excluded: torch.Tensor | None = None,
+    acc_compared: _Accumulator | None = None,
 ) -> None:
     """Every row's statistics over one chunk of ``positions`` (``hidden``: all hidden states cut to the chunk).
 
     The lens rows come first, the model's own output last. One row's [batch, chunk, vocab] distribution (two with
     ``compare_with``) exists at a time, besides the output row's, which every row's KL needs.
     ``excluded`` ([batch, vocab] bool, ``mask_input``) names the tokens given probability 0 in every row.
+    ``acc_compared`` receives ``compare_with``'s own statistics (``read_compared``), all but the divergences.
     """
 
     def distribution(logits: torch.Tensor) -> _Distribution:
@@ -1111,10 +1138,14 @@ def _read_chunk(
         row = distribution(lens(hidden[i], i))
         other = None if compare_with is None else distribution(compare_with(hidden[i], i))
         acc.write(r, positions, _row_statistics(row, final, other, nxt, tgt, anti, k, keep))
+        if acc_compared is not None and other is not None:
+            acc_compared.write(r, positions, _row_statistics(other, final, None, nxt, tgt, anti, k, keep))
         del row, other
     # Both lenses share the output row, so with compare_with it is compared with itself (js = tv = kl = 0).
-    other = None if compare_with is None else final
-    acc.write(len(rows), positions, _row_statistics(final, final, other, nxt, tgt, anti, k, keep))
+    output = _row_statistics(final, final, None if compare_with is None else final, nxt, tgt, anti, k, keep)
+    acc.write(len(rows), positions, output)
+    if acc_compared is not None:
+        acc_compared.write(len(rows), positions, {n: v for n, v in output.items() if n not in _DIVERGENCES})
 
 
 @dataclass

@@ -95,10 +95,10 @@ def show(
 
     reader = load_lens(lens)
     other = load_lens(compare) if compare else None
-    options = {"layers": show_layers, "top_k": top_k}
-    traj = PredictionTrajectory.from_text(reader, net, tokenizer, text, compare_with=other, **options)
-    # The views draw the compared lens's own predictions too: its trajectory (js and tv are in traj already).
-    compared = None if other is None else PredictionTrajectory.from_text(other, net, tokenizer, text, **options)
+    # The views draw the compared lens's own predictions too: its trajectory, read in the same pass.
+    options = {"layers": show_layers, "top_k": top_k, "compare_with": other, "read_compared": other is not None}
+    traj = PredictionTrajectory.from_text(reader, net, tokenizer, text, **options)
+    compared = traj.compared
     traj.lens_name = lens_label(lens)
     if compared is not None:
         compared.lens_name = lens_label(compare)  # type: ignore[arg-type]

@@ -431,7 +431,6 @@ def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict
 # unembedding to be bound by arithmetic, not by reading its weights; more would only repeat the output row.
 _BATCH_POSITIONS = 64
 _BLOCK_FLOATS = 1 << 25  # the most floats of one [batch, positions, vocabulary] block of statistics (128 MB)
-_KEPT_FLOATS = 1 << 27  # the comparison lens's logits are kept for its own trajectory up to this size (512 MB)
 
 
 def _read_lenses(
@@ -454,10 +453,8 @@ def _read_lenses(
     unembedded once. The batch is then cut back into one trajectory per lens: every number still comes from
     `PredictionTrajectory`.
 
-    The statistics between the two lenses (js, tv, both KLs) are computed once, with the lens's trajectory, and
-    given to the comparison lens's (js and tv are symmetric, the KLs swap). Reading both lenses in one batch would
-    compute them for each, which costs more than all the rest: dozens of passes over the logits. The comparison
-    lens's logits are kept between the two readings up to `_KEPT_FLOATS`, and computed again past it.
+    The comparison lens's trajectory comes from the same reading (``read_compared``): each of its rows is unembedded
+    once, for the divergences between the two lenses and for its own statistics alike.
 
     Args:
         lenses: The lens, and the comparison lens if any (of the same model).
@@ -498,36 +495,23 @@ def _read_lenses(
     class Batched(Lens):
         """``lens`` on a batch row: slot ``b`` through the translator of its layer, one unembedding for all."""
 
-        def __init__(self, lens: Lens, kept: dict[tuple, torch.Tensor] | None = None) -> None:
+        def __init__(self, lens: Lens) -> None:
             super().__init__(parts)
             self.unembed = FirstCopyHead(parts)
             self.lens = lens
-            self.kept = kept  # logits by the exact input (row, storage, shape), for the next reading to take
 
         def forward(self, h: torch.Tensor, r: int) -> torch.Tensor:
             check()
-            key = (r, h.data_ptr(), tuple(h.shape), tuple(h.stride()))
-            if self.kept is not None and key in self.kept:
-                return self.kept.pop(key)
             translated = [self.lens.transform_hidden(h[b : b + 1], layer(b, r)) for b in range(slots)]
-            logits = self.lens.unembed(torch.cat(translated))
-            if self.kept is not None:
-                self.kept[key] = logits
-            return logits
+            return self.lens.unembed(torch.cat(translated))
 
-    def read(lens: Batched, other: Batched | None) -> PredictionTrajectory:
-        batch = PredictionTrajectory.from_hidden_states(
-            lens,
-            states,
-            ids.expand(slots, -1),
-            layers=range(depth),
-            top_k=top_k,
-            compare_with=other,
-            chunk_size=max(1, _BLOCK_FLOATS // (slots * parts.vocab_size)),
-        )
+    def cut(batch: PredictionTrajectory, lens: Lens) -> PredictionTrajectory:
+        """The batch's reading as the trajectory of the prompt alone through ``lens``."""
         tensors = {f.name: unbatch(v) for f in fields(batch) if isinstance(v := getattr(batch, f.name), torch.Tensor)}
-        traj = replace(batch, **tensors, lengths=[positions], layers=list(rows), input_labels=[], top_labels=[])
-        traj.lens_name = "tuned lens" if isinstance(lens.lens, BaseTunedLens) else "logit lens"  # views' titles
+        traj = replace(
+            batch, **tensors, lengths=[positions], layers=list(rows), input_labels=[], top_labels=[], compared=None
+        )
+        traj.lens_name = "tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens"  # views' titles
         traj.set_labels(tokenizer)
         return traj
 
@@ -538,15 +522,21 @@ def _read_lenses(
         per_layer = value[:, :depth].reshape(slots * depth, *value.shape[2:])[: len(rows)]
         return torch.cat([per_layer, value[0, depth][None]])[None]
 
-    if len(lenses) == 1:
-        return [read(Batched(lenses[0]), None)]
-    kept = {} if slots * depth * positions * parts.vocab_size <= _KEPT_FLOATS else None
-    first = read(Batched(lenses[0]), Batched(lenses[1], kept))
-    # What the comparison lens's own reading with compare_with=lens would give: the same js and tv, the KLs swapped.
-    between = {"js": first.js, "tv": first.tv}
-    if {f.name for f in fields(first)} >= {"kl_to_compared", "kl_from_compared"}:
-        between |= {"kl_to_compared": first.kl_from_compared, "kl_from_compared": first.kl_to_compared}
-    return [first, replace(read(Batched(lenses[1], kept), None), **between)]
+    other = Batched(lenses[1]) if len(lenses) > 1 else None
+    batch = PredictionTrajectory.from_hidden_states(
+        Batched(lenses[0]),
+        states,
+        ids.expand(slots, -1),
+        layers=range(depth),
+        top_k=top_k,
+        compare_with=other,
+        read_compared=other is not None,
+        chunk_size=max(1, _BLOCK_FLOATS // (slots * parts.vocab_size)),
+    )
+    read = [cut(batch, lenses[0])]
+    if batch.compared is not None:
+        read.append(cut(batch.compared, lenses[1]))
+    return read
 
 
 # -------------------------------------------------------------------------------------------------------- HTTP
