@@ -165,6 +165,10 @@ class TrajectoryOptions:
     mask_input: bool = False
     keep_log_probs: bool = False
 
+    def __post_init__(self) -> None:
+        if self.read_compared and self.compare_with is None:  # before any forward pass
+            raise TrajectoryError("read_compared=True reads the compared lens: give it as compare_with")
+
     @classmethod
     def _of_call(cls, caller: str, options: dict[str, Any], *, taken: tuple[str, ...] = ()) -> TrajectoryOptions:
         """The options of one constructor call, given as keywords; ``taken`` names those ``caller`` does not take.
@@ -429,8 +433,6 @@ class PredictionTrajectory:
         next_ids[~valid] = -1
         anti_ids = None if opts.anti_target is None else _tracked_ids(valid, opts.anti_target, vocab, "anti_target")
         compare_with = opts.compare_with
-        if opts.read_compared and compare_with is None:
-            raise TrajectoryError("read_compared=True reads the compared lens: give it as compare_with")
         excluded = _input_tokens(input_ids, lengths, vocab).to(device) if opts.mask_input else None
 
         k = min(opts.top_k, vocab)
