@@ -382,6 +382,11 @@ def test_untrained_layers_are_marked_in_the_api(model, tokenizer, logit):
         data = json.loads(body)
         assert [p["untrained"] for p in data["panels"]] == [[1], []]
         assert max(data["panels"][0]["values"][1]) < 1e-5 < min(data["panels"][0]["values"][0])  # the logit lens there
+        # The downloads mark it too: they draw the trajectories the answer came from.
+        status, _, page = call(url, "/api/trajectory.html", {"prompt": PROMPT, "stat": "js", "lens": "lens"})
+        assert status == 200 and "1 (untrained)" in page.decode()
+        reading = app.state.explorer.read(PROMPT)
+        assert (reading.trajectory.untrained_layers, reading.compared.untrained_layers) == ([1], [])
     alone = create_app(model, tokenizer, partial, layers=[0, 2], top_k=TOP_K).state.explorer
     assert [p["untrained"] for p in alone.payload(alone.read(PROMPT), "kl")["panels"]] == [[]]  # layer 1 not shown
     assert alone.health()["untrained"] == {"lens": [1], "compare": None}

@@ -230,8 +230,11 @@ class Explorer:
             "lens": lens.untrained_layers(),
             "compare": None if compare is None else compare.untrained_layers(),
         }
-        fits = 0 < len(self.tokenizer(EXAMPLE_PROMPT)["input_ids"]) <= self.limit
-        self.example = EXAMPLE_PROMPT if fits else None
+        self.example: str | None = EXAMPLE_PROMPT
+        try:
+            self._encode(EXAMPLE_PROMPT)
+        except ExplorerRequestError:  # longer than this explorer takes: the page opens empty
+            self.example = None
 
     @property
     def limit(self) -> int:
@@ -359,14 +362,13 @@ class Explorer:
     def payload(self, reading: Reading, stat: str) -> dict[str, Any]:
         """The JSON answer of ``POST /api/trajectory``: labels, and each lens's values and top-k per cell.
 
-        Each panel's ``untrained`` lists the layers shown that its lens has not trained (see `untrained`).
+        Each panel's ``untrained`` lists the layers shown that its lens has not trained (its trajectory's
+        ``untrained_layers``).
         """
         panels = [_panel("lens", self.lens_name, reading.trajectory, stat)]
         if reading.compared is not None:
             panels.append(_panel("compare", self.compare_name or "compare", reading.compared, stat))
         traj = reading.trajectory
-        for panel in panels:
-            panel["untrained"] = [i for i in traj.layers if i in (self.untrained[panel["key"]] or ())]
         return {
             "prompt": reading.prompt,
             "stat": stat,
@@ -416,7 +418,8 @@ def _finite(rows: list[list[float]]) -> list[list[float | None]]:
 
 
 def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict[str, Any]:
-    """One lens's part of the trajectory answer: values [rows][positions], top-k [rows][positions][k]."""
+    """One lens's part of the trajectory answer: values [rows][positions], top-k [rows][positions][k], and the
+    layers shown that the lens has not trained."""
     probs = traj.top_probs[0].tolist()
     labels = traj.top_labels[0]
     top = [
@@ -424,7 +427,8 @@ def _panel(key: str, name: str, traj: "PredictionTrajectory", stat: str) -> dict
          zip(row_labels, row_probs, strict=True)]
         for row_labels, row_probs in zip(labels, probs, strict=True)
     ]  # fmt: skip
-    return {"key": key, "name": name, "values": _finite(traj.stat(stat)[0].tolist()), "top": top}
+    values = _finite(traj.stat(stat)[0].tolist())
+    return {"key": key, "name": name, "values": values, "top": top, "untrained": list(traj.untrained_layers)}
 
 
 # Layers are read this many prompt positions at a time at least (`_read_lenses`): enough for one product with the
@@ -506,10 +510,22 @@ def _read_lenses(
             return self.lens.unembed(torch.cat(translated))
 
     def cut(batch: PredictionTrajectory, lens: Lens) -> PredictionTrajectory:
-        """The batch's reading as the trajectory of the prompt alone through ``lens``."""
+        """The batch's reading as the trajectory of the prompt alone through ``lens``.
+
+        What the batch read through the `Batched` wrapper says of the wrapper, not of ``lens``: its name and its
+        untrained layers (which the views and downloads mark) are ``lens``'s.
+        """
         tensors = {f.name: unbatch(v) for f in fields(batch) if isinstance(v := getattr(batch, f.name), torch.Tensor)}
+        untrained = set(lens.untrained_layers())
         traj = replace(
-            batch, **tensors, lengths=[positions], layers=list(rows), input_labels=[], top_labels=[], compared=None
+            batch,
+            **tensors,
+            lengths=[positions],
+            layers=list(rows),
+            input_labels=[],
+            top_labels=[],
+            compared=None,
+            untrained_layers=[i for i in rows if i in untrained],
         )
         traj.lens_name = "tuned lens" if isinstance(lens, BaseTunedLens) else "logit lens"  # views' titles
         traj.set_labels(tokenizer)
