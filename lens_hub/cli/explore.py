@@ -58,11 +58,10 @@ def show(
 
     Example: lens-hub show smollm2-offline "The capital of France is" --stat kl --html traj.html --compare logit
     """
-    from .. import TunedLens
     from ..analysis.trajectory import PredictionTrajectory
     from ..core.adapters import find_model_parts
-    from ..core.lens import LogitLens
     from ..core.models import load_model_and_tokenizer, max_positions
+    from ..hub.mixin import load_lens
     from ..serve.render import js_summary, terminal_table, write_html, write_png
     from ..training.train import check_layers
 
@@ -85,16 +84,11 @@ def show(
     if window is not None and n_tokens > window:
         raise typer.BadParameter(f"TEXT is {n_tokens} tokens, longer than the model's window of {window}; shorten it.")
 
-    def load_lens(name: str):
-        if name == "logit":
-            return LogitLens.from_model(net)
-        return TunedLens.from_pretrained(name, model=net, allow_mismatch=allow_mismatch)
-
     def lens_label(name: str) -> str:  # the views' name of a lens: which kind, and which tuned lens
         return "logit lens" if name == "logit" else f"tuned lens ({name})"
 
-    reader = load_lens(lens)
-    other = load_lens(compare) if compare else None
+    reader = load_lens(lens, net, allow_mismatch=allow_mismatch)
+    other = load_lens(compare, net, allow_mismatch=allow_mismatch) if compare else None
     # The views draw the compared lens's own predictions too: its trajectory, read in the same pass.
     options = {"layers": show_layers, "top_k": top_k, "compare_with": other, "read_compared": other is not None}
     traj = PredictionTrajectory.from_text(reader, net, tokenizer, text, **options)

@@ -152,3 +152,15 @@ class TunedLens(LensHubMixin, core.BaseTunedLens):
     Build a fresh lens with ``from_model``, save it with ``save`` and load it back with ``load``; load a published
     one with ``from_pretrained`` and publish with ``push_to_hub``.
     """
+
+
+def load_lens(name: str, model: nn.Module, *, allow_mismatch: bool = False) -> core.Lens:
+    """The lens a command line or a page names: ``"logit"`` for the logit lens, anything else (a lens directory,
+    registry name or ``hf://...``) a tuned lens loaded with `TunedLens.from_pretrained` for ``model``.
+
+    Raises:
+        LensHubError: As `TunedLens.from_pretrained` (``allow_mismatch`` as there).
+    """
+    if name == "logit":
+        return core.LogitLens.from_model(model)
+    return TunedLens.from_pretrained(name, model=model, allow_mismatch=allow_mismatch)

@@ -868,19 +868,13 @@ def load_app(
         lens_hub.errors.LensHubError: If the model or a lens cannot be loaded, or a lens does not fit the model.
     """
     check_serve_extra()
-    from ..core.lens import LogitLens
     from ..core.models import load_model_and_tokenizer
-    from ..hub.mixin import TunedLens
+    from ..hub.mixin import load_lens
 
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=dtype, device=device)
 
-    def load_lens(name: str) -> "Lens":
-        if name == "logit":
-            return LogitLens.from_model(net)
-        return TunedLens.from_pretrained(name, model=net, allow_mismatch=allow_mismatch)
-
-    reader = load_lens(lens)
-    other = None if compare is None else load_lens(compare)
+    reader = load_lens(lens, net, allow_mismatch=allow_mismatch)
+    other = None if compare is None else load_lens(compare, net, allow_mismatch=allow_mismatch)
     names = {"lens_name": lens, "compare_name": compare, "model_name": model}
     return create_app(net, tokenizer, reader, other, **names | options)
 
