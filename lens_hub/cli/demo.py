@@ -220,20 +220,18 @@ def _load_back(
 
 def _show_trajectories(lens, model, tokenizer, prompt: str, layers: list[int], out: Path, console: Console) -> None:
     from ..analysis.trajectory import PredictionTrajectory
-    from ..serve.render import terminal_table, write_html, write_png
+    from ..serve.render import js_summary, terminal_table, write_html, write_png
 
     logit = LogitLens.from_model(model)
-    tuned_traj = PredictionTrajectory.from_text(lens, model, tokenizer, prompt, layers=layers, compare_with=logit)
-    logit_traj = PredictionTrajectory.from_text(logit, model, tokenizer, prompt, layers=layers)
+    options = {"layers": layers, "compare_with": logit, "read_compared": True}  # both lenses from one forward pass
+    tuned_traj = PredictionTrajectory.from_text(lens, model, tokenizer, prompt, **options)
+    logit_traj = tuned_traj.compared
+    assert logit_traj is not None  # read_compared
     console.print("[bold]Tuned lens[/] (trained layers)")
     console.print(terminal_table(tuned_traj, "entropy"))
     console.print("[bold]Logit lens[/] (same layers)")
     console.print(terminal_table(logit_traj, "entropy"))
-    js = tuned_traj.mean_by_row("js")
-    console.print(
-        "Mean Jensen-Shannon divergence between the two lenses (nats): "
-        + ", ".join(f"{label}: {value:.3f}" for label, value in zip(tuned_traj.row_labels, js, strict=True))
-    )
+    console.print(js_summary(tuned_traj, "logit lens"))
     # both lenses side by side, as the terminal shows them
     title = f"Tuned vs logit lens: {prompt}"
     html = write_html(tuned_traj, out / "trajectory.html", "entropy", title=title, compare=logit_traj)
