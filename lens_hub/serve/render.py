@@ -351,7 +351,7 @@ def _wrap(text: str, max_px: float, measure: Callable[[str], float]) -> str:
                 cut = len(line) - 1
                 while cut > 1 and measure(line[:cut]) > max_px:
                     cut -= 1
-                breaks = [i + 1 for i, c in enumerate(line[:cut]) if c in "/-_" and 0 < i + 1 < cut + 1]
+                breaks = [i + 1 for i, c in enumerate(line[:cut]) if c in "/-_"]
                 if breaks and breaks[-1] >= cut // 2:
                     cut = breaks[-1]
                 out.append(line[:cut])
