@@ -85,14 +85,12 @@ def _plogq(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Ten
 def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence (nats) between distributions given as log-probabilities over the last dimension:
     JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M) with M = (P + Q) / 2. Symmetric, in [0, ln 2]."""
-    logp, logq = logp.float(), logq.float()
-    logm = torch.logaddexp(logp, logq) - _LN2
-    return (0.5 * _plogq(logp.exp(), logp, logm) + 0.5 * _plogq(logq.exp(), logq, logm)).clamp(0.0, _LN2)
+    return _between(_Distribution.of(logp.float()), _Distribution.of(logq.float()))["js"]
 
 
 def tv_distance(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Total-variation distance 0.5 * sum |P - Q| over the last dimension (inputs are log-probabilities); in [0, 1]."""
-    return (0.5 * (logp.float().exp() - logq.float().exp()).abs().sum(-1)).clamp(0.0, 1.0)
+    return _between(_Distribution.of(logp.float()), _Distribution.of(logq.float()))["tv"]
 
 
 # The tensor fields, by how `PredictionTrajectory._select` cuts them: [batch, rows, positions, ...] or
@@ -1033,11 +1031,25 @@ class _Distribution:
     plogp: torch.Tensor  # sum_v p log p (minus the entropy), [batch, chunk]
 
     @classmethod
-    def of(cls, logp: torch.Tensor, finite: bool) -> _Distribution:
-        """``finite``: ``logp`` has no -inf (no excluded tokens), so it is its own safe form."""
+    def of(cls, logp: torch.Tensor, finite: bool = False) -> _Distribution:
+        """``finite``: ``logp`` is known to hold no -inf (no excluded tokens), so it is its own safe form."""
         safe = logp if finite else logp.clamp_min(torch.finfo(logp.dtype).min)
         p = logp.exp()
         return cls(logp, p, safe, (p * safe).sum(-1))
+
+
+def _between(row: _Distribution, other: _Distribution) -> dict[str, torch.Tensor]:
+    """The divergences between two distributions (`_DIVERGENCES`): each a sum of probabilities times a difference of
+    log-probabilities, in one reused [..., vocab] buffer."""
+    work = row.safe - other.safe
+    kl_to = (work * row.p).sum(-1).clamp_min(0.0)
+    kl_from = _dot_(work, other.p).neg_().clamp_min(0.0)
+    log_mixture = torch.logaddexp(row.safe, other.safe).sub_(_LN2)
+    js = _dot_(torch.sub(row.safe, log_mixture, out=work), row.p)
+    js += _dot_(torch.sub(other.safe, log_mixture, out=work), other.p)
+    tv = torch.sub(row.p, other.p, out=work).abs_().sum(-1).mul_(0.5)
+    return {"js": js.mul_(0.5).clamp(0.0, _LN2), "tv": tv.clamp(0.0, 1.0), "kl_to_compared": kl_to,
+            "kl_from_compared": kl_from}  # fmt: skip
 
 
 def _row_statistics(
@@ -1089,17 +1101,9 @@ def _row_statistics(
         anti_logp = logp.gather(-1, anti.clamp_min(0)[..., None])[..., 0]
         stats["anti_log_prob"] = torch.where(anti >= 0, anti_logp, torch.full_like(anti_logp, nan))
     if other is row:
-        zero = torch.zeros_like(row.plogp)
-        stats |= {"js": zero, "tv": zero, "kl_to_compared": zero, "kl_from_compared": zero}
+        stats |= dict.fromkeys(_DIVERGENCES, torch.zeros_like(row.plogp))
     elif other is not None:
-        work = row.safe - other.safe  # one [batch, chunk, vocab] buffer, reused
-        stats["kl_to_compared"] = (work * row.p).sum(-1).clamp_min(0.0)
-        stats["kl_from_compared"] = _dot_(work, other.p).neg_().clamp_min(0.0)
-        log_mixture = torch.logaddexp(row.safe, other.safe).sub_(_LN2)
-        js = _dot_(torch.sub(row.safe, log_mixture, out=work), row.p)
-        js += _dot_(torch.sub(other.safe, log_mixture, out=work), other.p)
-        stats["js"] = js.mul_(0.5).clamp(0.0, _LN2)
-        stats["tv"] = torch.sub(row.p, other.p, out=work).abs_().sum(-1).mul_(0.5).clamp(0.0, 1.0)
+        stats |= _between(row, other)
     if keep:
         stats["log_probs"] = logp
     return {name: value.cpu() for name, value in stats.items()}
