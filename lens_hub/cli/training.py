@@ -180,7 +180,7 @@ def train(
     import shlex
 
     from ..core.adapters import find_model_parts
-    from ..core.models import load_model_and_tokenizer, max_positions
+    from ..core.models import load_model_and_tokenizer
     from ..errors import TrainingInterrupted
     from ..training.train import check_data_source, check_layers, describe_trained_layers
     from .workflows import train_evaluate_publish
@@ -203,21 +203,14 @@ def train(
     config = check_model_args(model, revision=revision, layers=parsed_layers)
     if init_from:
         check_lens_arg(init_from, config, flag="--init-from")
-    check_train_data(
-        data,
-        model=model,
-        revision=revision,
-        settings=dataclasses.replace(settings, seq_len=capped_seq_len(seq_len, config)),
-        heldout=heldout,
-        text_column=text_column,
-    )
+    settings = dataclasses.replace(settings, seq_len=capped_seq_len(seq_len, config))
+    check_train_data(data, model=model, revision=revision, settings=settings, heldout=heldout, text_column=text_column)
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=train_device)
     check_layers(parsed_layers, len(find_model_parts(net).layers))
     if fsdp:
         from ..training.train import shard_model
 
         net = shard_model(net)
-    settings = dataclasses.replace(settings, seq_len=min(seq_len, max_positions(net) or seq_len))
     try:
         done = train_evaluate_publish(
             net,
@@ -331,7 +324,7 @@ def eval_(
     """
     from .. import TunedLens
     from ..analysis.evaluate import evaluate, logit_stats_table, rich_progress, table, write_json
-    from ..core.models import load_model_and_tokenizer, max_positions
+    from ..core.models import load_model_and_tokenizer
     from ..core.plots import write_evaluation_png
     from ..serve.render import write_logit_stats_png, write_transfer_png
     from ..training.data import is_local, load_token_data
@@ -350,12 +343,10 @@ def eval_(
     chosen = None if layers == "all" else _parse_layers(layers)
     config = check_model_args(model, revision=revision, layers=chosen)
     check_lens_arg(lens, config, flag="LENS")
-    check_eval_data(
-        data, model=model, revision=revision, seq_len=capped_seq_len(seq_len, config), text_column=text_column
-    )
+    length = capped_seq_len(seq_len, config)
+    check_eval_data(data, model=model, revision=revision, seq_len=length, text_column=text_column)
     net, tokenizer = load_model_and_tokenizer(model, revision=revision, dtype=_dtype(dtype), device=eval_device)
     tuned = None if lens == "logit" else TunedLens.from_pretrained(lens, model=net, allow_mismatch=allow_mismatch)
-    length = min(seq_len, max_positions(net) or seq_len)
     if max_sequences is None and not is_local(data):
         max_sequences = HUB_EVAL_SEQUENCES  # a streamed split may be endless
     tokens = load_token_data(
