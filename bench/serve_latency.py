@@ -112,9 +112,9 @@ def worker(max_tokens: int) -> None:
 
 def paired(args: argparse.Namespace) -> list[dict]:
     """Each request sent to every version in turn (see the module's docstring)."""
-    from lens_hub.core.models import load_smollm2
+    from lens_hub.core.models import OFFLINE_NAME, load_tokenizer
 
-    tokenizer = load_smollm2()[1]
+    tokenizer = load_tokenizer(OFFLINE_NAME)  # the prompts need the tokenizer only: the workers load the model
     workers = {}
     for spec in args.versions:
         name, _, directory = spec.partition("=")
