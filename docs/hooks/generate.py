@@ -84,16 +84,12 @@ def _load_registry():
 
 
 def _quality(version, num_layers: int | None = None):
-    """The version's `lens_hub.registry.quality.Quality`: the judgement `lens-hub registry list` and the push make."""
+    """The version's `lens_hub.registry.quality.Quality`: the judgement `lens-hub registry list` and the push make.
+    Its ``summary()`` is the headline: mean KL(final || lens) over the evaluated layers, logit → tuned, in bits per
+    byte (flagged when barely better or partly untrained), or "not evaluated"."""
     from lens_hub.registry.quality import assess
 
     return assess(version.evaluation, version.training, version.untrained_layers, num_layers)
-
-
-def _headline(version, num_layers: int | None = None) -> str:
-    """Mean KL(final || lens) over the evaluated layers, logit → tuned, in bits per byte (flagged when barely better
-    or partly untrained), or "not evaluated"."""
-    return _quality(version, num_layers).summary()
 
 
 def _hub_url(location) -> str:
@@ -144,6 +140,7 @@ def _index_page(registry, directory: Path) -> str:
     ]
     for e in entries:
         v = e.default_version
+        quality = _quality(v, e.facts.num_layers)
         version_text = ", ".join(
             f"v{x.version}" + (" (default)" if x.default and len(e.lenses) > 1 else "") for x in e.lenses
         )
@@ -151,7 +148,7 @@ def _index_page(registry, directory: Path) -> str:
             f"| [{_text(e.model)}]({quote(model_slug(e.model))}.md) | {_text(', '.join(e.aliases) or '—')} "
             f"| {_text(e.facts.model_type or '?')} | {e.facts.hidden_size or '?'} | {e.facts.num_layers or '?'} "
             f"| {_text(version_text)} | {_text(v.format)} | {_text(v.status)} "
-            f"| {_text(_headline(v, e.facts.num_layers))} | {_tokens(_quality(v).tokens_seen)} |"
+            f"| {_text(quality.summary())} | {_tokens(quality.tokens_seen)} |"
         )
     lines += ["", "</div>", "", f"<small>Built from {_code(directory.name + '/')} with lens-hub.</small>", ""]
     return "\n".join(lines)
@@ -205,7 +202,7 @@ def _model_page(entry, plots: dict[str, str]) -> str:
             if parts:
                 lines.append(f"| Training | {_text('; '.join(parts))} |")
         quality = _quality(v, facts.num_layers)
-        lines.append(f"| Quality | {_text(_headline(v, facts.num_layers))} |")
+        lines.append(f"| Quality | {_text(quality.summary())} |")
         if quality.evaluated and quality.eval_dataset:
             tokens = f", {quality.eval_tokens:,} tokens" if quality.eval_tokens else ""
             lines.append(f"| Evaluated on | {_text(quality.eval_dataset + tokens)} |")
@@ -214,7 +211,7 @@ def _model_page(entry, plots: dict[str, str]) -> str:
             from lens_hub.registry.quality import layer_ranges
 
             lines.append(f"| Untrained layers | {_text(layer_ranges(v.untrained_layers) or 'none')} |")
-        for problem in quality.problems():
+        for problem in quality.problems().values():
             lines.append(f"| Caveat | {_text(problem)} |")
         lines += ["", "**Files**", "", "| Path | Size | sha256 |", "| --- | ---: | --- |"]
         for f in v.files:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import quote
@@ -35,7 +36,7 @@ class CardInfo:
     subfolder: str = ""
     license: str | None = None
     has_plot: bool = False
-    untrained_layers: tuple[int, ...] | None = None  # from the weights (None: only the provenance is known)
+    untrained_layers: tuple[int, ...] | None = None  # from the weights (None: not checked; the push always checks)
 
 
 def has_metrics(config: LensConfig) -> bool:
@@ -65,7 +66,7 @@ def build_card(config: LensConfig, info: CardInfo) -> str:
     parts = [
         f"---\n{meta}---\n",
         _intro(config, info),
-        _usage(info, example_layer(config, info.untrained_layers)),
+        _usage(info, example_layer(config, info.untrained_layers or ())),
         _training(config),
         _evaluation(config, info),
     ]
@@ -110,13 +111,11 @@ def pinned_uri(info: CardInfo) -> str:
     return f"hf://{info.repo_id}@{quote(info.tag, safe='')}" + (f"/{info.subfolder}" if info.subfolder else "")
 
 
-def example_layer(config: LensConfig, untrained: tuple[int, ...] | None = None) -> int:
+def example_layer(config: LensConfig, untrained: Collection[int]) -> int:
     """The layer the card's snippet reads: the middle trained one (a layer left untrained would show the logit lens
-    and teach nothing). ``untrained`` defaults to what the provenance says."""
-    if untrained is None:
-        trained_layers = config.training.layers if config.training is not None else None
-        untrained = tuple(i for i in range(config.num_layers) if trained_layers is not None and i not in trained_layers)
-    trained = [i for i in range(config.num_layers) if i not in set(untrained)] or list(range(config.num_layers))
+    and teach nothing). ``untrained``: what ``untrained_translators`` found in the weights."""
+    skip = set(untrained)
+    trained = [i for i in range(config.num_layers) if i not in skip] or list(range(config.num_layers))
     return trained[len(trained) // 2]
 
 
@@ -338,5 +337,5 @@ def quality_caveats(config: LensConfig, info: CardInfo) -> str:
     """The card's warning paragraph: what `lens_hub.registry.quality` flags (barely better than the logit lens,
     untrained layers), but not the missing evaluation, which the section says itself; '' when nothing is flagged."""
     quality = assess(config.evaluation, config.training, info.untrained_layers, config.num_layers)
-    problems = quality.problems()[0 if quality.evaluated else 1 :]
+    problems = [p for key, p in quality.problems().items() if key != "unevaluated"]
     return "".join(f"\n**Caveat:** {_cell(p)}.\n" for p in problems)

@@ -239,14 +239,12 @@ def quality_warnings(quality: Quality, evaluate_hint: str) -> list[str]:
     ``evaluate_hint`` says how this publisher evaluates the lens (a command for a lens directory, Python for a lens
     in memory: its temporary directory is gone by the time anyone reads the warning).
     """
-    fixes = []
-    if not quality.evaluated:
-        fixes.append(f"evaluate it on held-out text before publishing: {evaluate_hint}")
-    elif quality.barely_better:
-        fixes.append("train it longer (more --steps or tokens) before publishing it")
-    if quality.untrained_layers:
-        fixes.append("the card and the registry entry say so; train them (lens-hub train --layers) if they matter")
-    return [f"{problem}; {fix}." for problem, fix in zip(quality.problems(), fixes, strict=True)]
+    fixes = {
+        "unevaluated": f"evaluate it on held-out text before publishing: {evaluate_hint}",
+        "barely": "train it longer (more --steps or tokens) before publishing it",
+        "untrained": "the card and the registry entry say so; train them (lens-hub train --layers) if they matter",
+    }
+    return [f"{problem}; {fixes[key]}." for key, problem in quality.problems().items()]
 
 
 # ------------------------------------------------------------------------------------------------ Hub access

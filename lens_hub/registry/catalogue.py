@@ -93,7 +93,7 @@ class LensRecord:
         """The record as plain JSON-ready values (tuples become lists; the means and ``uri`` are included)."""
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         data.update(uri=self.uri, mean_kl_tuned=self.mean_kl_tuned, mean_kl_logit=self.mean_kl_logit)
-        data.update(quality=self.quality.summary(), quality_problems=self.quality.problems())
+        data.update(quality=self.quality.summary(), quality_problems=list(self.quality.problems().values()))
         return data
 
     @classmethod

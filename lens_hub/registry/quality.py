@@ -76,14 +76,17 @@ class Quality:
             text += f", {len(self.untrained_layers)} untrained"
         return text
 
-    def problems(self) -> list[str]:
-        """What a reader should know before trusting the lens, one sentence each (empty: nothing to flag)."""
-        out = []
+    def problems(self) -> dict[str, str]:
+        """What a reader should know before trusting the lens, one sentence each (empty: nothing to flag), keyed
+        ``"unevaluated"``, ``"barely"`` or ``"untrained"`` (in that order) so that callers can pick or pair them."""
+        out: dict[str, str] = {}
         if not self.evaluated:
-            out.append("the lens has no held-out evaluation recorded, so nothing says how well it reads the model")
+            out["unevaluated"] = (
+                "the lens has no held-out evaluation recorded, so nothing says how well it reads the model"
+            )
         elif self.barely_better:
             verdict = "barely better than" if self.ratio < 1 else "no better than"  # type: ignore[operator]
-            out.append(
+            out["barely"] = (
                 f"the lens is {verdict} the logit lens: mean held-out KL {self.mean_kl_tuned:.3f} against the "
                 f"logit lens's {self.mean_kl_logit:.3f} bits per byte ({self.ratio:.2f}x; a trained tuned lens is "
                 f"well under {BARELY_BETTER}x)"
@@ -91,7 +94,7 @@ class Quality:
         if self.untrained_layers:
             n = len(self.untrained_layers)
             count = f"{n} of {self.num_layers} layers" if self.num_layers else f"{n} layer{'s' if n > 1 else ''}"
-            out.append(
+            out["untrained"] = (
                 f"{count} {'is' if n == 1 else 'are'} untrained ({layer_ranges(self.untrained_layers)}): there it "
                 "reads exactly what the logit lens reads"
             )
