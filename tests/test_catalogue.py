@@ -26,6 +26,18 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HOSTILE = '<img src=x onerror="alert(1)">&[bold red]boom[/]'
 
 
+@pytest.fixture(scope="module")
+def generate():
+    """The docs' catalogue generator (``docs/hooks/generate.py``), which needs mkdocs."""
+    pytest.importorskip("mkdocs")
+    sys.path.insert(0, str(REPO / "docs" / "hooks"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(REPO / "docs" / "hooks"))
+    return generate
+
+
 def _entry(
     model: str, aliases=(), *, model_type="llama", status="verified", evaluation=None, training=None, untrained=None
 ) -> RegistryEntry:
@@ -188,13 +200,7 @@ def test_cli_table_is_not_cut_when_piped(tmp_path):
     assert "KL 3.00 → 0.75" in done.stdout  # mean KL over the evaluated layers, logit → tuned
 
 
-def test_docs_catalogue_page_shows_the_per_layer_kl_escaped(tmp_path):
-    pytest.importorskip("mkdocs")
-    sys.path.insert(0, str(REPO / "docs" / "hooks"))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(REPO / "docs" / "hooks"))
+def test_docs_catalogue_page_shows_the_per_layer_kl_escaped(generate):
     evaluation = {**EVALUATION, "tuned": {"kl": [1.0, 0.5], "cross_entropy": [3.0, 2.5]}, "model_cross_entropy": 2.25}
     entry = _entry("acme/tiny-llama", ["tiny"], model_type=HOSTILE, evaluation=evaluation)
     page = generate._model_page(entry, plots={})
@@ -242,13 +248,7 @@ def test_quality_column_judges_each_lens_or_says_not_evaluated(judged):
     assert "not evaluated" in done.stdout and "(barely better), 1 untrained" in done.stdout
 
 
-def test_docs_catalogue_shows_quality_tokens_and_caveats(judged):
-    pytest.importorskip("mkdocs")
-    sys.path.insert(0, str(REPO / "docs" / "hooks"))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(REPO / "docs" / "hooks"))
+def test_docs_catalogue_shows_quality_tokens_and_caveats(generate, judged):
     index = generate._index_page(Registry.load(judged), judged)
     assert "| Status | Quality | Tokens |" in index
     t = generate._text
