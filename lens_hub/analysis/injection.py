@@ -130,13 +130,20 @@ class ChoiceReadout:
     statistics: dict[str, np.ndarray] | None = None
 
 
-def _model_forward(model: nn.Module, ids: torch.Tensor, cache: Any = None) -> tuple[tuple[torch.Tensor, ...], Any]:
-    """Hidden states of a forward pass and its key-value cache (None if the model takes none), continuing ``cache``
-    if given."""
+def _cache_arg(model: nn.Module) -> str | None:
+    """The name of the key-value cache argument of the model's forward, or None if it takes none."""
     base = getattr(model, "base_model", None) or model
     params = inspect.signature(base.forward).parameters
     # transformers 5.x renamed ``past_key_values`` to ``cache``; a name swallowed by **kwargs would be ignored.
-    name = next((n for n in ("cache", "past_key_values") if n in params), None)
+    return next((n for n in ("cache", "past_key_values") if n in params), None)
+
+
+def _model_forward(
+    model: nn.Module, ids: torch.Tensor, name: str | None, cache: Any = None
+) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """Hidden states of a forward pass and its key-value cache (None if the model takes none), continuing ``cache``
+    if given; ``name`` is `_cache_arg` of the model."""
+    base = getattr(model, "base_model", None) or model
     if name is None:
         return hidden_states(model, ids), None
     extra = {name: cache} if cache is not None else {}
@@ -145,19 +152,25 @@ def _model_forward(model: nn.Module, ids: torch.Tensor, cache: Any = None) -> tu
 
 
 def _continuation_states(
-    model: nn.Module, prefix: torch.Tensor, cache: Any, rests: list[list[int]], pad: int, share_prefix: bool
+    model: nn.Module,
+    prefix: torch.Tensor,
+    cache: Any,
+    name: str | None,
+    rests: list[list[int]],
+    pad: int,
+    share_prefix: bool,
 ) -> tuple[torch.Tensor, ...]:
     """Hidden states [m, max len, d] (one tensor per hidden-state index) of the choice tokens ``rests`` that follow
     the prompt ``prefix`` [1, P]: from the prompt's key-value cache, repeated once per choice, or (without a cache
     that can be repeated) by running prompt + choice again. Rows are right-padded; padding follows every real
-    token, so under causal attention it never changes what is read."""
+    token, so under causal attention it never changes what is read. ``name`` is `_cache_arg` of the model."""
     width = max(len(r) for r in rests)
     ids = torch.full((len(rests), width), pad, dtype=torch.long, device=prefix.device)
     for row, rest in enumerate(rests):
         ids[row, : len(rest)] = torch.tensor(rest, dtype=torch.long)
     if share_prefix and hasattr(cache, "batch_repeat_interleave"):
         cache.batch_repeat_interleave(len(rests))
-        return _model_forward(model, ids, cache)[0]
+        return _model_forward(model, ids, name, cache)[0]
     full = torch.cat([prefix.expand(len(rests), -1), ids], dim=1)
     return tuple(h[:, prefix.shape[1] :] for h in hidden_states(model, full))
 
@@ -256,6 +269,7 @@ def read_choices(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     limit = max_positions(model)
+    cache_arg = _cache_arg(model)  # inspected once per call, not once per forward pass
     kept = list(range(0, depth + 1, baseline_every)) if baseline_every else []
     (k,) = counts
     loglik = {label: np.zeros((len(prompts), k, depth + 1)) for label in lenses}
@@ -275,9 +289,9 @@ def read_choices(
             raise TaskError(f"prompt {n} tokenizes to no tokens")
         prompt_tokens.append(len(ids))
         prefix = torch.tensor([ids], dtype=torch.long, device=device)
-        states, cache = _model_forward(model, prefix)
+        states, cache = _model_forward(model, prefix, cache_arg)
         rests = [t[:-1] for t in targets if len(t) > 1]
-        cont = _continuation_states(model, prefix, cache, rests, int(pad), share_prefix) if rests else None
+        cont = _continuation_states(model, prefix, cache, cache_arg, rests, int(pad), share_prefix) if rests else None
         # Reading rows of every choice, packed: [R, d] per hidden-state index, R = total choice tokens.
         rows, owner, row_of = [], [], 0
         for c, t in enumerate(targets):
@@ -296,14 +310,16 @@ def read_choices(
         if stats is not None:
             last_states.append(torch.stack([h[0, -1] for h in states]))
         if pooled is not None:
+            # Positions pooled per choice (owner_t already pins the readings to `device`).
+            sizes = torch.tensor([len(t) for t in targets], dtype=torch.float64, device=device)
+            if pool == "sequence":
+                sizes += len(ids) - 1
             for slot, index in enumerate(kept):
                 reading = layer_rows[index].double()
                 per_choice = torch.zeros(k, reading.shape[-1], dtype=torch.float64, device=reading.device)
                 per_choice.index_add_(0, owner_t, reading)
-                sizes = torch.tensor([len(t) for t in targets], dtype=torch.float64, device=reading.device)
                 if pool == "sequence":  # add the prompt's other positions, shared by every choice
                     per_choice += states[index][0, :-1].double().sum(0)
-                    sizes += len(ids) - 1
                 pooled[n, slot] = (per_choice / sizes[:, None]).mean(0).cpu().numpy()
         if progress is not None:
             progress(n + 1, len(prompts))
@@ -510,8 +526,9 @@ def run_protocol(
     for seed in range(seeds):
         fit_idx, test_idx = paper_split(x.shape[0], seed)
         if method == RELATIVE_MAHALANOBIS:
-            normal_scores = relative_mahalanobis(x[fit_idx], x[test_idx])
-            injected_scores = relative_mahalanobis(x[fit_idx], y)
+            # Each row's score depends only on the fitting rows: one covariance and solve serve both sets.
+            both = relative_mahalanobis(x[fit_idx], np.concatenate([x[test_idx], y]))
+            normal_scores, injected_scores = both[: test_idx.size], both[test_idx.size :]
         else:
             detector = fit_detector(x[fit_idx], method, seed=seed, n_estimators=100, standardize=standardize)  # type: ignore[arg-type]
             normal_scores, injected_scores = score(detector, x[test_idx]), score(detector, y)
@@ -702,7 +719,7 @@ def _lenses(sources: Mapping[str, Lens | str] | Sequence[Lens | str], model: nn.
     return out
 
 
-def _usable_pairs(task: Task, pairs: list[PromptPair]) -> tuple[list[PromptPair], int]:
+def _usable_pairs(pairs: list[PromptPair]) -> tuple[list[PromptPair], int]:
     """The pairs whose items have the most common number of choices, and how many were left out."""
     common, _ = Counter(len(p.choices) for p in pairs).most_common(1)[0]
     kept = [p for p in pairs if len(p.choices) == common]
@@ -788,7 +805,7 @@ def run_injection_experiment(
         raise TaskError("no task given: pass at least one")
     built = []
     for task in task_list:
-        pairs, dropped = _usable_pairs(task, make_prompts(task, shots=shots, seed=prompt_seed, limit=limit))
+        pairs, dropped = _usable_pairs(make_prompts(task, shots=shots, seed=prompt_seed, limit=limit))
         if len(pairs) < 4:
             raise TaskError(f"task {task.name!r} has {len(pairs)} usable items: the 75/25 split needs at least 4")
         built.append((task, pairs, dropped))

@@ -101,11 +101,6 @@ class Task:
     items: tuple[TaskItem, ...]
     source: str
 
-    @property
-    def num_choices(self) -> list[int]:
-        """The distinct numbers of choices its items have, sorted."""
-        return sorted({len(item.choices) for item in self.items})
-
 
 def _text(value: object, field: str, where: str, limit: int) -> str:
     """``value`` as a non-empty string of at most ``limit`` characters.
