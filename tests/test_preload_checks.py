@@ -264,3 +264,20 @@ def test_the_hub_id_needs_the_hub_without_a_converted_copy(own_lens_cache, monke
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     with pytest.raises(lens_hub.ModelNotFoundError, match="HF_HUB_OFFLINE"):
         lens_hub.load_model(models.SMOLLM2_ID)
+
+
+def test_once_the_hub_fails_the_hub_id_the_offline_copy_is_taken_without_asking_again(converted_copy, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(models, "_HUB_FAILED", set())  # this process's memory, fresh
+    assert models.resolve_model_name(models.SMOLLM2_ID) == models.SMOLLM2_ID  # online: the Hub is asked first
+    attempts = []
+
+    def unreachable():  # what transformers raises when the Hub cannot be reached
+        attempts.append(1)
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    assert models._or_offline_copy(models.SMOLLM2_ID, None, unreachable, lambda: "offline copy") == "offline copy"
+    # The model's look-ups after that (its config, its tokenizer) go to the copy at once: no second wait on the Hub.
+    assert models.resolve_model_name(models.SMOLLM2_ID) == models.OFFLINE_NAME
+    assert models.load_tokenizer(models.SMOLLM2_ID).eos_token_id is not None and attempts == [1]
+    assert models.resolve_model_name(models.SMOLLM2_ID, revision="main") == models.SMOLLM2_ID  # a pinned one is not

@@ -96,11 +96,14 @@ def resolve_model_name(name_or_path: str, *, revision: str | None = None) -> str
 
     A local directory is itself; ``smollm2-offline`` is matched in any case (``SmolLM2-offline``); the Hub id
     ``HuggingFaceTB/SmolLM2-135M-Instruct`` (no revision) means the offline copy when offline, not in the Hugging
-    Face cache, and already converted by an earlier ``smollm2-offline`` load. Anything else is returned as given.
+    Face cache, and already converted by an earlier ``smollm2-offline`` load, or once the Hub failed it in this
+    process (`_or_offline_copy`). Anything else is returned as given.
     """
     if Path(name_or_path).expanduser().is_dir():
         return name_or_path
     if name_or_path.lower() == OFFLINE_NAME:
+        return OFFLINE_NAME
+    if name_or_path.lower() in _HUB_FAILED and _is_converted_smollm2(name_or_path, revision):
         return OFFLINE_NAME
     if _is_converted_smollm2(name_or_path, revision) and _offline() and not _is_cached(name_or_path, revision):
         _say_once(
@@ -109,6 +112,11 @@ def resolve_model_name(name_or_path: str, *, revision: str | None = None) -> str
         )
         return OFFLINE_NAME
     return name_or_path
+
+
+# SmolLM2's Hub id, once the Hub failed it in this process: a command's later look-ups (config, model, tokenizer)
+# take the offline copy at once instead of each retrying the Hub for tens of seconds.
+_HUB_FAILED: set[str] = set()
 
 
 @functools.cache
@@ -348,6 +356,7 @@ def _or_offline_copy(name: str, revision: str | None, fetch: Callable[[], T], of
         if not _is_converted_smollm2(name, revision):
             raise
         _say_once(f"{name}: {exc}; using the offline copy ({OFFLINE_NAME}) instead")
+        _HUB_FAILED.add(name.lower())
         return offline()
 
 
@@ -376,6 +385,7 @@ def load_model_and_tokenizer(
         model, tokenizer = load_smollm2(dtype or torch.float32)
     else:
         model = load_model(name_or_path, revision=revision, dtype=dtype)
+        # load_tokenizer resolves the name again: a Hub failure during the load is not retried for the tokenizer.
         tokenizer = load_tokenizer(name_or_path, revision=revision)
     if device is not None:
         model = model.to(device)
