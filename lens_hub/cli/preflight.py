@@ -49,6 +49,7 @@ def check_lens_arg(name: str, config: object, *, flag: str) -> None:
         LensFormatError: The directory holds no valid lens config.json.
         IncompatibleLensError: The lens was made for a model with another layer count or hidden size.
     """
+    from ..core.compat import structural_mismatches
     from ..core.format import read_config
     from ..hub.pretrained import resolve
 
@@ -61,15 +62,8 @@ def check_lens_arg(name: str, config: object, *, flag: str) -> None:
         raise type(exc)(f"{flag} {name}: {exc}") from None
     if lens_config is None:
         return
-    model_facts = {
-        "num_layers": config_num_layers(config),
-        "hidden_size": getattr(text_config(config), "hidden_size", None),
-    }
-    mismatches = [
-        f"lens expects {fact} {getattr(lens_config, fact)} but the model has {value}"
-        for fact, value in model_facts.items()
-        if value is not None and getattr(lens_config, fact) != value
-    ]
+    hidden_size = getattr(text_config(config), "hidden_size", None)
+    mismatches = structural_mismatches(lens_config, hidden_size, config_num_layers(config))
     if mismatches:
         made_for = f" (trained for {lens_config.base_model})" if lens_config.base_model else ""
         raise IncompatibleLensError(

@@ -21,6 +21,17 @@ class RecordedFacts(Protocol):
     fingerprint: str | None
 
 
+def structural_mismatches(config: RecordedFacts, hidden_size: int | None, num_layers: int | None) -> list[str]:
+    """The hidden size and layer count a lens records that differ from a model's (each compared where both are
+    known), named with both values: no lens runs on such a model."""
+    model = {"hidden_size": hidden_size, "num_layers": num_layers}
+    return [
+        f"lens expects {fact} {getattr(config, fact)} but the model has {value}"
+        for fact, value in model.items()
+        if value is not None and getattr(config, fact) is not None and getattr(config, fact) != value
+    ]
+
+
 def find_mismatches(config: RecordedFacts, parts: ModelParts) -> tuple[list[str], list[str]]:
     """Compare what a lens records (its config, or its registry entry's facts) with a model.
 
@@ -30,11 +41,7 @@ def find_mismatches(config: RecordedFacts, parts: ModelParts) -> tuple[list[str]
         ``(structural, other)``: structural mismatches (hidden size, layer count) make the lens unusable on this
         model; the others (model type, vocabulary, weights) make its output meaningless but not impossible.
     """
-    structural = []
-    if config.hidden_size is not None and config.hidden_size != parts.hidden_size:
-        structural.append(f"lens expects hidden_size {config.hidden_size} but the model has {parts.hidden_size}")
-    if config.num_layers is not None and config.num_layers != parts.num_layers:
-        structural.append(f"lens expects num_layers {config.num_layers} but the model has {parts.num_layers}")
+    structural = structural_mismatches(config, parts.hidden_size, parts.num_layers)
     other = []
     if config.model_type is not None and config.model_type != parts.model_type:
         other.append(f"lens expects model_type {config.model_type!r} but the model has {parts.model_type!r}")
